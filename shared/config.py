@@ -1,0 +1,63 @@
+"""The config vocabulary both paths share, validated at start-up (pydantic)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.decode import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+from shared.registry import DEFAULT_MODEL, REGISTRY
+from shared.weights import SPECIAL
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
+
+
+class DecodeConfig(StrictModel):
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="pixel cap, checked from the header")
+    formats: tuple[str, ...] = tuple(sorted(DEFAULT_FORMATS))
+    draft: bool = Field(True, description="let libjpeg decode JPEGs at a reduced scale (Pillow draft)")
+
+    @field_validator("formats")
+    @classmethod
+    def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one image format must be accepted")
+        return tuple(f.upper() for f in value)
+
+
+class ModelConfig(StrictModel):
+    name: str = DEFAULT_MODEL
+    weights: str = Field("default", description="default | pretrained | random | local path")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto = fp16 on CUDA, fp32 on CPU"
+    )
+    channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile, warmed up before the first request")
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="detection: default minimum score")
+    options: dict[str, Any] = Field(default_factory=dict, description="architecture overrides (random weights)")
+    decode: DecodeConfig = DecodeConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in REGISTRY:
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelConfig":
+        if self.device == "cpu" and self.precision in ("fp16", "bf16"):
+            raise ValueError(f"precision {self.precision} needs device cuda; CPU runs fp32")
+        if self.options and self.weights in ("default", "pretrained") and self.name != "fasterrcnn_v2":
+            raise ValueError("architecture options change the model; use them with weights 'random' or a path")
+        if self.weights not in SPECIAL and not self.weights.strip():
+            raise ValueError("weights path is empty")
+        return self
+
+    @property
+    def task(self) -> str:
+        return REGISTRY[self.name].task

@@ -1,0 +1,93 @@
+"""Stage 1 of the wrapper: image bytes -> uint8 RGB HWC array, or a typed error.
+
+Every check happens here, per image, before the image can join a batch:
+empty input, unrecognised bytes, format allow-list, pixel cap (read from the header, before the
+pixels are decoded), truncated/corrupt data (``load()`` inside the try), EXIF orientation, and
+every Pillow mode folded to 3-channel RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from shared.errors import EmptyInput, ImageTooLarge, InvalidImage, UnsupportedFormat
+
+DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# A truncated file must fail, not decode into grey padding.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: frozenset[str] = DEFAULT_FORMATS,
+    draft_size: int | None = None,
+) -> np.ndarray:
+    """Decode ``data`` to a C-contiguous ``uint8`` array of shape (H, W, 3).
+
+    ``draft_size``: for JPEGs, let libjpeg decode at a reduced DCT scale whose result is still at
+    least ``draft_size`` pixels on each side (much cheaper than a full decode then a resize).
+    """
+    if not data:
+        raise EmptyInput("empty input: no image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"image too large: {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage("not a recognised image") from None
+    except Exception as exc:  # Pillow raises a zoo of types on hostile headers
+        raise InvalidImage(f"cannot read image header: {exc}") from None
+
+    if image.format not in formats:
+        raise UnsupportedFormat(
+            f"image format {image.format!r} is not accepted (accepted: {', '.join(sorted(formats))})"
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the cap is {max_pixels}")
+    if width == 0 or height == 0:
+        raise InvalidImage("image has no pixels")
+
+    try:
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()  # first frame only for animated images
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb_array(image)
+    except (ImageTooLarge, UnsupportedFormat):
+        raise
+    except Exception as exc:
+        raise InvalidImage(f"corrupt or truncated image: {exc}") from None
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values / 257.0  # 16-bit range -> 8-bit
+        elif mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels become white, as a viewer would show them on a page.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image, dtype=np.uint8)  # a writable, contiguous copy

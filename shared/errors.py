@@ -1,0 +1,67 @@
+"""Typed errors with stable codes: the one error vocabulary of both paths.
+
+Online, ``http_status`` becomes the response status and ``code`` the JSON error code.
+Offline, ``code`` fills the ``error`` column of the row and ``str(err)`` the ``error_message``.
+"""
+
+from __future__ import annotations
+
+
+class TwinferError(Exception):
+    code = "internal_error"
+    http_status = 500
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": str(self)}
+
+
+class InvalidImage(TwinferError):
+    """Bytes that are not a decodable image: corrupt, truncated, not an image at all."""
+
+    code = "invalid_image"
+    http_status = 400
+
+
+class EmptyInput(InvalidImage):
+    code = "empty_input"
+
+
+class UnsupportedFormat(TwinferError):
+    """A real image in a format outside the allow-list (or a content type we do not take)."""
+
+    code = "unsupported_format"
+    http_status = 415
+
+
+class ImageTooLarge(TwinferError):
+    """Pixel count over the cap (decompression-bomb guard) or body over the byte cap."""
+
+    code = "image_too_large"
+    http_status = 413
+
+
+class ModelNotFound(TwinferError):
+    code = "model_not_found"
+    http_status = 404
+
+
+class WrongTask(TwinferError):
+    code = "wrong_task"
+    http_status = 404
+
+
+class InvalidParameter(TwinferError):
+    code = "invalid_parameter"
+    http_status = 422
+
+
+class Overloaded(TwinferError):
+    code = "overloaded"
+    http_status = 503
+
+
+class WeightsUnavailable(TwinferError):
+    """Weights could not be found or fetched; the message says how to provide them."""
+
+    code = "weights_unavailable"
+    http_status = 500

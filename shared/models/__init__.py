@@ -1,0 +1,1 @@
+"""One builder module per architecture; each exposes ``build(weights, options) -> nn.Module``."""

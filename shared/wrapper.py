@@ -1,0 +1,189 @@
+"""The one model wrapper both paths use: decode -> prepare -> predict -> postprocess.
+
+Each stage is a pure step usable alone:
+- ``decode(bytes) -> uint8 HWC``           CPU, per image, raises typed errors
+- ``prepare(uint8 HWC) -> Prepared``       CPU, per image, uint8 CHW at the model's size
+- ``predict(list[Prepared]) -> raw``        device: uint8 -> device -> normalise -> model
+- ``postprocess(raw, ...) -> list[result]`` plain Python dicts, one per image
+
+``load`` = decode + prepare (the CPU half, run on CPU workers) and ``predict_batch`` = predict +
+postprocess (the device half, run in the GPU replica / actor). The Serve deployment and the Ray
+Data actor call exactly these, so the same image gets the same answer online and offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from shared.config import ModelConfig
+from shared.decode import decode_image
+from shared.errors import InvalidParameter
+from shared.prepare import Prepared, prepare_image, stack
+from shared.registry import ModelSpec, get_spec
+
+logger = logging.getLogger(__name__)
+
+MAX_TOP_K = 100
+
+
+class ImageLoader:
+    """The CPU half: bytes -> Prepared. Cheap to build (no model), so every CPU worker has one."""
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.spec: ModelSpec = get_spec(config.name)
+        self._formats = frozenset(config.decode.formats)
+        self._draft = self.spec.preprocess.draft_size if config.decode.draft else None
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return decode_image(data, max_pixels=self.config.decode.max_pixels, formats=self._formats, draft_size=self._draft)
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        return prepare_image(image, self.spec.preprocess)
+
+    def load(self, data: bytes) -> Prepared:
+        return self.prepare(self.decode(data))
+
+
+class ModelWrapper(ImageLoader):
+    """The whole model: CPU half (inherited) plus the device half."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.labels = self.spec.labels()
+        self.device = _resolve_device(config.device)
+        self.dtype = _resolve_dtype(config.precision, self.device)
+        if self.spec.task == "detect":
+            self.dtype = torch.float32  # torchvision detection heads are fp32 code
+        model = self.spec.build(config.weights, config.options).eval()
+        model = model.to(self.device, dtype=self.dtype)
+        self.channels_last = config.channels_last and self.device.type == "cuda" and self.spec.task == "classify"
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if config.compile else model
+        pre = self.spec.preprocess
+        std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std  ==  x * scale + shift, done in one fused pass on the device
+        self._scale = (1.0 / (255.0 * std)).to(self.dtype)
+        self._shift = (-mean / std).to(self.dtype)
+        if config.compile:
+            self.warmup()
+
+    # ---- device half -------------------------------------------------------------------------
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run dummy batches so compilation / cuDNN autotune never land on a user request."""
+        size = self.spec.preprocess.size
+        for n in batch_sizes:
+            dummy = Prepared(np.zeros((3, size, size), np.uint8), (size, size))
+            self.predict([dummy] * n)
+
+    def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(pixels)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    @torch.inference_mode()
+    def predict(self, items: Sequence[Prepared]) -> Any:
+        """uint8 images -> raw model output on the CPU (class probabilities, or detection dicts)."""
+        if not items:
+            return torch.zeros((0, len(self.labels))) if self.spec.task == "classify" else []
+        if self.spec.task == "classify":
+            x = self._to_device(stack([item.pixels for item in items]))
+            x = torch.addcmul(self._shift, x.to(self.dtype), self._scale)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().softmax(dim=-1).cpu()
+        images = [self._to_device(item.pixels).to(self.dtype).div_(255.0) for item in items]
+        return [{k: _float_cpu(v) for k, v in out.items()} for out in self.model(images)]
+
+    def postprocess(self, raw: Any, items: Sequence[Prepared], params: Sequence[dict]) -> list[list[dict]]:
+        if self.spec.task == "classify":
+            return self._top_k(raw, [p.get("top_k", 5) for p in params])
+        return [
+            self._detections(out, item, p.get("score_threshold", self.config.score_threshold))
+            for out, item, p in zip(raw, items, params)
+        ]
+
+    def predict_batch(self, items: Sequence[Prepared], params: Sequence[dict] | None = None) -> list[list[dict]]:
+        """The device half for a batch; ``params[i]`` holds request i's top_k / score_threshold."""
+        params = list(params) if params is not None else [{}] * len(items)
+        if len(params) != len(items):
+            raise ValueError(f"{len(items)} items but {len(params)} parameter sets")
+        results = self.postprocess(self.predict(items), items, params)
+        assert len(results) == len(items), (len(results), len(items))
+        return results
+
+    def classify_bytes(self, data: bytes, top_k: int = 5) -> list[dict]:
+        """Convenience for one image, used by the demo and parity checks."""
+        return self.predict_batch([self.load(data)], [{"top_k": top_k}])[0]
+
+    # ---- postprocess -------------------------------------------------------------------------
+    def _top_k(self, probs: torch.Tensor, ks: list[int]) -> list[list[dict]]:
+        if not ks:
+            return []
+        k_max = min(max(ks), probs.shape[1])
+        scores, indices = probs.topk(k_max, dim=1)
+        scores, indices = scores.tolist(), indices.tolist()
+        return [
+            [{"label": self.labels[i], "index": i, "score": s} for s, i in zip(scores[row][:k], indices[row][:k])]
+            for row, k in enumerate(ks)
+        ]
+
+    def _detections(self, out: dict, item: Prepared, threshold: float) -> list[dict]:
+        height, width = item.original_size
+        sy, sx = height / item.pixels.shape[1], width / item.pixels.shape[2]
+        scale = torch.tensor([sx, sy, sx, sy])
+        keep = out["scores"] >= threshold
+        boxes = (out["boxes"][keep] * scale).clamp_min(0)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp_max(width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp_max(height)
+        return [
+            {"label": self.labels[i], "index": i, "score": s, "box": [round(v, 2) for v in box]}
+            for i, s, box in zip(out["labels"][keep].tolist(), out["scores"][keep].tolist(), boxes.tolist())
+        ]
+
+
+def validate_top_k(value: Any) -> int:
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"top_k must be an integer, got {value!r}") from None
+    if not 1 <= k <= MAX_TOP_K:
+        raise InvalidParameter(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
+    return k
+
+
+def validate_score_threshold(value: Any) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"score_threshold must be a number, got {value!r}") from None
+    if not 0.0 <= t <= 1.0:
+        raise InvalidParameter(f"score_threshold must be within [0, 1], got {t}")
+    return t
+
+
+def _float_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return (tensor.float() if tensor.is_floating_point() else tensor).cpu()
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA device is visible to this process")
+    return torch.device(name)
+
+
+def _resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if device.type != "cuda" and precision != "fp32":
+        raise RuntimeError(f"precision {precision} needs a CUDA device; this process has none")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

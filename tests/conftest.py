@@ -1,0 +1,13 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import pytest  # noqa: E402
+
+from shared import ModelConfig, ModelWrapper  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def embedded_wrapper() -> ModelWrapper:
+    return ModelWrapper(ModelConfig())

@@ -1,0 +1,89 @@
+"""Test images made in code: sample photos, every Pillow mode, and broken files."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+from PIL import Image
+
+from twinfer.samples import encode, sample_array
+
+
+def small_photo(name: str = "chelsea", size: int = 96) -> np.ndarray:
+    image = Image.fromarray(sample_array(name)).convert("RGB")
+    image.thumbnail((size, size))
+    return np.asarray(image)
+
+
+def small_jpeg(name: str = "chelsea", size: int = 96) -> bytes:
+    return encode(small_photo(name, size))
+
+
+def in_mode(mode: str, size=(40, 30)) -> bytes:
+    """A small PNG/TIFF in the given Pillow mode."""
+    w, h = size
+    gradient = np.linspace(0, 255, w * h, dtype=np.float64).reshape(h, w)
+    rgb = Image.fromarray(np.stack([gradient, gradient[::-1], np.full_like(gradient, 80)], 2).astype(np.uint8))
+    buffer = io.BytesIO()
+    if mode == "I;16":
+        Image.fromarray((gradient * 257).astype(np.uint16)).save(buffer, "PNG")
+    elif mode == "CMYK":
+        rgb.convert("CMYK").save(buffer, "JPEG")
+    elif mode == "P":
+        rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(buffer, "PNG")
+    else:
+        rgb.convert(mode).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def animated_gif(size=(20, 10)) -> bytes:
+    frames = [Image.new("RGB", size, color) for color in [(255, 0, 0), (0, 0, 255)]]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return buffer.getvalue()
+
+
+def jpeg_with_orientation(orientation: int, size=(40, 20)) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 10)).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def corrupt_jpeg() -> bytes:
+    data = bytearray(small_jpeg())
+    middle = len(data) // 2
+    data[middle : middle + 400] = b"\x00" * 400
+    data[200:260] = b"\xff" * 60
+    return bytes(data)
+
+
+def truncated_jpeg() -> bytes:
+    data = small_jpeg()
+    return data[: len(data) // 2]
+
+
+def not_an_image() -> bytes:
+    return b"this is a plain text file, not an image\n" * 4
+
+
+def pixel_bomb(width=10_000, height=10_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (patches the IHDR of a 1x1 PNG)."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR width/height; the CRC no longer matches
+    import zlib
+
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def unsupported_format() -> bytes:
+    """A valid image in a format outside the default allow-list (PPM)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "PPM")
+    return buffer.getvalue()

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from shared.decode import decode_image
+from shared.errors import EmptyInput, ImageTooLarge, InvalidImage, UnsupportedFormat
+from tests import images
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "P", "RGBA", "CMYK", "I;16", "1"])
+def test_every_mode_becomes_rgb_uint8(mode):
+    out = decode_image(images.in_mode(mode))
+    assert out.dtype == np.uint8 and out.shape == (30, 40, 3) and out.flags.c_contiguous
+
+
+def test_16_bit_grey_keeps_its_range():
+    out = decode_image(images.in_mode("I;16"))
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255  # scaled, not clipped to white
+    assert (out[..., 0] == out[..., 1]).all()
+
+
+def test_transparent_pixels_become_white():
+    from PIL import Image
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(buffer, "PNG")
+    assert (decode_image(buffer.getvalue()) == 255).all()
+
+
+def test_animated_gif_gives_first_frame():
+    out = decode_image(images.animated_gif())
+    assert out.shape == (10, 20, 3)
+    assert tuple(out[5, 5]) == (255, 0, 0)
+
+
+def test_exif_orientation_is_applied():
+    assert decode_image(images.jpeg_with_orientation(1)).shape == (20, 40, 3)
+    assert decode_image(images.jpeg_with_orientation(6)).shape == (40, 20, 3)  # rotated 90 degrees
+
+
+def test_jpeg_draft_decodes_smaller_but_not_below_target():
+    from twinfer.samples import encode, sample_array
+
+    full = encode(sample_array("chelsea"))  # 451 x 300
+    out = decode_image(full, draft_size=100)
+    assert min(out.shape[:2]) >= 100 and out.shape[1] < 451
+
+
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda: b"", EmptyInput),
+        (images.not_an_image, InvalidImage),
+        (images.corrupt_jpeg, InvalidImage),
+        (images.truncated_jpeg, InvalidImage),
+        (images.pixel_bomb, ImageTooLarge),
+        (images.unsupported_format, UnsupportedFormat),
+    ],
+    ids=["zero_bytes", "not_an_image", "corrupt", "truncated", "bomb", "unsupported_format"],
+)
+def test_bad_input_raises_typed_error(make, error):
+    with pytest.raises(error) as info:
+        decode_image(make(), max_pixels=1_000_000)
+    assert info.value.code == error.code and str(info.value)
+
+
+def test_bomb_is_refused_before_decoding():
+    # 30000 x 30000 would need 2.7 GB decoded; the header check refuses it at once.
+    with pytest.raises(ImageTooLarge, match="pixels"):
+        decode_image(images.pixel_bomb(30_000, 30_000), max_pixels=40_000_000)
+
+
+def test_format_allow_list_is_configurable():
+    assert decode_image(images.unsupported_format(), formats=frozenset({"PPM"})).shape == (8, 8, 3)
+    with pytest.raises(UnsupportedFormat):
+        decode_image(images.in_mode("RGB"), formats=frozenset({"JPEG"}))

@@ -1,0 +1,137 @@
+"""Every registered architecture builds and answers the output schema; every weights source loads."""
+
+import os
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from shared import ModelConfig, ModelWrapper, list_models
+from shared.errors import ModelNotFound, WeightsUnavailable
+from shared.registry import get_spec
+from tests.images import small_jpeg
+
+TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+SMALL_DETECTOR = {"min_size": 128, "max_size": 160}
+
+
+def assert_classification_schema(predictions, labels, k):
+    assert len(predictions) == k
+    for p in predictions:
+        assert set(p) == {"label", "index", "score"}
+        assert 0 <= p["index"] < len(labels) and p["label"] == labels[p["index"]]
+        assert 0.0 <= p["score"] <= 1.0
+
+
+def test_registry_lists_the_four_models():
+    assert list_models() == ["efficientnet_lite0", "resnet152", "vit_b16", "fasterrcnn_v2"]
+    assert {get_spec(n).task for n in list_models()} == {"classify", "detect"}
+    with pytest.raises(ModelNotFound):
+        get_spec("alexnet")
+
+
+def test_resnet152_real_architecture_runs_an_image():
+    wrapper = ModelWrapper(ModelConfig(name="resnet152", weights="random"))
+    assert sum(p.numel() for p in wrapper.model.parameters()) == 60_192_808  # the real ResNet152
+    assert_classification_schema(wrapper.classify_bytes(small_jpeg(), top_k=3), wrapper.labels, 3)
+
+
+def test_vit_tiny_config_runs_through_transformers():
+    wrapper = ModelWrapper(ModelConfig(name="vit_b16", weights="random", options=TINY_VIT))
+    assert type(wrapper.model.hf_model).__name__ == "ViTForImageClassification"
+    assert_classification_schema(wrapper.classify_bytes(small_jpeg(), top_k=5), wrapper.labels, 5)
+
+
+def test_detector_returns_boxes_inside_the_original_image():
+    wrapper = ModelWrapper(ModelConfig(name="fasterrcnn_v2", weights="random", options=SMALL_DETECTOR))
+    torch.manual_seed(0)
+    item = wrapper.load(small_jpeg(size=200))
+    height, width = item.original_size
+    (detections,) = wrapper.predict_batch([item], [{"score_threshold": 0.0}])
+    assert detections, "a random detector at threshold 0 still proposes boxes"
+    for d in detections:
+        assert set(d) == {"label", "index", "score", "box"}
+        x1, y1, x2, y2 = d["box"]
+        assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+        assert d["label"] == wrapper.labels[d["index"]]
+    (strict,) = wrapper.predict_batch([item], [{"score_threshold": 1.0}])
+    assert len(strict) <= len(detections) and all(d["score"] >= 1.0 for d in strict)
+
+
+def test_torchvision_pretrained_path_reads_torch_home_cache(tmp_path, monkeypatch):
+    """The real ``weights=ResNet152_Weights.DEFAULT`` path, fed from a cache file this test writes."""
+    from torchvision.models import ResNet152_Weights, resnet152
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reference = resnet152(weights=None)
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(reference.state_dict(), checkpoints / os.path.basename(ResNet152_Weights.DEFAULT.url))
+    wrapper = ModelWrapper(ModelConfig(name="resnet152", weights="pretrained"))
+    assert torch.equal(wrapper.model.fc.weight, reference.fc.weight)
+
+
+def test_missing_pretrained_weights_say_how_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailable, match="TORCH_HOME"):
+        ModelWrapper(ModelConfig(name="resnet152"))
+
+
+def test_missing_hf_weights_say_how_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailable, match="HF_HOME"):
+        ModelWrapper(ModelConfig(name="vit_b16"))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_local_state_dict_file_loads(tmp_path, embedded_wrapper, suffix):
+    from safetensors.torch import save_file
+
+    state = {k: v.clone().contiguous() for k, v in embedded_wrapper.model.state_dict().items()}
+    path = tmp_path / f"lite0{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    from_file = ModelWrapper(ModelConfig(weights=str(path)))
+    data = small_jpeg("coffee")
+    assert from_file.classify_bytes(data) == embedded_wrapper.classify_bytes(data)
+
+
+def test_vit_loads_a_save_pretrained_directory(tmp_path):
+    source = ModelWrapper(ModelConfig(name="vit_b16", weights="random", options=TINY_VIT))
+    source.model.hf_model.save_pretrained(tmp_path / "vit")
+    loaded = ModelWrapper(ModelConfig(name="vit_b16", weights=str(tmp_path / "vit")))
+    data = small_jpeg()
+    assert loaded.classify_bytes(data) == source.classify_bytes(data)
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "wrong.pt")
+    with pytest.raises(WeightsUnavailable, match="do not fit"):
+        ModelWrapper(ModelConfig(weights=str(tmp_path / "wrong.pt")))
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        ModelWrapper(ModelConfig(weights=str(tmp_path / "absent.pt")))
+
+
+def test_random_weights_are_explicit_and_differ_from_embedded(embedded_wrapper):
+    random = ModelWrapper(ModelConfig(weights="random"))
+    assert not torch.equal(random.model._fc.weight, embedded_wrapper.model._fc.weight)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "alexnet"}, "unknown model"),
+        ({"device": "cpu", "precision": "fp16"}, "needs device cuda"),
+        ({"options": {"hidden_size": 8}, "name": "vit_b16"}, "architecture options"),
+        ({"decode": {"max_pixels": 0}}, "greater than 0"),
+        ({"unknown_field": 1}, "Extra inputs"),
+    ],
+)
+def test_config_is_validated_at_start_up(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_cpu_runs_fp32_without_channels_last():
+    wrapper = ModelWrapper(ModelConfig(weights="random"))
+    assert wrapper.dtype == torch.float32 and not wrapper.channels_last

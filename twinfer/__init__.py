@@ -1,0 +1,1 @@
+"""twinfer: one image model, two paths (Ray Serve online, Ray Data offline)."""
