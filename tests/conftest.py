@@ -11,3 +11,13 @@ from shared import ModelConfig, ModelWrapper  # noqa: E402
 @pytest.fixture(scope="session")
 def embedded_wrapper() -> ModelWrapper:
     return ModelWrapper(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One Ray instance for the whole test session (online and offline tests share it)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

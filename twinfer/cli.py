@@ -1,4 +1,7 @@
-"""``twinfer`` command line: demo, backfill, evaluate."""
+"""``twinfer`` command line: demo, backfill, evaluate.
+
+Each path registers its own sub-commands (``batch.cli.register``); this file only wires them.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,8 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="twinfer", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twinfer", description="One image model, two paths on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="classify scikit-image's sample photos directly, online and offline")
@@ -15,13 +18,26 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--weights", default="default")
     demo.add_argument("--skip-online", action="store_true")
     demo.add_argument("--skip-offline", action="store_true")
+    demo.set_defaults(handler=_demo)
 
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from twinfer.demo import run_demo
+    try:
+        from batch.cli import register as register_batch
+    except ImportError:  # the offline path is being built; demo works without it
+        register_batch = None
+    if register_batch is not None:
+        register_batch(sub)
+    return parser
 
-        return run_demo(args)
-    return 2
+
+def _demo(args) -> int:
+    from twinfer.demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
 
 
 if __name__ == "__main__":
