@@ -65,3 +65,21 @@ class WeightsUnavailable(TwinferError):
 
     code = "weights_unavailable"
     http_status = 500
+
+
+class UnsupportedMediaType(UnsupportedFormat):
+    code = "unsupported_media_type"
+
+
+class BodyTooLarge(ImageTooLarge):
+    code = "body_too_large"
+
+
+class NotFound(TwinferError):
+    code = "not_found"
+    http_status = 404
+
+
+class MethodNotAllowed(TwinferError):
+    code = "method_not_allowed"
+    http_status = 405

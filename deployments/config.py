@@ -1,0 +1,64 @@
+"""Typed application args for ``serve run serve_config.yaml`` (validated by Serve via the builder's
+annotation). The model part is ``shared.config.ModelConfig``: the same vocabulary as backfills."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from shared.config import ModelConfig, StrictModel
+
+
+class BatchingConfig(StrictModel):
+    """``@serve.batch`` settings; also the deployment's ``user_config`` (changeable at run time)."""
+
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
+    max_concurrent_batches: int = Field(2, ge=1, le=16)
+
+
+class ModelDeploymentConfig(StrictModel):
+    model: ModelConfig = ModelConfig()
+    enabled: bool = True
+    batching: BatchingConfig = BatchingConfig()
+    num_replicas: int = Field(1, ge=1)
+    num_gpus: float = Field(0.0, ge=0.0, description="per replica; 0 on a CPU-only machine")
+    num_cpus: float = Field(1.0, ge=0.0)
+    max_ongoing_requests: int = Field(128, ge=1)
+    max_queued_requests: int = Field(256, ge=0, description="beyond this, callers get 503 at once")
+
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> "ModelDeploymentConfig":
+        needed = self.batching.max_batch_size * self.batching.max_concurrent_batches
+        if self.max_ongoing_requests < needed:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size x "
+                f"max_concurrent_batches ({needed}), or batches can never fill (ray#43288)"
+            )
+        return self
+
+
+class IngressConfig(StrictModel):
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0.0)
+    decode_threads: int = Field(4, ge=1, le=64, description="per ingress replica, off the event loop")
+    max_ongoing_requests: int = Field(512, ge=1)
+    max_queued_requests: int = Field(1024, ge=0)
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="larger bodies get 413")
+
+
+class AppArgs(StrictModel):
+    models: list[ModelDeploymentConfig] = Field(default_factory=lambda: [ModelDeploymentConfig()])
+    ingress: IngressConfig = IngressConfig()
+
+    @model_validator(mode="after")
+    def _some_unique_models(self) -> "AppArgs":
+        names = [m.model.name for m in self.enabled_models]
+        if not names:
+            raise ValueError("no model is enabled")
+        if len(names) != len(set(names)):
+            raise ValueError(f"a model is listed twice: {names}")
+        return self
+
+    @property
+    def enabled_models(self) -> list[ModelDeploymentConfig]:
+        return [m for m in self.models if m.enabled]

@@ -1,0 +1,83 @@
+"""The model deployment: a thin ``@serve.batch`` adapter over ``shared.ModelWrapper``.
+
+Requests arrive already decoded and prepared (uint8 CHW) by the ingress; a bad image never gets
+here, so one batch can only fail for reasons that would fail every member anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any
+
+from ray import serve
+
+from deployments.config import BatchingConfig
+from deployments.metrics import ModelMetrics
+from shared import ModelConfig, ModelWrapper
+from shared.prepare import Prepared
+
+
+class ModelServer:
+    def __init__(self, model_config: ModelConfig):
+        self.config = ModelConfig.model_validate(model_config)
+        self.wrapper = ModelWrapper(self.config)
+        self.metrics = ModelMetrics(self.config.name)
+        self.batch_sizes: collections.Counter[int] = collections.Counter()  # debug view of batching
+        self.batching: BatchingConfig | None = None
+        self._apply(BatchingConfig())  # Serve then calls reconfigure(user_config) before any request
+
+    def reconfigure(self, user_config: dict) -> None:
+        """``user_config`` = BatchingConfig; applied after ``__init__`` and on every update."""
+        self._apply(BatchingConfig.model_validate(user_config))
+
+    def _apply(self, batching: BatchingConfig) -> None:
+        if self.batching is None or batching.max_concurrent_batches != self.batching.max_concurrent_batches:
+            # Ray 2.60 has no setter for max_concurrent_batches: build a new batch queue instead
+            # (requests already queued on the old one still finish there).
+            self._batched = serve.batch(
+                max_batch_size=batching.max_batch_size,
+                batch_wait_timeout_s=batching.batch_wait_timeout_s,
+                max_concurrent_batches=batching.max_concurrent_batches,
+            )(self._predict_batched)
+        else:
+            self._batched.set_max_batch_size(batching.max_batch_size)
+            self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.batching = batching
+
+    async def infer(self, item: Prepared, params: dict) -> list[dict]:
+        return await self._batched((item, params))
+
+    async def _predict_batched(self, requests: list[tuple[Prepared, dict]]) -> list[list[dict]]:
+        items = [item for item, _ in requests]
+        params = [p for _, p in requests]
+        # Off the event loop, so the replica keeps taking requests to fill the next batch.
+        return await asyncio.to_thread(self.run_batch, items, params)
+
+    def run_batch(self, items: list[Prepared], params: list[dict]) -> list[list[dict]]:
+        started = time.perf_counter()
+        results = self.wrapper.predict_batch(items, params)
+        self.metrics.model_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(items))
+        self.batch_sizes[len(items)] += 1
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "task": self.wrapper.spec.task,
+            "labels": len(self.wrapper.labels),
+            "device": str(self.wrapper.device),
+            "precision": str(self.wrapper.dtype).removeprefix("torch."),
+            "weights": self.config.weights,
+            "batching": self.batching.model_dump(),
+            "replica": serve.get_replica_context().replica_id.unique_id,
+        }
+
+    def batch_stats(self) -> dict[int, int]:
+        return dict(self.batch_sizes)
+
+    def check_health(self) -> None:
+        if self.wrapper.model is None:  # pragma: no cover - the wrapper always holds a model
+            raise RuntimeError("model not loaded")
