@@ -36,6 +36,9 @@ class ModelConfig(StrictModel):
         "auto", description="auto = fp16 on CUDA, fp32 on CPU"
     )
     channels_last: bool = True
+    cpu_threads: int | None = Field(
+        None, ge=1, le=256, description="torch intra-op threads on CPU (Ray sets OMP_NUM_THREADS=num_cpus)"
+    )
     compile: bool = Field(False, description="torch.compile, warmed up before the first request")
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="detection: default minimum score")
     options: dict[str, Any] = Field(default_factory=dict, description="architecture overrides (random weights)")

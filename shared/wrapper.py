@@ -61,7 +61,10 @@ class ModelWrapper(ImageLoader):
             self.dtype = torch.float32  # torchvision detection heads are fp32 code
         model = self.spec.build(config.weights, config.options).eval()
         model = model.to(self.device, dtype=self.dtype)
-        self.channels_last = config.channels_last and self.device.type == "cuda" and self.spec.task == "classify"
+        if config.cpu_threads and self.device.type == "cpu":
+            torch.set_num_threads(config.cpu_threads)
+        # channels_last pays on CPU too: ~1.7x for EfficientNet-Lite0 on 2 cores (bench/RESULTS.md)
+        self.channels_last = config.channels_last and self.spec.task == "classify"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if config.compile else model

@@ -132,6 +132,11 @@ def test_config_is_validated_at_start_up(kwargs, message):
         ModelConfig(**kwargs)
 
 
-def test_cpu_runs_fp32_without_channels_last():
-    wrapper = ModelWrapper(ModelConfig(weights="random"))
-    assert wrapper.dtype == torch.float32 and not wrapper.channels_last
+def test_cpu_runs_fp32_channels_last_and_answers_like_nchw(embedded_wrapper):
+    assert embedded_wrapper.dtype == torch.float32 and embedded_wrapper.channels_last
+    nchw = ModelWrapper(ModelConfig(channels_last=False))
+    assert not nchw.channels_last
+    data = small_jpeg("rocket")
+    a, b = embedded_wrapper.classify_bytes(data), nchw.classify_bytes(data)
+    assert [p["index"] for p in a] == [p["index"] for p in b]
+    assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) < 1e-5

@@ -1,0 +1,220 @@
+"""One command, one dataset, both paths against their naive counterparts.
+
+    python -m bench.run --n 400                      # CPU, embedded model (what CI machines can do)
+    python -m bench.run --n 40000 --model resnet152 --weights random --num-gpus 1 --actors 1 \\
+        --batch-size 256 --clients 1,16,128          # the GPU box
+
+Prints a table and writes JSON (default bench/out/result.json). Set --ingress haproxy to start
+Serve with RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (read when Serve starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class HostMemory:
+    """Peak host memory in use (MemTotal - MemAvailable) while the block runs, above the start."""
+
+    def __enter__(self):
+        self.start = self.peak = _used_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, _used_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.delta_gib = round((self.peak - self.start) / 2**30, 2)
+
+
+def _used_bytes() -> int:
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    kib = lambda key: int(info[key].split()[0])  # noqa: E731
+    return (kib("MemTotal") - kib("MemAvailable")) * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_batch(args, data_dir: Path, work: Path, config) -> dict:
+    import pyarrow.parquet as pq
+
+    from batch.config import BackfillConfig
+    from batch.pipeline import run_backfill
+    from bench.baselines import seed_style_batch
+
+    results = {}
+    with HostMemory() as mem:
+        started = time.perf_counter()
+        summary = run_backfill(
+            BackfillConfig(
+                model=config, input=str(data_dir), output=str(work / "twinfer"), top_k=5, batch_size=args.batch_size,
+                actor_pool_size=args.actors, num_gpus_per_actor=args.num_gpus,
+            )
+        )
+        seconds = time.perf_counter() - started
+    results["twinfer_backfill"] = {"images": summary["rows"], "seconds": round(seconds, 2), "img_s": round(summary["rows"] / seconds, 1), "host_mem_gib": mem.delta_gib}
+    with HostMemory() as mem:
+        started = time.perf_counter()
+        rows = seed_style_batch(str(data_dir), str(work / "seed"), config, args.actors, args.batch_size, args.num_gpus)
+        seconds = time.perf_counter() - started
+    results["seed_style"] = {"images": rows, "seconds": round(seconds, 2), "img_s": round(rows / seconds, 1), "host_mem_gib": mem.delta_gib}
+    results["speedup"] = round(results["twinfer_backfill"]["img_s"] / results["seed_style"]["img_s"], 2)
+    results["top1_agreement_vs_fp32_cpu"] = top1_agreement(pq.read_table(work / "twinfer").to_pylist(), config, args.agreement_sample)
+    return results
+
+
+def top1_agreement(rows: list[dict], config, sample: int) -> dict:
+    """The fast path's top-1 against the plain fp32 CPU wrapper on the same files."""
+    from shared import ModelConfig, ModelWrapper
+
+    reference = ModelWrapper(ModelConfig.model_validate({**config.model_dump(), "device": "cpu", "precision": "fp32", "compile": False}))
+    rows = [r for r in rows if r.get("error") is None][:sample]
+    same = sum(reference.classify_bytes(Path(r["path"].removeprefix("file://")).read_bytes(), 1)[0]["index"] == r["top_indices"][0] for r in rows)
+    return {"images": len(rows), "agree": same, "fraction": round(same / max(1, len(rows)), 4)}
+
+
+def run_online(args, data_dir: Path, config) -> dict:
+    from ray import serve
+
+    from bench.baselines import docs_style_app
+    from deployments.app import build
+    from deployments.config import AppArgs
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    twinfer = AppArgs.model_validate(
+        {
+            "ingress": {"num_replicas": args.ingress_replicas, "num_cpus": 0.5, "decode_threads": args.decode_threads},
+            "models": [
+                {
+                    "model": config.model_dump(), "num_gpus": args.num_gpus, "num_cpus": 0.5,
+                    "max_ongoing_requests": max(128, args.online_batch * 2), "max_queued_requests": 1024,
+                    "batching": {"max_batch_size": args.online_batch, "batch_wait_timeout_s": 0.005, "max_concurrent_batches": 2},
+                }
+            ],
+        }
+    )
+    systems = {
+        "twinfer": (build(twinfer), f"/v1/models/{config.name}/classify"),
+        "docs_style": (docs_style_app(config, args.num_gpus, 0.5), ""),
+    }
+    results = {}
+    for name, (app, path) in systems.items():
+        serve.run(app, name=name, route_prefix=f"/{name}")
+        url = f"http://127.0.0.1:{port}/{name}{path}"
+        results[name] = []
+        for clients in args.clients:
+            with HostMemory() as mem:
+                out = subprocess.run(
+                    [sys.executable, "-m", "bench.load", "--url", url, "--files", str(data_dir), "--clients", str(clients),
+                     "--duration", str(args.duration), "--warmup", str(args.warmup)],
+                    cwd=ROOT, capture_output=True, text=True, timeout=args.duration + args.warmup + 120, check=True,
+                )
+            row = json.loads(out.stdout.strip().splitlines()[-1]) | {"host_mem_gib": mem.delta_gib}
+            results[name].append(row)
+        serve.delete(name)
+    by_clients = {r["clients"]: r["req_s"] for r in results["docs_style"]}
+    results["speedup"] = {c: round(r["req_s"] / by_clients[c], 2) if by_clients.get(c) else None for r in results["twinfer"] for c in [r["clients"]]}
+    return results
+
+
+def print_tables(result: dict) -> None:
+    print(f"\n== {result['model']} on {result['machine']}, {result['images']} images, ingress {result['ingress']} ==")
+    if "batch" in result:
+        b = result["batch"]
+        print(f"{'batch':<20}{'img/s':>10}{'seconds':>10}{'host GiB':>10}")
+        for name in ("twinfer_backfill", "seed_style"):
+            print(f"{name:<20}{b[name]['img_s']:>10}{b[name]['seconds']:>10}{b[name]['host_mem_gib']:>10}")
+        agreement = b["top1_agreement_vs_fp32_cpu"]
+        print(f"speed-up x{b['speedup']}; top-1 agreement with fp32 CPU: {agreement['agree']}/{agreement['images']} ({agreement['fraction']:.2%})")
+    if "online" in result:
+        print(f"\n{'online':<12}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+        for name in ("twinfer", "docs_style"):
+            for r in result["online"][name]:
+                print(f"{name:<12}{r['clients']:>8}{r['req_s']:>10}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['errors']:>8}")
+        print(f"speed-up by clients: {result['online']['speedup']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=400, help="images in the generated dataset")
+    parser.add_argument("--data", type=Path, help="reuse/generate the dataset here (default: a temp dir)")
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="default")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--num-gpus", type=float, default=0.0)
+    parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--online-batch", type=int, default=8, help="8 is best for the embedded model on CPU")
+    parser.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="torch threads per model process, both systems")
+    parser.add_argument("--ingress-replicas", type=int, default=1)
+    parser.add_argument("--decode-threads", type=int, default=2)
+    parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 16, 128])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--agreement-sample", type=int, default=200)
+    parser.add_argument("--ingress", choices=["default", "haproxy"], default="default")
+    parser.add_argument("--skip-batch", action="store_true")
+    parser.add_argument("--skip-online", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "result.json")
+    args = parser.parse_args(argv)
+
+    if args.ingress == "haproxy":  # must be in the environment before Ray/Serve start
+        os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
+    import ray
+
+    from bench.dataset import make_dataset
+    from shared import ModelConfig
+
+    config = ModelConfig(
+        name=args.model, weights=args.weights, precision=args.precision, compile=args.compile,
+        cpu_threads=args.cpu_threads if args.num_gpus == 0 else None,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.data or Path(tmp) / "images"
+        if not any(data_dir.rglob("*.jpg")) if data_dir.exists() else True:
+            make_dataset(data_dir, args.n)
+        images = sum(1 for _ in data_dir.rglob("*.jpg"))
+        ray.init(include_dashboard=False, log_to_driver=False)
+        result = {
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+            "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "model": args.model, "weights": args.weights, "images": images, "ingress": args.ingress,
+        }
+        if not args.skip_batch:
+            result["batch"] = run_batch(args, data_dir, Path(tmp), config)
+        if not args.skip_online:
+            result["online"] = run_online(args, data_dir, config)
+        ray.shutdown()
+    print_tables(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
