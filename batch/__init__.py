@@ -1,0 +1,1 @@
+"""twinfer's offline path: Ray Data backfills (and their evaluation) over the shared model wrapper."""

@@ -1,0 +1,58 @@
+"""The backfill's typed config, validated at start-up.
+
+It embeds the shared ``ModelConfig`` (the same vocabulary the online path uses for the model)
+and adds what only a batch job has: where to read and write, and how Ray Data runs it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.config import ModelConfig
+from shared.wrapper import MAX_TOP_K
+
+from batch.uris import S3Options, parse_uri
+
+
+class BackfillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
+
+    model: ModelConfig = ModelConfig()
+    input: str = Field(description="s3://bucket/prefix, s3://anonymous@bucket/prefix, file:// or a local directory")
+    output: str = Field(description="directory URI for the Parquet files")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="classification: predictions kept per image")
+    batch_size: int = Field(64, gt=0, description="images per model call")
+    actor_pool_size: int = Field(1, ge=1, description="model actors (one model copy each)")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="0 on CPU")
+    num_cpus_per_actor: float = Field(1.0, gt=0)
+    decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
+    decode_parallelism: int | None = Field(None, ge=1, description="most decode tasks at once; None = as resources allow")
+    read_blocks: int | None = Field(None, ge=1, description="override the number of read blocks (tests, tuning)")
+    min_rows_per_file: int | None = Field(1024, ge=1, description="rows gathered before a Parquet file is written")
+    extensions: tuple[str, ...] | None = Field(None, description="only read these file extensions; None = every file")
+    s3: S3Options = S3Options()
+    address: str | None = Field(None, description="join this Ray cluster; None = the current or a new local one")
+    progress: bool = Field(True, description="Ray Data progress bars")
+    evaluate: bool = Field(False, description="compute accuracy against the label column after the run")
+    evaluation_output: str | None = None
+
+    @field_validator("input", "output")
+    @classmethod
+    def _parsable(cls, uri: str) -> str:
+        parse_uri(uri)
+        return uri
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BackfillConfig":
+        if self.num_gpus_per_actor > 0 and self.model.device == "cpu":
+            raise ValueError("num_gpus_per_actor > 0 but model.device is 'cpu'")
+        if self.num_gpus_per_actor == 0 and self.model.device == "cuda":
+            raise ValueError("model.device 'cuda' needs num_gpus_per_actor > 0 (Ray hides GPUs from actors without one)")
+        if self.num_gpus_per_actor > 1 and not float(self.num_gpus_per_actor).is_integer():
+            raise ValueError("num_gpus_per_actor above 1 must be a whole number")
+        source, sink = parse_uri(self.input), parse_uri(self.output)
+        if source.scheme == sink.scheme and (sink.path == source.path or sink.path.startswith(source.path + "/")):
+            raise ValueError("output must not be inside the input: the next run would read its own Parquet files")
+        if self.evaluate and self.model.task != "classify":
+            raise ValueError("evaluate needs a classification model")
+        return self

@@ -1,0 +1,117 @@
+"""Accuracy of a classification backfill against its ``label`` column: top-1, top-5, per class.
+
+Labels are ImageNet wnids (``n01440764``) or class names, mapped to class indices through
+``shared.labels.class_index_lookup``. Rows with an error, without a label, or with a label the
+lookup does not know are left out of the accuracy and counted apart.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from shared.labels import class_index_lookup
+
+from batch.resume import output_files
+from batch.uris import S3Options, resolve
+
+TOP_KS = (1, 5)
+
+
+def evaluate_table(table: pa.Table) -> dict:
+    """The report for a predictions table (columns ``label``, ``error``, ``top_indices``)."""
+    missing = {"label", "error", "top_indices"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"not a classification predictions table with labels: missing {sorted(missing)}")
+    lookup = class_index_lookup()
+    excluded = {"errors": 0, "unlabelled": 0, "unknown_label": 0}
+    hits = {k: 0 for k in TOP_KS}
+    per_class: dict[str, dict] = {}
+    shortest_top = None
+    for row in table.select(["label", "error", "top_indices"]).to_pylist():
+        if row["error"] is not None:
+            excluded["errors"] += 1
+            continue
+        if row["label"] is None:
+            excluded["unlabelled"] += 1
+            continue
+        truth = lookup.get(row["label"], lookup.get(row["label"].lower()))
+        if truth is None:
+            excluded["unknown_label"] += 1
+            continue
+        predicted = row["top_indices"] or []
+        shortest_top = len(predicted) if shortest_top is None else min(shortest_top, len(predicted))
+        stats = per_class.setdefault(row["label"], {"count": 0, **{f"top{k}": 0 for k in TOP_KS}})
+        stats["count"] += 1
+        for k in TOP_KS:
+            hit = truth in predicted[:k]
+            hits[k] += hit
+            stats[f"top{k}"] += hit
+    count = sum(s["count"] for s in per_class.values())
+    report = {"count": count, **{f"top{k}": _rate(hits[k], count, k, shortest_top) for k in TOP_KS}}
+    report["per_class"] = {
+        label: {"count": s["count"], **{f"top{k}": _rate(s[f"top{k}"], s["count"], k, shortest_top) for k in TOP_KS}}
+        for label, s in sorted(per_class.items())
+    }
+    report["excluded"] = excluded
+    return report
+
+
+def read_predictions(uri: str, s3: S3Options | None = None) -> pa.Table:
+    """All rows of a backfill output (a directory of Parquet files, or one file)."""
+    where = resolve(uri, s3)
+    if where.filesystem.get_file_info(where.path).type == pafs.FileType.File:
+        files = [where.path]
+    else:
+        files = output_files(where.filesystem, where.path)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files in {uri!r}")
+    return pa.concat_tables(pq.read_table(f, filesystem=where.filesystem) for f in files)
+
+
+def default_report_uri(predictions: str) -> str:
+    """Beside the predictions, not inside them (the directory holds only Parquet files)."""
+    return predictions.rstrip("/") + ".evaluation.json"
+
+
+def format_report(report: dict) -> str:
+    def pct(value) -> str:
+        return "   n/a" if value is None else f"{100 * value:6.2f}"
+
+    width = max([len("overall"), *(len(label) for label in report["per_class"])])
+    lines = [f"{'class':<{width}}  {'count':>6}  {'top-1 %':>7}  {'top-5 %':>7}"]
+    for label, s in report["per_class"].items():
+        lines.append(f"{label:<{width}}  {s['count']:>6}  {pct(s['top1']):>7}  {pct(s['top5']):>7}")
+    lines.append(f"{'overall':<{width}}  {report['count']:>6}  {pct(report['top1']):>7}  {pct(report['top5']):>7}")
+    excluded = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in report["excluded"].items())
+    lines.append(f"excluded: {excluded}")
+    return "\n".join(lines)
+
+
+def run_evaluate(predictions: str, output: str | None = None, s3: S3Options | None = None) -> dict:
+    """Evaluate ``predictions``, write the JSON report (default: beside them) and print the table."""
+    report = evaluate_table(read_predictions(predictions, s3))
+    report_uri = output or default_report_uri(predictions)
+    where = resolve(report_uri, s3)
+    if where.location.scheme == "local":  # object stores have no directories to make
+        where.filesystem.create_dir(posixpath.dirname(where.path), recursive=True)
+    with where.filesystem.open_output_stream(where.path) as stream:
+        stream.write(json.dumps(report, indent=2).encode())
+    print(format_report(report))
+    print(f"evaluation: top-1 {_fmt(report['top1'])}, top-5 {_fmt(report['top5'])} over {report['count']} images -> {report_uri}")
+    return {**report, "report": report_uri}
+
+
+def _rate(hits: int, count: int, k: int, shortest_top: int | None) -> float | None:
+    """hits / count; None when nothing was counted or the backfill kept fewer than k predictions."""
+    if count == 0 or shortest_top is None or shortest_top < k:
+        return None
+    return hits / count
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,80 @@
+"""The Ray Data actor: the shared ``ModelWrapper`` over decoded batches -> output rows.
+
+Built once per actor (``map_batches(Predictor, compute=ActorPoolStrategy(...))``); each call
+runs ``ModelWrapper.predict_batch`` - the very method the online deployment calls - on the rows
+that decoded, and passes error rows through with null predictions.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from shared.config import ModelConfig
+from shared.wrapper import ModelWrapper
+
+from batch.decode_stage import prepared_from_row
+
+_COMMON = [
+    ("path", pa.string()),
+    ("label", pa.string()),
+    ("model", pa.string()),
+    ("error", pa.string()),
+    ("error_message", pa.string()),
+]
+CLASSIFY_SCHEMA = pa.schema(
+    _COMMON
+    + [
+        ("top_labels", pa.list_(pa.string())),
+        ("top_indices", pa.list_(pa.int64())),
+        ("top_scores", pa.list_(pa.float64())),
+    ]
+)
+DETECT_SCHEMA = pa.schema(
+    _COMMON
+    + [
+        ("boxes", pa.list_(pa.list_(pa.float64()))),  # [x1, y1, x2, y2] in original pixels
+        ("labels", pa.list_(pa.string())),
+        ("label_indices", pa.list_(pa.int64())),
+        ("scores", pa.list_(pa.float64())),
+    ]
+)
+
+
+def output_schema(task: str) -> pa.Schema:
+    return CLASSIFY_SCHEMA if task == "classify" else DETECT_SCHEMA
+
+
+class Predictor:
+    """Callable class for ``map_batches``: decoded rows in, prediction rows out (same count)."""
+
+    def __init__(self, model: ModelConfig, top_k: int = 5):
+        self.wrapper = ModelWrapper(model)
+        self.model_name = model.name
+        self.task = self.wrapper.spec.task
+        self.schema = output_schema(self.task)
+        self.params = {"top_k": top_k} if self.task == "classify" else {}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.select(["error", "pixels", "shape", "original_size"]).to_pylist()
+        good = [i for i, row in enumerate(rows) if row["error"] is None]
+        items = [prepared_from_row(rows[i]["pixels"], rows[i]["shape"], rows[i]["original_size"]) for i in good]
+        results: list[list[dict] | None] = [None] * len(rows)
+        for i, result in zip(good, self.wrapper.predict_batch(items, [self.params] * len(items))):
+            results[i] = result
+        columns = {
+            "path": batch.column("path"),
+            "label": batch.column("label"),
+            "model": pa.array([self.model_name] * len(rows), pa.string()),
+            "error": batch.column("error"),
+            "error_message": batch.column("error_message"),
+            **self._prediction_columns(results),
+        }
+        return pa.table(columns, schema=self.schema)
+
+    def _prediction_columns(self, results: list[list[dict] | None]) -> dict[str, list]:
+        def column(key: str) -> list:
+            return [None if r is None else [p[key] for p in r] for r in results]
+
+        if self.task == "classify":
+            return {"top_labels": column("label"), "top_indices": column("index"), "top_scores": column("score")}
+        return {"boxes": column("box"), "labels": column("label"), "label_indices": column("index"), "scores": column("score")}
