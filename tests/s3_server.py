@@ -1,0 +1,74 @@
+"""A real S3 endpoint for tests: ``moto_server`` on a free loopback port (no mocked calls).
+
+Import ``s3_server`` into a test module to use the session fixture; it yields an ``S3Server``
+with the endpoint and a ready pyarrow filesystem, and stops the server at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from tests.conftest import free_port
+
+ACCESS_KEY = SECRET_KEY = "testing"
+REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str  # host:port
+
+    @property
+    def options(self) -> dict:
+        """Settings for ``batch.uris.S3Options``."""
+        return {"endpoint_override": self.endpoint, "scheme": "http", "region": REGION, "access_key": ACCESS_KEY, "secret_key": SECRET_KEY}
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(**self.options, allow_bucket_creation=True)
+
+    def create_bucket(self, name: str) -> None:
+        self.filesystem().create_dir(name)
+
+    def put(self, path: str, data: bytes) -> None:
+        with self.filesystem().open_output_stream(path) as stream:
+            stream.write(data)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Server:
+    port = free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    process = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        _wait_until_up(f"http://127.0.0.1:{port}/", process)
+        yield S3Server(f"127.0.0.1:{port}")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+        log.close()
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"moto_server did not answer at {url} within {timeout} s")
