@@ -20,12 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--skip-offline", action="store_true")
     demo.set_defaults(handler=_demo)
 
-    try:
-        from batch.cli import register as register_batch
-    except ImportError:  # the offline path is being built; demo works without it
-        register_batch = None
-    if register_batch is not None:
-        register_batch(sub)
+    from batch.cli import register as register_batch
+
+    register_batch(sub)
     return parser
 
 
