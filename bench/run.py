@@ -14,13 +14,14 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from twinfer.ports import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,12 +50,6 @@ def _used_bytes() -> int:
     info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     kib = lambda key: int(info[key].split()[0])  # noqa: E731
     return (kib("MemTotal") - kib("MemAvailable")) * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_batch(args, data_dir: Path, work: Path, config) -> dict:
@@ -102,7 +97,7 @@ def run_online(args, data_dir: Path, config) -> dict:
     from deployments.app import build
     from deployments.config import AppArgs
 
-    port = free_port()
+    port = free_loopback_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     twinfer = AppArgs.model_validate(
         {

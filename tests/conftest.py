@@ -6,6 +6,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 import pytest  # noqa: E402
 
 from shared import ModelConfig, ModelWrapper  # noqa: E402
+from twinfer.ports import free_loopback_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -23,20 +24,12 @@ def ray_session():
     ray.shutdown()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def serve_url(ray_session):
     """Serve on the shared Ray instance, HTTP on a free loopback port."""
     from ray import serve
 
-    port = free_port()
+    port = free_loopback_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from tests.conftest import free_port
+from twinfer.ports import free_loopback_port
 
 ACCESS_KEY = SECRET_KEY = "testing"
 REGION = "us-east-1"
@@ -46,7 +46,7 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> S3Server:
-    port = free_port()
+    port = free_loopback_port()
     moto = Path(sys.executable).with_name("moto_server")
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
     process = subprocess.Popen(

@@ -23,7 +23,7 @@ from ray import serve
 from deployments.app import build
 from deployments.config import AppArgs
 from deployments.model_server import ModelServer
-from tests.conftest import free_port
+from twinfer.ports import free_loopback_port
 from tests.images import small_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def test_requests_beyond_ongoing_plus_queued_get_503_without_waiting(serve_url):
 @pytest.mark.timeout(300)
 def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    port = free_port()
+    port = free_loopback_port()
     config["http_options"].update(host="127.0.0.1", port=port)
     (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, RAY_ADDRESS="local")  # its own Ray, not the test session's

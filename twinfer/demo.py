@@ -6,13 +6,13 @@ and exits non-zero if they do not.
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from shared import ModelConfig, ModelWrapper
+from twinfer.ports import free_loopback_port
 from twinfer.samples import sample_jpegs
 
 TOLERANCE = 1e-5
@@ -49,9 +49,7 @@ def online(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dict
     from deployments.app import build
     from deployments.config import AppArgs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_loopback_port()
     ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build(AppArgs(models=[{"model": config.model_dump()}])), name="twinfer-demo", route_prefix="/")
