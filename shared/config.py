@@ -33,7 +33,7 @@ class ModelConfig(StrictModel):
     weights: str = Field("default", description="default | pretrained | random | local path")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="auto = fp16 on CUDA, fp32 on CPU"
+        "auto", description="auto = fp16 on CUDA, fp32 on CPU; bf16 also runs on CPUs with AVX-512 BF16/AMX"
     )
     channels_last: bool = True
     cpu_threads: int | None = Field(
@@ -53,8 +53,8 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelConfig":
-        if self.device == "cpu" and self.precision in ("fp16", "bf16"):
-            raise ValueError(f"precision {self.precision} needs device cuda; CPU runs fp32")
+        if self.device == "cpu" and self.precision == "fp16":
+            raise ValueError("precision fp16 needs device cuda; on CPU use fp32 or bf16")
         if self.options and self.weights in ("default", "pretrained") and self.name != "fasterrcnn_v2":
             raise ValueError("architecture options change the model; use them with weights 'random' or a path")
         if self.weights not in SPECIAL and not self.weights.strip():

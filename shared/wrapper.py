@@ -187,6 +187,6 @@ def _resolve_device(name: str) -> torch.device:
 def _resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    if device.type != "cuda" and precision != "fp32":
-        raise RuntimeError(f"precision {precision} needs a CUDA device; this process has none")
+    if device.type != "cuda" and precision == "fp16":
+        raise RuntimeError("precision fp16 needs a CUDA device; this process has none (bf16 runs on CPU)")
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
