@@ -9,14 +9,14 @@ every Pillow mode folded to 3-channel RGB.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from shared.errors import EmptyInput, ImageTooLarge, InvalidImage, UnsupportedFormat
 
-DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+DEFAULT_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})  # MPO: multi-picture phone JPEGs
+JPEG_FORMATS = ("JPEG", "MPO")
 DEFAULT_MAX_PIXELS = 40_000_000
 
 # A truncated file must fail, not decode into grey padding.
@@ -38,10 +38,9 @@ def decode_image(
     if not data:
         raise EmptyInput("empty input: no image bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow only warns between its own limit and twice it; our max_pixels check below decides.
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image too large: {exc}") from None
     except UnidentifiedImageError:
         raise InvalidImage("not a recognised image") from None
@@ -59,7 +58,7 @@ def decode_image(
         raise InvalidImage("image has no pixels")
 
     try:
-        if draft_size and image.format == "JPEG":
+        if draft_size and image.format in JPEG_FORMATS:
             image.draft("RGB", (draft_size, draft_size))
         image.load()  # first frame only for animated images
         image = ImageOps.exif_transpose(image)

@@ -28,9 +28,10 @@ class PreprocessSpec:
     std: tuple[float, float, float] = IMAGENET_STD
 
     @property
-    def draft_size(self) -> int:
-        """Smallest side a JPEG may be draft-decoded to without losing resize quality."""
-        return self.resize or self.size
+    def draft_size(self) -> int | None:
+        """Smallest side a JPEG may be draft-decoded to without losing resize quality. None for
+        detection (``max_side``): its boxes are reported in the decoded image's pixels."""
+        return None if self.mode == "max_side" else (self.resize or self.size)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ def prepare_image(image: np.ndarray, spec: PreprocessSpec) -> Prepared:
     height, width = image.shape[:2]
     chw = torch.from_numpy(image).permute(2, 0, 1)
     if spec.mode == "resize_crop":
+        chw = _bound_aspect(chw, MAX_ASPECT)
         chw = F.center_crop(F.resize(chw, spec.resize or spec.size, antialias=True), spec.size)
     elif spec.mode == "resize_exact":
         chw = F.resize(chw, [spec.size, spec.size], antialias=True)
@@ -57,6 +59,19 @@ def prepare_image(image: np.ndarray, spec: PreprocessSpec) -> Prepared:
     else:  # pragma: no cover - the Literal keeps this out
         raise ValueError(spec.mode)
     return Prepared(np.ascontiguousarray(chw.numpy()), (height, width))
+
+
+MAX_ASPECT = 4  # the centre crop never reaches beyond this; bounds resize's intermediate
+
+
+def _bound_aspect(chw: torch.Tensor, max_aspect: int) -> torch.Tensor:
+    """Centre-crop the long side to ``max_aspect`` x the short side. A no-op for ordinary photos;
+    for a 1 x 100000 strip it stops resize-then-crop from allocating a 256 x 25600000 image."""
+    height, width = chw.shape[1:]
+    short = min(height, width)
+    if max(height, width) <= short * max_aspect:
+        return chw
+    return F.center_crop(chw, [min(height, short * max_aspect), min(width, short * max_aspect)])
 
 
 def stack(pixels: list[np.ndarray]) -> np.ndarray:

@@ -37,7 +37,7 @@ class ImageLoader:
         self.config = config
         self.spec: ModelSpec = get_spec(config.name)
         self._formats = frozenset(config.decode.formats)
-        self._draft = self.spec.preprocess.draft_size if config.decode.draft else None
+        self._draft = self.spec.preprocess.draft_size if config.decode.draft else None  # None for detection
 
     def decode(self, data: bytes) -> np.ndarray:
         return decode_image(data, max_pixels=self.config.decode.max_pixels, formats=self._formats, draft_size=self._draft)

@@ -74,3 +74,44 @@ def test_format_allow_list_is_configurable():
     assert decode_image(images.unsupported_format(), formats=frozenset({"PPM"})).shape == (8, 8, 3)
     with pytest.raises(UnsupportedFormat):
         decode_image(images.in_mode("RGB"), formats=frozenset({"JPEG"}))
+
+
+def test_extremely_thin_image_prepares_without_a_huge_intermediate():
+    import io
+
+    from PIL import Image
+
+    from shared.prepare import PreprocessSpec, prepare_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (100_000, 1), (9, 9, 9)).save(buffer, "PNG")
+    image = decode_image(buffer.getvalue())
+    prepared = prepare_image(image, PreprocessSpec("resize_crop", 224, resize=256))
+    assert prepared.pixels.shape == (3, 224, 224) and prepared.original_size == (1, 100_000)
+    assert (prepared.pixels == 9).all()
+
+
+def test_resize_crop_is_torchvisions_resize_then_centre_crop():
+    import torch
+    import torchvision.transforms.v2.functional as F
+
+    from shared.prepare import PreprocessSpec, prepare_image
+    from tests.images import small_photo
+
+    image = small_photo("coffee", size=400)
+    ours = prepare_image(image, PreprocessSpec("resize_crop", 224, resize=256)).pixels.astype(int)
+    chw = torch.from_numpy(image).permute(2, 0, 1)
+    reference = F.center_crop(F.resize(chw, 256, antialias=True), 224).numpy().astype(int)
+    assert (ours == reference).all()  # ordinary photos take exactly the reference path
+
+
+def test_multi_picture_jpeg_is_accepted():
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    frames = [Image.new("RGB", (30, 20), (200, 10, 10)), Image.new("RGB", (30, 20), (10, 10, 200))]
+    frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
+    out = decode_image(buffer.getvalue())
+    assert out.shape == (20, 30, 3) and out[10, 10, 0] > 150  # the first picture

@@ -4,9 +4,10 @@ import os
 
 import pytest
 import torch
+import numpy as np
 from pydantic import ValidationError
 
-from shared import ModelConfig, ModelWrapper, list_models
+from shared import ImageLoader, ModelConfig, ModelWrapper, list_models
 from shared.errors import ModelNotFound, WeightsUnavailable
 from shared.registry import get_spec
 from tests.images import small_jpeg
@@ -150,3 +151,14 @@ def test_bf16_runs_on_cpu_and_agrees_on_clear_photos(embedded_wrapper):
     for name in ("chelsea", "coffee", "rocket", "motorcycle"):
         data = small_jpeg(name, size=256)
         assert fast.classify_bytes(data, 1)[0]["index"] == embedded_wrapper.classify_bytes(data, 1)[0]["index"]
+
+
+def test_detection_keeps_the_full_size_of_large_jpegs():
+    """No JPEG draft for detection: boxes must be in the original image's pixels."""
+    from twinfer.samples import encode
+
+    loader = ImageLoader(ModelConfig(name="fasterrcnn_v2", weights="random"))  # the CPU half only
+    big = np.zeros((2000, 3000, 3), np.uint8)
+    prepared = loader.load(encode(big))
+    assert prepared.original_size == (2000, 3000)
+    assert max(prepared.pixels.shape[1:]) == 1333
