@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -75,7 +76,8 @@ def read_predictions(uri: str, s3: S3Options | None = None) -> pa.Table:
 
 def default_report_uri(predictions: str) -> str:
     """Beside the predictions, not inside them (the directory holds only Parquet files)."""
-    return predictions.rstrip("/") + ".evaluation.json"
+    parts = urlsplit(predictions)  # keep ?endpoint_override=... on the end, where it belongs
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + ".evaluation.json"))
 
 
 def format_report(report: dict) -> str:

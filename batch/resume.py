@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import posixpath
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -38,7 +39,11 @@ def done_paths(fs: pafs.FileSystem, directory: str) -> set[str]:
     for path in output_files(fs, directory):
         try:
             done.update(pq.read_table(path, columns=["path"], filesystem=fs).column("path").to_pylist())
-        except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a cut-short file
+        except pa.ArrowInvalid as exc:
+            # Only a local file can be cut short (S3 objects appear whole); any other failure -
+            # a timeout, throttling, permissions - must not delete results, so it propagates.
+            if not isinstance(fs, pafs.LocalFileSystem):
+                raise
             logger.warning("deleting unreadable output file %s (%s); its inputs will be redone", path, exc)
             fs.delete_file(path)
     return done

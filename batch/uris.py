@@ -111,6 +111,8 @@ def parse_uri(uri: str) -> Location:
         path = f"{bucket}/{parts.path.strip('/')}".rstrip("/")
         return Location("s3", path, anonymous=user == "anonymous", query=query)
     if scheme in ("", "file", "local"):
+        if scheme and parts.netloc not in ("", "localhost"):
+            raise ValueError(f"{uri!r} names host {parts.netloc!r}; write file:///absolute/path or a plain path")
         raw = parts.path if scheme else uri
         return Location("local", os.path.abspath(os.path.expanduser(raw)))
     raise ValueError(f"unsupported URI scheme {parts.scheme!r} in {uri!r}; use s3://, file:// or a local path")

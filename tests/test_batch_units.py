@@ -231,3 +231,37 @@ def test_backfill_flags_become_one_validated_config():
     assert config.s3 == S3Options(endpoint_override="http://127.0.0.1:9000", access_key="k", secret_key="s")
     assert not config.progress and config.evaluate and config.num_gpus_per_actor == 0
     assert build_parser().parse_args(["evaluate", "--predictions", "/tmp/p"]).handler.__name__ == "_evaluate"
+
+
+def test_file_uri_with_a_host_is_refused():
+    import pytest
+
+    from batch.uris import parse_uri
+
+    with pytest.raises(ValueError, match="names host"):
+        parse_uri("file://preds")
+    assert parse_uri("file:///tmp/preds").path == "/tmp/preds"
+    assert parse_uri("file://localhost/tmp/preds").path == "/tmp/preds"
+
+
+def test_default_report_uri_keeps_the_query_string():
+    from batch.evaluate import default_report_uri
+
+    assert default_report_uri("/data/preds/") == "/data/preds.evaluation.json"
+    assert (
+        default_report_uri("s3://results/run?endpoint_override=127.0.0.1:9000&scheme=http")
+        == "s3://results/run.evaluation.json?endpoint_override=127.0.0.1:9000&scheme=http"
+    )
+
+
+def test_resume_deletes_only_a_cut_short_local_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from batch.resume import done_paths
+
+    pq.write_table(pa.table({"path": ["/a.jpg"]}), tmp_path / "part-good.parquet")
+    (tmp_path / "part-cut.parquet").write_bytes(b"PAR1 cut short")
+    assert done_paths(pafs.LocalFileSystem(), str(tmp_path)) == {"/a.jpg"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-good.parquet"]
