@@ -6,17 +6,15 @@ and adds what only a batch job has: where to read and write, and how Ray Data ru
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from shared.config import ModelConfig
+from shared.config import ModelConfig, StrictModel, check_gpu_request
 from shared.wrapper import MAX_TOP_K
 
 from batch.uris import S3Options, parse_uri
 
 
-class BackfillConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
-
+class BackfillConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     input: str = Field(description="s3://bucket/prefix, s3://anonymous@bucket/prefix, file:// or a local directory")
     output: str = Field(description="directory URI for the Parquet files")
@@ -44,10 +42,7 @@ class BackfillConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "BackfillConfig":
-        if self.num_gpus_per_actor > 0 and self.model.device == "cpu":
-            raise ValueError("num_gpus_per_actor > 0 but model.device is 'cpu'")
-        if self.num_gpus_per_actor == 0 and self.model.device == "cuda":
-            raise ValueError("model.device 'cuda' needs num_gpus_per_actor > 0 (Ray hides GPUs from actors without one)")
+        check_gpu_request(self.model, self.num_gpus_per_actor)
         if self.num_gpus_per_actor > 1 and not float(self.num_gpus_per_actor).is_integer():
             raise ValueError("num_gpus_per_actor above 1 must be a whole number")
         source, sink = parse_uri(self.input), parse_uri(self.output)

@@ -17,16 +17,16 @@ from typing import Literal, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
+
+from shared.config import StrictModel
 
 DEFAULT_NON_AWS_REGION = "us-east-1"  # custom endpoints (MinIO, moto, ...) still need a region set
 _QUERY_KEYS = ("endpoint_override", "scheme", "region")
 
 
-class S3Options(BaseModel):
+class S3Options(StrictModel):
     """S3 connection settings; any field left unset falls back to the AWS environment variables."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     endpoint_override: str | None = None  # "host:port" or "http://host:port"
     scheme: Literal["http", "https"] | None = None

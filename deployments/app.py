@@ -34,7 +34,7 @@ def build(args: AppArgs, model_server_cls: type = ModelServer, ingress_cls: type
             ray_actor_options={"num_cpus": entry.num_cpus, "num_gpus": entry.num_gpus},
             user_config=entry.batching.model_dump(),
         )
-        handles[name] = deployment.bind(entry.model.model_dump())
+        handles[name] = deployment.bind(entry.model.model_dump(), entry.max_ongoing_requests)
         configs[name] = entry.model.model_dump()
     ingress = serve.deployment(ingress_cls).options(
         name="ingress",

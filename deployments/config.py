@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from shared.config import ModelConfig, StrictModel
+from shared.config import ModelConfig, StrictModel, check_gpu_request
 
 
 class BatchingConfig(StrictModel):
@@ -24,17 +24,24 @@ class ModelDeploymentConfig(StrictModel):
     num_gpus: float = Field(0.0, ge=0.0, description="per replica; 0 on a CPU-only machine")
     num_cpus: float = Field(1.0, ge=0.0)
     max_ongoing_requests: int = Field(128, ge=1)
-    max_queued_requests: int = Field(256, ge=0, description="beyond this, callers get 503 at once")
+    max_queued_requests: int = Field(256, ge=-1, description="beyond this, callers get 503 at once; -1 = no limit")
 
     @model_validator(mode="after")
-    def _batches_can_fill(self) -> "ModelDeploymentConfig":
-        needed = self.batching.max_batch_size * self.batching.max_concurrent_batches
-        if self.max_ongoing_requests < needed:
-            raise ValueError(
-                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size x "
-                f"max_concurrent_batches ({needed}), or batches can never fill (ray#43288)"
-            )
+    def _consistent(self) -> "ModelDeploymentConfig":
+        check_batches_can_fill(self.batching, self.max_ongoing_requests)
+        check_gpu_request(self.model, self.num_gpus)
+        if self.max_queued_requests == 0:
+            raise ValueError("max_queued_requests must be -1 (no limit) or positive (Serve refuses 0)")
         return self
+
+
+def check_batches_can_fill(batching: BatchingConfig, max_ongoing_requests: int) -> None:
+    needed = batching.max_batch_size * batching.max_concurrent_batches
+    if max_ongoing_requests < needed:
+        raise ValueError(
+            f"max_ongoing_requests ({max_ongoing_requests}) must be >= max_batch_size x "
+            f"max_concurrent_batches ({needed}), or batches can never fill (ray#43288)"
+        )
 
 
 class IngressConfig(StrictModel):

@@ -13,15 +13,16 @@ from typing import Any
 
 from ray import serve
 
-from deployments.config import BatchingConfig
+from deployments.config import BatchingConfig, check_batches_can_fill
 from deployments.metrics import ModelMetrics
 from shared import ModelConfig, ModelWrapper
 from shared.prepare import Prepared
 
 
 class ModelServer:
-    def __init__(self, model_config: ModelConfig):
+    def __init__(self, model_config: ModelConfig, max_ongoing_requests: int | None = None):
         self.config = ModelConfig.model_validate(model_config)
+        self.max_ongoing_requests = max_ongoing_requests
         self.wrapper = ModelWrapper(self.config)
         self.metrics = ModelMetrics(self.config.name)
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # debug view of batching
@@ -29,8 +30,12 @@ class ModelServer:
         self._apply(BatchingConfig())  # Serve then calls reconfigure(user_config) before any request
 
     def reconfigure(self, user_config: dict) -> None:
-        """``user_config`` = BatchingConfig; applied after ``__init__`` and on every update."""
-        self._apply(BatchingConfig.model_validate(user_config))
+        """``user_config`` = BatchingConfig; applied after ``__init__`` and on every update. A
+        partial update keeps the other settings; the start-up invariant is checked again."""
+        batching = BatchingConfig.model_validate({**self.batching.model_dump(), **user_config})
+        if self.max_ongoing_requests is not None:
+            check_batches_can_fill(batching, self.max_ongoing_requests)
+        self._apply(batching)
 
     def _apply(self, batching: BatchingConfig) -> None:
         if self.batching is None or batching.max_concurrent_batches != self.batching.max_concurrent_batches:

@@ -64,3 +64,11 @@ class ModelConfig(StrictModel):
     @property
     def task(self) -> str:
         return REGISTRY[self.name].task
+
+
+def check_gpu_request(model: ModelConfig, num_gpus: float) -> None:
+    """A model's device must match the GPUs its Ray process asks for (both paths call this)."""
+    if num_gpus > 0 and model.device == "cpu":
+        raise ValueError("GPUs are requested but model.device is 'cpu'")
+    if num_gpus == 0 and model.device == "cuda":
+        raise ValueError("model.device 'cuda' needs a GPU request (Ray hides GPUs from processes without one)")

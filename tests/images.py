@@ -14,7 +14,7 @@ from twinfer.samples import encode, sample_array
 def small_photo(name: str = "chelsea", size: int = 96) -> np.ndarray:
     image = Image.fromarray(sample_array(name)).convert("RGB")
     image.thumbnail((size, size))
-    return np.asarray(image)
+    return np.array(image)  # writable, like decode_image returns
 
 
 def small_jpeg(name: str = "chelsea", size: int = 96) -> bytes:

@@ -11,15 +11,24 @@ from tests.images import small_jpeg
 
 @pytest.fixture(scope="module")
 def server():
-    return ModelServer({"name": "efficientnet_lite0", "weights": "random"})
+    return ModelServer({"name": "efficientnet_lite0", "weights": "random"}, max_ongoing_requests=32)
 
 
-def test_reconfigure_changes_batch_settings_in_place(server):
+def test_reconfigure_changes_the_live_batch_queue(server):
     queue_before = server._batched
     server.reconfigure({"max_batch_size": 4, "batch_wait_timeout_s": 0.05, "max_concurrent_batches": 1})
-    server.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1})
-    assert server.batching.max_batch_size == 16 and server.batching.batch_wait_timeout_s == 0.01
-    assert server._batched is not queue_before  # concurrency changed once: new queue
+    assert server._batched is not queue_before  # concurrency changed: a new queue
+    queue = server._batched
+    server.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.01})
+    assert server._batched is queue  # same concurrency: the setters, in place
+    assert queue._get_max_batch_size() == 16 and queue._get_batch_wait_timeout_s() == 0.01
+    server.reconfigure({"max_batch_size": 8})  # partial update keeps the rest
+    assert server.batching.batch_wait_timeout_s == 0.01 and server.batching.max_concurrent_batches == 1
+
+
+def test_reconfigure_keeps_the_start_up_invariant(server):
+    with pytest.raises(ValueError, match="batches can never fill"):
+        server.reconfigure({"max_batch_size": 64})  # 64 x 1 > max_ongoing_requests 32
 
 
 def test_reconfigure_rejects_bad_settings(server):
@@ -42,5 +51,11 @@ def test_batches_that_cannot_fill_are_refused_at_start_up():
         AppArgs(models=[{"enabled": False}])
     with pytest.raises(ValidationError, match="twice"):
         AppArgs(models=[{}, {}])
+    with pytest.raises(ValidationError, match="Serve refuses 0"):
+        ModelDeploymentConfig(max_queued_requests=0)
+    with pytest.raises(ValidationError, match="needs a GPU request"):
+        ModelDeploymentConfig(model={"device": "cuda"}, num_gpus=0)
+    with pytest.raises(ValidationError, match="model.device is 'cpu'"):
+        ModelDeploymentConfig(model={"device": "cpu"}, num_gpus=1)
 
 

@@ -73,6 +73,14 @@ def test_torchvision_pretrained_path_reads_torch_home_cache(tmp_path, monkeypatc
 
 
 def test_missing_pretrained_weights_say_how_to_provide_them(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.models._api as api
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", no_network)  # never download 230 MB
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailable, match="TORCH_HOME"):
         ModelWrapper(ModelConfig(name="resnet152"))
