@@ -8,6 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from shared.config import ModelConfig
+from shared.wrapper import DEFAULT_TOP_K
 
 from batch.config import BackfillConfig
 from batch.uris import S3Options
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
     backfill.add_argument("--score-threshold", type=float, default=ModelConfig().score_threshold, help="detection: minimum score")
     backfill.add_argument("--input", required=True, help="s3://bucket/prefix, s3://anonymous@bucket/prefix or a local directory")
     backfill.add_argument("--output", required=True, help="directory URI for the Parquet files (s3:// or local)")
-    backfill.add_argument("--top-k", type=int, default=5, help="classification: predictions kept per image (5)")
+    backfill.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"classification: predictions kept per image ({DEFAULT_TOP_K})")
     backfill.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
     backfill.add_argument("--actors", dest="actor_pool_size", type=int, default=1, help="model actor pool size (1)")
     backfill.add_argument("--gpus-per-actor", dest="num_gpus_per_actor", type=float, default=0.0, help="0 on CPU (default)")

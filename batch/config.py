@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from shared.config import ModelConfig, StrictModel, check_gpu_request
-from shared.wrapper import MAX_TOP_K
+from shared.wrapper import DEFAULT_TOP_K, MAX_TOP_K
 
 from batch.uris import S3Options, parse_uri
 
@@ -18,7 +18,7 @@ class BackfillConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     input: str = Field(description="s3://bucket/prefix, s3://anonymous@bucket/prefix, file:// or a local directory")
     output: str = Field(description="directory URI for the Parquet files")
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="classification: predictions kept per image")
+    top_k: int = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="classification: predictions kept per image")
     batch_size: int = Field(64, gt=0, description="images per model call")
     actor_pool_size: int = Field(1, ge=1, description="model actors (one model copy each)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="0 on CPU")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from shared.config import ModelConfig
-from shared.wrapper import ModelWrapper
+from shared.wrapper import DEFAULT_TOP_K, ModelWrapper
 
 from batch.decode_stage import prepared_from_row
 
@@ -40,6 +40,20 @@ DETECT_SCHEMA = pa.schema(
 )
 
 
+# output column <- key of the wrapper's prediction dicts; one mapping for writing and reading back
+CLASSIFY_COLUMNS = {"top_labels": "label", "top_indices": "index", "top_scores": "score"}
+DETECT_COLUMNS = {"boxes": "box", "labels": "label", "label_indices": "index", "scores": "score"}
+
+
+def predictions_from_row(row: dict, task: str = "classify") -> list[dict] | None:
+    """An output row back to the wrapper's prediction dicts (None for an error row)."""
+    columns = CLASSIFY_COLUMNS if task == "classify" else DETECT_COLUMNS
+    if row[next(iter(columns))] is None:
+        return None
+    values = zip(*(row[column] for column in columns))
+    return [dict(zip(columns.values(), entry)) for entry in values]
+
+
 def output_schema(task: str) -> pa.Schema:
     return CLASSIFY_SCHEMA if task == "classify" else DETECT_SCHEMA
 
@@ -47,7 +61,7 @@ def output_schema(task: str) -> pa.Schema:
 class Predictor:
     """Callable class for ``map_batches``: decoded rows in, prediction rows out (same count)."""
 
-    def __init__(self, model: ModelConfig, top_k: int = 5):
+    def __init__(self, model: ModelConfig, top_k: int = DEFAULT_TOP_K):
         self.wrapper = ModelWrapper(model)
         self.model_name = model.name
         self.task = self.wrapper.spec.task
@@ -75,6 +89,5 @@ class Predictor:
         def column(key: str) -> list:
             return [None if r is None else [p[key] for p in r] for r in results]
 
-        if self.task == "classify":
-            return {"top_labels": column("label"), "top_indices": column("index"), "top_scores": column("score")}
-        return {"boxes": column("box"), "labels": column("label"), "label_indices": column("index"), "scores": column("score")}
+        columns = CLASSIFY_COLUMNS if self.task == "classify" else DETECT_COLUMNS
+        return {name: column(key) for name, key in columns.items()}

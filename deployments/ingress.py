@@ -22,7 +22,7 @@ from deployments.http import error_response, image_bytes
 from deployments.metrics import IngressMetrics
 from shared import ImageLoader, ModelConfig
 from shared.errors import MethodNotAllowed, ModelNotFound, NotFound, Overloaded, TwinferError, WrongTask
-from shared.wrapper import validate_score_threshold, validate_top_k
+from shared.wrapper import DEFAULT_TOP_K, validate_score_threshold, validate_top_k
 
 logger = logging.getLogger("ray.serve")
 
@@ -66,7 +66,7 @@ class Ingress:
         if loader.spec.task != task:
             raise WrongTask(f"model {model!r} does {loader.spec.task}, not {task}; use /v1/models/{model}/{loader.spec.task}")
         if task == "classify":
-            params = {"top_k": validate_top_k(request.query_params.get("top_k", 5))}
+            params = {"top_k": validate_top_k(request.query_params.get("top_k", DEFAULT_TOP_K))}
         else:
             default = loader.config.score_threshold
             params = {"score_threshold": validate_score_threshold(request.query_params.get("score_threshold", default))}

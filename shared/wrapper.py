@@ -28,6 +28,7 @@ from shared.registry import ModelSpec, get_spec
 logger = logging.getLogger(__name__)
 
 MAX_TOP_K = 100
+DEFAULT_TOP_K = 5
 
 
 class ImageLoader:
@@ -107,7 +108,7 @@ class ModelWrapper(ImageLoader):
 
     def postprocess(self, raw: Any, items: Sequence[Prepared], params: Sequence[dict]) -> list[list[dict]]:
         if self.spec.task == "classify":
-            return self._top_k(raw, [p.get("top_k", 5) for p in params])
+            return self._top_k(raw, [p.get("top_k", DEFAULT_TOP_K) for p in params])
         return [
             self._detections(out, item, p.get("score_threshold", self.config.score_threshold))
             for out, item, p in zip(raw, items, params)
@@ -122,7 +123,7 @@ class ModelWrapper(ImageLoader):
         assert len(results) == len(items), (len(results), len(items))
         return results
 
-    def classify_bytes(self, data: bytes, top_k: int = 5) -> list[dict]:
+    def classify_bytes(self, data: bytes, top_k: int = DEFAULT_TOP_K) -> list[dict]:
         """Convenience for one image, used by the demo and parity checks."""
         return self.predict_batch([self.load(data)], [{"top_k": top_k}])[0]
 

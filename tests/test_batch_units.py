@@ -265,3 +265,15 @@ def test_resume_deletes_only_a_cut_short_local_file(tmp_path):
     (tmp_path / "part-cut.parquet").write_bytes(b"PAR1 cut short")
     assert done_paths(pafs.LocalFileSystem(), str(tmp_path)) == {"/a.jpg"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-good.parquet"]
+
+
+def test_output_row_round_trips_to_the_wrappers_predictions():
+    from batch.predict_actor import CLASSIFY_COLUMNS, DETECT_COLUMNS, predictions_from_row
+
+    predictions = [{"label": "espresso", "index": 967, "score": 0.9}, {"label": "cup", "index": 968, "score": 0.05}]
+    row = {column: [p[key] for p in predictions] for column, key in CLASSIFY_COLUMNS.items()}
+    assert predictions_from_row(row) == predictions
+    assert predictions_from_row({column: None for column in CLASSIFY_COLUMNS}) is None
+    boxes = [{"box": [1.0, 2.0, 3.0, 4.0], "label": "car", "index": 3, "score": 0.8}]
+    row = {column: [b[key] for b in boxes] for column, key in DETECT_COLUMNS.items()}
+    assert predictions_from_row(row, "detect") == boxes

@@ -71,6 +71,7 @@ def offline(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dic
     import pyarrow.parquet as pq
 
     from batch.config import BackfillConfig
+    from batch.predict_actor import predictions_from_row
     from batch.pipeline import run_backfill
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,13 +82,7 @@ def offline(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dic
         run_backfill(BackfillConfig(model=config, input=str(source), output=str(output), top_k=5))
         table = pq.read_table(output).to_pylist()
     rows = {Path(row["path"]).stem: row for row in table}
-    return {
-        name: [
-            {"label": label, "index": index, "score": score}
-            for label, index, score in zip(row["top_labels"], row["top_indices"], row["top_scores"])
-        ]
-        for name, row in sorted(rows.items(), key=lambda item: list(images).index(item[0]))
-    }
+    return {name: predictions_from_row(rows[name]) for name in images}
 
 
 def run_demo(args) -> int:
