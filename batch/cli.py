@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+import yaml
 from pydantic import ValidationError
 
 from shared.config import ModelConfig
+from shared.registry import DEFAULT_MODEL
 from shared.wrapper import DEFAULT_TOP_K
 
 from batch.config import BackfillConfig
@@ -18,11 +21,21 @@ def register(subparsers) -> None:
     backfill = subparsers.add_parser(
         "backfill", help="classify (or detect) every image under a URI with Ray Data, writing Parquet",
     )
-    backfill.add_argument("--model", default=ModelConfig().name)
-    backfill.add_argument("--weights", default="default", help="default | pretrained | random | path to a state dict")
-    backfill.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    backfill.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    backfill.add_argument("--score-threshold", type=float, default=ModelConfig().score_threshold, help="detection: minimum score")
+    model = backfill.add_argument_group(
+        "model (the ModelConfig vocabulary of serve_config.yaml; flags override --model-config)"
+    )
+    model.add_argument(
+        "--model-config", default=None, metavar="FILE",
+        help="YAML/JSON: a model mapping (as under `model:` in serve_config.yaml), or a Serve config "
+        "file itself, whose entry for --model (or its one enabled model) is used",
+    )
+    model.add_argument("--model", default=None, help=f"registry name (default {ModelConfig().name})")
+    model.add_argument("--weights", default=None, help="default | pretrained | random | path to a state dict")
+    model.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    model.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "bf16"])
+    model.add_argument("--compile", action="store_true", default=None, help="torch.compile, warmed at actor start")
+    model.add_argument("--cpu-threads", type=int, default=None, help="torch threads per actor on CPU")
+    model.add_argument("--score-threshold", type=float, default=None, help="detection: minimum score")
     backfill.add_argument("--input", required=True, help="s3://bucket/prefix, s3://anonymous@bucket/prefix or a local directory")
     backfill.add_argument("--output", required=True, help="directory URI for the Parquet files (s3:// or local)")
     backfill.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"classification: predictions kept per image ({DEFAULT_TOP_K})")
@@ -75,13 +88,7 @@ def _s3_options(args) -> dict:
 def config_from_args(args) -> BackfillConfig:
     """The validated ``BackfillConfig`` for parsed ``backfill`` flags (raises pydantic's ValidationError)."""
     return BackfillConfig(
-        model={
-            "name": args.model,
-            "weights": args.weights,
-            "device": args.device,
-            "precision": args.precision,
-            "score_threshold": args.score_threshold,
-        },
+        model=model_mapping(args),
         input=args.input,
         output=args.output,
         top_k=args.top_k,
@@ -102,12 +109,43 @@ def config_from_args(args) -> BackfillConfig:
     )
 
 
+MODEL_FLAGS = {"model": "name", "weights": "weights", "device": "device", "precision": "precision",
+               "compile": "compile", "cpu_threads": "cpu_threads", "score_threshold": "score_threshold"}
+
+
+def model_mapping(args) -> dict:
+    """--model-config's mapping with the model flags given on the command line on top."""
+    flags = {key: getattr(args, flag) for flag, key in MODEL_FLAGS.items() if getattr(args, flag) is not None}
+    base = read_model_config(args.model_config, flags.get("name")) if args.model_config else {}
+    return {**base, **flags}
+
+
+def read_model_config(path: str, name: str | None = None) -> dict:
+    """A model mapping from ``path``: the file's own mapping, or, for a Serve config file (it has
+    ``applications``), the ``model`` of the entry named ``name`` (else of its one enabled entry)."""
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
+    if "applications" not in data:
+        return data
+    entries = [entry for app in data["applications"] or [] for entry in ((app.get("args") or {}).get("models") or [])]
+    if name is not None:
+        found = [e.get("model") or {} for e in entries if (e.get("model") or {}).get("name", DEFAULT_MODEL) == name]
+        wanted = f"model {name!r}"
+    else:
+        found = [e.get("model") or {} for e in entries if e.get("enabled", True)]
+        wanted = "one enabled model (or name one with --model)"
+    if len(found) != 1:
+        raise ValueError(f"{path}: expected {wanted} under applications[].args.models, found {len(found)}")
+    return found[0]
+
+
 def _backfill(args) -> int:
     from batch.pipeline import run_backfill
 
     try:
         config = config_from_args(args)
-    except ValidationError as exc:
+    except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
         print(f"twinfer backfill: invalid settings\n{exc}", file=sys.stderr)
         return 2
     run_backfill(config)

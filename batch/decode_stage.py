@@ -66,7 +66,21 @@ def load_one(loader: ImageLoader, data: bytes | None) -> tuple[str | None, str |
         return TwinferError.code, f"{type(exc).__name__}: {exc}", None
 
 
-def prepared_from_row(pixels: bytes, shape: list[int], original_size: list[int]) -> Prepared:
-    """Rebuild the ``Prepared`` the loader made (a writable copy: torch.from_numpy wants one)."""
-    array = np.frombuffer(pixels, dtype=np.uint8).reshape(shape).copy()
-    return Prepared(array, (int(original_size[0]), int(original_size[1])))
+def prepared_from_row(pixels: bytes | np.ndarray, shape: list[int], original_size: list[int], copy: bool = True) -> Prepared:
+    """Rebuild the ``Prepared`` the loader made. ``copy=False`` keeps a read-only view (fine when
+    the batch is stacked into a new array anyway); torch.from_numpy wants a writable copy."""
+    array = np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
+    return Prepared(array.copy() if copy else array, (int(original_size[0]), int(original_size[1])))
+
+
+def pixel_views(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """The ``pixels`` column as flat uint8 views into the Arrow buffers: no per-row bytes objects
+    and no copy (``to_pylist`` would copy every image twice before the batch is even stacked)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    views: list[np.ndarray] = []
+    for chunk in chunks:
+        _, offsets_buffer, data_buffer = chunk.buffers()
+        offsets = np.frombuffer(offsets_buffer, np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+        views.extend(data[start:end] for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+    return views

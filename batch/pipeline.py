@@ -53,7 +53,7 @@ def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str]) ->
     )
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k},
+        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.batch_size},
         batch_size=config.batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=config.actor_pool_size),

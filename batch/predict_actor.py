@@ -12,7 +12,7 @@ import pyarrow as pa
 from shared.config import ModelConfig
 from shared.wrapper import DEFAULT_TOP_K, ModelWrapper
 
-from batch.decode_stage import prepared_from_row
+from batch.decode_stage import pixel_views, prepared_from_row
 
 _COMMON = [
     ("path", pa.string()),
@@ -61,17 +61,20 @@ def output_schema(task: str) -> pa.Schema:
 class Predictor:
     """Callable class for ``map_batches``: decoded rows in, prediction rows out (same count)."""
 
-    def __init__(self, model: ModelConfig, top_k: int = DEFAULT_TOP_K):
-        self.wrapper = ModelWrapper(model)
+    def __init__(self, model: ModelConfig, top_k: int = DEFAULT_TOP_K, batch_size: int | None = None):
+        # batches come at batch_size (the last one, or one with error rows, smaller: padded up)
+        self.wrapper = ModelWrapper(model, batch_sizes=(batch_size,) if batch_size else (1,))
         self.model_name = model.name
         self.task = self.wrapper.spec.task
         self.schema = output_schema(self.task)
         self.params = {"top_k": top_k} if self.task == "classify" else {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.select(["error", "pixels", "shape", "original_size"]).to_pylist()
+        rows = batch.select(["error", "shape", "original_size"]).to_pylist()
+        pixels = pixel_views(batch.column("pixels"))
         good = [i for i, row in enumerate(rows) if row["error"] is None]
-        items = [prepared_from_row(rows[i]["pixels"], rows[i]["shape"], rows[i]["original_size"]) for i in good]
+        copy = self.task != "classify"  # classification stacks the batch into a new array anyway
+        items = [prepared_from_row(pixels[i], rows[i]["shape"], rows[i]["original_size"], copy) for i in good]
         results: list[list[dict] | None] = [None] * len(rows)
         for i, result in zip(good, self.wrapper.predict_batch(items, [self.params] * len(items))):
             results[i] = result

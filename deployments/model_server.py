@@ -17,13 +17,14 @@ from deployments.config import BatchingConfig, check_batches_can_fill
 from deployments.metrics import ModelMetrics
 from shared import ModelConfig, ModelWrapper
 from shared.prepare import Prepared
+from shared.wrapper import bucket_sizes
 
 
 class ModelServer:
     def __init__(self, model_config: ModelConfig, max_ongoing_requests: int | None = None):
         self.config = ModelConfig.model_validate(model_config)
         self.max_ongoing_requests = max_ongoing_requests
-        self.wrapper = ModelWrapper(self.config)
+        self.wrapper = ModelWrapper(self.config, batch_sizes=())  # reconfigure warms the batcher's sizes
         self.metrics = ModelMetrics(self.config.name)
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # debug view of batching
         self.batching: BatchingConfig | None = None
@@ -35,6 +36,9 @@ class ModelServer:
         batching = BatchingConfig.model_validate({**self.batching.model_dump(), **user_config})
         if self.max_ongoing_requests is not None:
             check_batches_can_fill(batching, self.max_ongoing_requests)
+        # every batch size the batcher may send, warmed before it may send it (with compile, no
+        # user request ever meets a new shape); Serve calls this before the first request
+        self.wrapper.warmup(bucket_sizes(batching.max_batch_size))
         self._apply(batching)
 
     def _apply(self, batching: BatchingConfig) -> None:

@@ -39,7 +39,11 @@ class ModelConfig(StrictModel):
     cpu_threads: int | None = Field(
         None, ge=1, le=256, description="torch intra-op threads on CPU (Ray sets OMP_NUM_THREADS=num_cpus)"
     )
-    compile: bool = Field(False, description="torch.compile, warmed up before the first request")
+    compile: bool = Field(
+        False,
+        description="classification: torch.compile (static shapes, frozen weights), every batch size warmed "
+        "at replica/actor start; batches are padded to a warmed size. On CPU it needs a C++ compiler",
+    )
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="detection: default minimum score")
     options: dict[str, Any] = Field(default_factory=dict, description="architecture overrides (random weights)")
     decode: DecodeConfig = DecodeConfig()
@@ -57,6 +61,8 @@ class ModelConfig(StrictModel):
             raise ValueError("precision fp16 needs device cuda; on CPU use fp32 or bf16")
         if self.options and self.weights in ("default", "pretrained") and self.name != "fasterrcnn_v2":
             raise ValueError("architecture options change the model; use them with weights 'random' or a path")
+        if self.compile and self.task == "detect":
+            raise ValueError("compile is for classification models; detection takes variable-size images")
         if self.weights not in SPECIAL and not self.weights.strip():
             raise ValueError("weights path is empty")
         return self

@@ -13,7 +13,9 @@ Data actor call exactly these, so the same image gets the same answer online and
 
 from __future__ import annotations
 
+import bisect
 import logging
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -53,7 +55,9 @@ class ImageLoader:
 class ModelWrapper(ImageLoader):
     """The whole model: CPU half (inherited) plus the device half."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, batch_sizes: Sequence[int] = (1,)):
+        """``batch_sizes``: warmed here (with ``compile``, the only sizes it will run until
+        ``warmup`` adds more). The Serve replica passes none and warms in ``reconfigure``."""
         super().__init__(config)
         self.labels = self.spec.labels()
         self.device = _resolve_device(config.device)
@@ -68,23 +72,55 @@ class ModelWrapper(ImageLoader):
         self.channels_last = config.channels_last and self.spec.task == "classify"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model) if config.compile else model
+        self.model = _compile(model) if config.compile else model
+        # batch sizes run once before any request; compiled graphs are static, so with compile
+        # every batch is zero-padded to one of these
+        self.warmed_batch_sizes: tuple[int, ...] = ()
+        self._warmup_lock = threading.Lock()
         pre = self.spec.preprocess
         std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
         # (x / 255 - mean) / std  ==  x * scale + shift, done in one fused pass on the device
         self._scale = (1.0 / (255.0 * std)).to(self.dtype)
         self._shift = (-mean / std).to(self.dtype)
-        if config.compile:
-            self.warmup()
+        self.warmup(batch_sizes)
 
     # ---- device half -------------------------------------------------------------------------
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Run dummy batches so compilation / cuDNN autotune never land on a user request."""
+    def warmup(self, batch_sizes: Sequence[int]) -> None:
+        """Run dummy batches of these sizes, so compilation / cuDNN autotune never land on a user
+        request. With ``compile`` every later batch is padded up to the nearest warmed size (and
+        split at the largest), so the compiled graphs never see a new shape."""
         size = self.spec.preprocess.size
-        for n in batch_sizes:
-            dummy = Prepared(np.zeros((3, size, size), np.uint8), (size, size))
-            self.predict([dummy] * n)
+        dummy = Prepared(np.zeros((3, size, size), np.uint8), (size, size))
+        with self._warmup_lock:
+            new = sorted(set(batch_sizes) - set(self.warmed_batch_sizes))
+            # eager on CPU has nothing to warm (no compile, no CUDA context or cuDNN autotune)
+            for n in new if (self.config.compile or self.device.type == "cuda") else ():
+                # at exactly size n, not padded to a size warmed before
+                self._forward([dummy.pixels] * n) if self.spec.task == "classify" else self.predict([dummy] * n)
+            self.warmed_batch_sizes = tuple(sorted({*self.warmed_batch_sizes, *new}))
+
+    @torch.inference_mode()
+    def _forward(self, pixels: list[np.ndarray]) -> torch.Tensor:
+        """uint8 CHW images -> class probabilities on the CPU, at exactly this batch size."""
+        x = self._to_device(stack(pixels))
+        x = torch.addcmul(self._shift, x.to(self.dtype), self._scale)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x).float().softmax(dim=-1).cpu()
+
+    def _forward_padded(self, pixels: list[np.ndarray]) -> torch.Tensor:
+        """``_forward`` through the compiled graphs: pad to the nearest warmed size, split above the largest."""
+        sizes = self.warmed_batch_sizes
+        if not sizes:  # never compile on a user request
+            raise RuntimeError("compiled model has no warmed batch size: call warmup(batch_sizes) before predicting")
+        outputs = []
+        for start in range(0, len(pixels), sizes[-1]):
+            chunk = pixels[start : start + sizes[-1]]
+            padded = sizes[bisect.bisect_left(sizes, len(chunk))]
+            filler = [np.zeros_like(chunk[0])] * (padded - len(chunk))
+            outputs.append(self._forward(chunk + filler)[: len(chunk)])
+        return torch.cat(outputs)
 
     def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(pixels)
@@ -98,11 +134,8 @@ class ModelWrapper(ImageLoader):
         if not items:
             return torch.zeros((0, len(self.labels))) if self.spec.task == "classify" else []
         if self.spec.task == "classify":
-            x = self._to_device(stack([item.pixels for item in items]))
-            x = torch.addcmul(self._shift, x.to(self.dtype), self._scale)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().softmax(dim=-1).cpu()
+            pixels = [item.pixels for item in items]
+            return self._forward_padded(pixels) if self.config.compile else self._forward(pixels)
         images = [self._to_device(item.pixels).to(self.dtype).div_(255.0) for item in items]
         return [{k: _float_cpu(v) for k, v in out.items()} for out in self.model(images)]
 
@@ -171,6 +204,21 @@ def validate_score_threshold(value: Any) -> float:
     if not 0.0 <= t <= 1.0:
         raise InvalidParameter(f"score_threshold must be within [0, 1], got {t}")
     return t
+
+
+def _compile(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile for inference: static shapes (the wrapper pads batches to warmed sizes) and
+    inductor freezing (weights become constants, so conv+BN fold and layouts are chosen once).
+    Freezing is a process-wide inductor setting; replicas and actors own their process."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model, dynamic=False)
+
+
+def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Batch sizes to warm for a batcher that may send 1..max_batch_size: powers of two, and the max."""
+    return tuple(sorted({1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size} | {max_batch_size}))
 
 
 def _float_cpu(tensor: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -124,6 +126,15 @@ def test_decode_stage_gives_one_row_per_file_and_never_raises():
     assert rows["/data/n01/cat.jpg"]["label"] == "n01" and rows["/data/coffee.jpg"]["label"] is None
 
 
+def test_pixel_views_read_the_arrow_buffers_of_sliced_and_chunked_columns():
+    from batch.decode_stage import pixel_views
+
+    values = [bytes([1, 2, 3]), b"", bytes([4, 5]), bytes(range(7))]
+    column = pa.chunked_array([pa.array(values[:2], pa.binary()), pa.array(values[2:], pa.binary()).slice(1)])
+    assert [v.tobytes() for v in pixel_views(column)] == [values[0], b"", values[3]]
+    assert [v.tobytes() for v in pixel_views(pa.array([b"", b""], pa.binary()))] == [b"", b""]  # no data buffer
+
+
 def test_predictor_predicts_good_rows_and_passes_error_rows_through(embedded_wrapper):
     files = {"cat.jpg": images.small_jpeg("chelsea"), "bad.jpg": images.truncated_jpeg(), "rocket.jpg": images.small_jpeg("rocket")}
     decoded = decode_batch(_read_rows(files), model=ModelConfig(), input_location=parse_uri("/data"))
@@ -231,6 +242,31 @@ def test_backfill_flags_become_one_validated_config():
     assert config.s3 == S3Options(endpoint_override="http://127.0.0.1:9000", access_key="k", secret_key="s")
     assert not config.progress and config.evaluate and config.num_gpus_per_actor == 0
     assert build_parser().parse_args(["evaluate", "--predictions", "/tmp/p"]).handler.__name__ == "_evaluate"
+
+
+def test_model_config_file_is_the_online_vocabulary_and_flags_override_it(tmp_path):
+    import shutil
+
+    from batch.cli import config_from_args
+    from twinfer.cli import build_parser
+
+    def parse(*extra):
+        return config_from_args(build_parser().parse_args(["backfill", "--input", "/data", "--output", "/out", *extra]))
+
+    block = tmp_path / "model.yaml"
+    block.write_text("{name: efficientnet_lite0, weights: random, precision: bf16, cpu_threads: 2, decode: {draft: false}}")
+    config = parse("--model-config", str(block), "--precision", "fp32", "--compile")
+    assert config.model == ModelConfig(weights="random", precision="fp32", cpu_threads=2, compile=True, decode={"draft": False})
+
+    serve_config = shutil.copy(Path(__file__).parent.parent / "serve_config.yaml", tmp_path / "serve.yaml")
+    assert parse("--model-config", str(serve_config)).model == ModelConfig(name="efficientnet_lite0", weights="default")
+    detector = parse("--model-config", str(serve_config), "--model", "fasterrcnn_v2").model  # a disabled entry, by name
+    assert detector == ModelConfig(name="fasterrcnn_v2", weights="pretrained", score_threshold=0.5)
+    with pytest.raises(ValueError, match="expected model 'nope'"):
+        parse("--model-config", str(serve_config), "--model", "nope")
+    block.write_text("{name: efficientnet_lite0, wieghts: random}")
+    with pytest.raises(ValueError, match="wieghts"):  # a typo in the file fails like one in serve_config.yaml
+        parse("--model-config", str(block))
 
 
 def test_file_uri_with_a_host_is_refused():

@@ -115,3 +115,32 @@ def test_multi_picture_jpeg_is_accepted():
     frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
     out = decode_image(buffer.getvalue())
     assert out.shape == (20, 30, 3) and out[10, 10, 0] > 150  # the first picture
+
+
+def test_resize_exact_squashes_to_the_square_torchvision_makes():
+    import torch
+    import torchvision.transforms.v2.functional as F
+
+    from shared.prepare import PreprocessSpec, prepare_image
+    from tests.images import small_photo
+
+    image = small_photo("rocket", size=300)[:, :200]  # 300 x 200, not square
+    ours = prepare_image(image, PreprocessSpec("resize_exact", 224)).pixels
+    reference = F.resize(torch.from_numpy(image).permute(2, 0, 1), [224, 224], antialias=True).numpy()
+    assert ours.shape == (3, 224, 224) and (ours == reference).all()
+
+
+def test_max_side_keeps_the_aspect_and_never_upscales():
+    import torch
+    import torchvision.transforms.v2.functional as F
+
+    from shared.prepare import PreprocessSpec, prepare_image
+    from tests.images import small_photo
+
+    image = small_photo("astronaut", size=300)[:150]  # 150 high x 300 wide
+    big = prepare_image(image, PreprocessSpec("max_side", 200))
+    reference = F.resize(torch.from_numpy(image).permute(2, 0, 1), [100, 200], antialias=True).numpy()
+    assert big.pixels.shape == (3, 100, 200) and (big.pixels == reference).all()
+    assert big.original_size == (150, 300)
+    small = prepare_image(image, PreprocessSpec("max_side", 800))
+    assert (small.pixels == image.transpose(2, 0, 1)).all()  # already inside the limit: untouched

@@ -59,3 +59,8 @@ def test_batches_that_cannot_fill_are_refused_at_start_up():
         ModelDeploymentConfig(model={"device": "cpu"}, num_gpus=1)
 
 
+
+
+def test_reconfigure_prepares_every_batch_size_before_the_batcher_can_send_it(server):
+    server.reconfigure({"max_batch_size": 8, "max_concurrent_batches": 1})
+    assert {1, 2, 4, 8} <= set(server.wrapper.warmed_batch_sizes)

@@ -55,8 +55,12 @@ def test_detector_returns_boxes_inside_the_original_image():
         x1, y1, x2, y2 = d["box"]
         assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
         assert d["label"] == wrapper.labels[d["index"]]
-    (strict,) = wrapper.predict_batch([item], [{"score_threshold": 1.0}])
-    assert len(strict) <= len(detections) and all(d["score"] >= 1.0 for d in strict)
+    scores = sorted({d["score"] for d in detections})
+    assert len(scores) >= 2, "need two distinct scores to test the threshold"
+    threshold = scores[len(scores) // 2]  # a real score: >= keeps it, everything below goes
+    (kept,) = wrapper.predict_batch([item], [{"score_threshold": threshold}])
+    assert kept == [d for d in detections if d["score"] >= threshold]
+    assert 0 < len(kept) < len(detections)
 
 
 def test_torchvision_pretrained_path_reads_torch_home_cache(tmp_path, monkeypatch):
