@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     backfill.add_argument("--output", required=True, help="directory URI for the Parquet files (s3:// or local)")
     backfill.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"classification: predictions kept per image ({DEFAULT_TOP_K})")
     backfill.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
+    backfill.add_argument("--rows-per-call", type=int, default=None, help="rows per model-actor call, run --batch-size at a time (max(batch size, 256))")
     backfill.add_argument("--actors", dest="actor_pool_size", type=int, default=1, help="model actor pool size (1)")
     backfill.add_argument("--gpus-per-actor", dest="num_gpus_per_actor", type=float, default=0.0, help="0 on CPU (default)")
     backfill.add_argument("--cpus-per-actor", dest="num_cpus_per_actor", type=float, default=1.0, help="CPUs reserved per model actor (1)")
@@ -93,6 +94,7 @@ def config_from_args(args) -> BackfillConfig:
         output=args.output,
         top_k=args.top_k,
         batch_size=args.batch_size,
+        rows_per_call=args.rows_per_call,
         actor_pool_size=args.actor_pool_size,
         num_gpus_per_actor=args.num_gpus_per_actor,
         num_cpus_per_actor=args.num_cpus_per_actor,
@@ -141,14 +143,18 @@ def read_model_config(path: str, name: str | None = None) -> dict:
 
 
 def _backfill(args) -> int:
-    from batch.pipeline import run_backfill
+    from batch.pipeline import DecodeWouldStarve, run_backfill
 
     try:
         config = config_from_args(args)
     except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
         print(f"twinfer backfill: invalid settings\n{exc}", file=sys.stderr)
         return 2
-    run_backfill(config)
+    try:
+        run_backfill(config)
+    except DecodeWouldStarve as exc:
+        print(f"twinfer backfill: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,6 +20,10 @@ class BackfillConfig(StrictModel):
     output: str = Field(description="directory URI for the Parquet files")
     top_k: int = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="classification: predictions kept per image")
     batch_size: int = Field(64, gt=0, description="images per model call")
+    rows_per_call: int | None = Field(
+        None, gt=0, description="rows Ray Data hands a model actor per call, run batch_size at a time; "
+        "None = max(batch_size, 256): fewer, larger calls cut Ray Data's per-call cost (bench/RESULTS.md)",
+    )
     actor_pool_size: int = Field(1, ge=1, description="model actors (one model copy each)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="0 on CPU")
     num_cpus_per_actor: float = Field(1.0, gt=0)
@@ -33,6 +37,10 @@ class BackfillConfig(StrictModel):
     progress: bool = Field(True, description="Ray Data progress bars")
     evaluate: bool = Field(False, description="compute accuracy against the label column after the run")
     evaluation_output: str | None = None
+
+    @property
+    def actor_call_rows(self) -> int:
+        return self.rows_per_call or max(self.batch_size, 256)
 
     @field_validator("input", "output")
     @classmethod
@@ -48,6 +56,8 @@ class BackfillConfig(StrictModel):
         source, sink = parse_uri(self.input), parse_uri(self.output)
         if source.scheme == sink.scheme and (sink.path == source.path or sink.path.startswith(source.path + "/")):
             raise ValueError("output must not be inside the input: the next run would read its own Parquet files")
+        if self.rows_per_call is not None and self.rows_per_call < self.batch_size:
+            raise ValueError(f"rows_per_call ({self.rows_per_call}) must be at least batch_size ({self.batch_size})")
         if self.evaluate and self.model.task != "classify":
             raise ValueError("evaluate needs a classification model")
         return self

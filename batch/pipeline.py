@@ -54,7 +54,7 @@ def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str]) ->
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.batch_size},
-        batch_size=config.batch_size,
+        batch_size=config.actor_call_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=config.actor_pool_size),
         num_cpus=config.num_cpus_per_actor,
@@ -80,6 +80,8 @@ def run_backfill(config: BackfillConfig) -> dict:
     stats = ""
     if pending:
         _ensure_ray(config.address)
+        if not config.address:
+            check_cpus_leave_room_for_decode(config, ray.cluster_resources().get("CPU", 0.0))
         with _progress_bars(config.progress):
             ds = build_dataset(config, source, pending)
             ds.write_datasink(sink)
@@ -102,6 +104,23 @@ def run_backfill(config: BackfillConfig) -> dict:
     if config.evaluate:
         summary["evaluation"] = run_evaluate(config.output, config.evaluation_output, config.s3)
     return summary
+
+
+class DecodeWouldStarve(ValueError):
+    """The model actors' CPU reservations leave none for a decode task."""
+
+
+def check_cpus_leave_room_for_decode(config: BackfillConfig, cluster_cpus: float) -> None:
+    """Model actors hold their CPUs for the whole job: if they hold them all, no decode task is
+    ever scheduled and the job waits forever. Refuse that at start-up instead. (Not checked
+    with ``address``: a remote cluster may autoscale.)"""
+    actors = config.actor_pool_size * config.num_cpus_per_actor
+    if actors + config.decode_cpus > cluster_cpus:
+        raise DecodeWouldStarve(
+            f"{config.actor_pool_size} model actor(s) x {config.num_cpus_per_actor} CPU + {config.decode_cpus} CPU "
+            f"for a decode task > the {cluster_cpus:g} CPUs Ray has: decoding could never run. "
+            "Lower --cpus-per-actor (fractions are fine) or --actors, or --decode-cpus"
+        )
 
 
 def summary_line(summary: dict) -> str:

@@ -61,9 +61,12 @@ def output_schema(task: str) -> pa.Schema:
 class Predictor:
     """Callable class for ``map_batches``: decoded rows in, prediction rows out (same count)."""
 
-    def __init__(self, model: ModelConfig, top_k: int = DEFAULT_TOP_K, batch_size: int | None = None):
-        # batches come at batch_size (the last one, or one with error rows, smaller: padded up)
-        self.wrapper = ModelWrapper(model, batch_sizes=(batch_size,) if batch_size else (1,))
+    def __init__(self, model: ModelConfig, top_k: int = DEFAULT_TOP_K, batch_size: int = 64):
+        """``batch_size``: images per model call. Ray Data may hand over more rows per call (fewer
+        calls, less per-call overhead); they are run ``batch_size`` at a time."""
+        # the model sees batch_size (a last, short chunk: padded up when compiled)
+        self.wrapper = ModelWrapper(model, batch_sizes=(batch_size,))
+        self.batch_size = batch_size
         self.model_name = model.name
         self.task = self.wrapper.spec.task
         self.schema = output_schema(self.task)
@@ -76,8 +79,10 @@ class Predictor:
         copy = self.task != "classify"  # classification stacks the batch into a new array anyway
         items = [prepared_from_row(pixels[i], rows[i]["shape"], rows[i]["original_size"], copy) for i in good]
         results: list[list[dict] | None] = [None] * len(rows)
-        for i, result in zip(good, self.wrapper.predict_batch(items, [self.params] * len(items))):
-            results[i] = result
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            for i, result in zip(good[start:], self.wrapper.predict_batch(chunk, [self.params] * len(chunk))):
+                results[i] = result
         columns = {
             "path": batch.column("path"),
             "label": batch.column("label"),

@@ -35,22 +35,26 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--compile", action="store_true", help="also rows with compile (channels_last), each size warmed first")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images = list(sample_jpegs().values())
     rows = []
     reference = None
-    for precision in args.precisions.split(","):
-        for channels_last in (False, True):
-            wrapper = ModelWrapper(ModelConfig(name=args.model, weights=args.weights, precision=precision, channels_last=channels_last))
-            items = [wrapper.load(data) for data in images]
-            top1 = [r[0]["index"] for r in wrapper.predict_batch(items)]
-            reference = reference or top1
-            row = {"precision": precision, "channels_last": wrapper.channels_last, "device": str(wrapper.device),
-                   "top1_agree": f"{sum(a == b for a, b in zip(top1, reference))}/{len(top1)}"}
-            row |= {f"b{bs}": round(rate(wrapper, items, int(bs), args.seconds), 1) for bs in args.batch_sizes.split(",")}
-            rows.append(row)
-            print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    sizes = [int(bs) for bs in args.batch_sizes.split(",")]
+    variants = [(p, cl, False) for p in args.precisions.split(",") for cl in (False, True)]
+    variants += [(p, True, True) for p in args.precisions.split(",")] if args.compile else []
+    for precision, channels_last, compiled in variants:
+        config = ModelConfig(name=args.model, weights=args.weights, precision=precision, channels_last=channels_last, compile=compiled)
+        wrapper = ModelWrapper(config, batch_sizes=sizes if compiled else (1,))
+        items = [wrapper.load(data) for data in images]
+        top1 = [r[0]["index"] for r in wrapper.predict_batch(items)]
+        reference = reference or top1
+        row = {"precision": precision, "channels_last": wrapper.channels_last, "compile": compiled, "device": str(wrapper.device),
+               "top1_agree": f"{sum(a == b for a, b in zip(top1, reference))}/{len(top1)}"}
+        row |= {f"b{bs}": round(rate(wrapper, items, bs, args.seconds), 1) for bs in sizes}
+        rows.append(row)
+        print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     print(json.dumps({"model": args.model, "threads": args.threads, "rows": rows}))
 
 

@@ -72,7 +72,7 @@ def run_batch(args, data_dir: Path, work: Path, config) -> dict:
     results["twinfer_backfill"] = {"images": summary["rows"], "seconds": round(seconds, 2), "img_s": round(summary["rows"] / seconds, 1), "host_mem_gib": mem.delta_gib}
     with HostMemory() as mem:
         started = time.perf_counter()
-        rows = seed_style_batch(str(data_dir), str(work / "seed"), config, args.actors, args.batch_size, args.num_gpus)
+        rows = seed_style_batch(str(data_dir), str(work / "seed"), config, args.actors, args.seed_batch_size or args.batch_size, args.num_gpus)
         seconds = time.perf_counter() - started
     results["seed_style"] = {"images": rows, "seconds": round(seconds, 2), "img_s": round(rows / seconds, 1), "host_mem_gib": mem.delta_gib}
     results["speedup"] = round(results["twinfer_backfill"]["img_s"] / results["seed_style"]["img_s"], 2)
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-gpus", type=float, default=0.0)
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed-batch-size", type=int, default=None, help="the seed-style pipeline's batch size (default: --batch-size)")
     parser.add_argument("--online-batch", type=int, default=8, help="8 is best for the embedded model on CPU")
     parser.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="torch threads per model process, both systems")
     parser.add_argument("--ingress-replicas", type=int, default=1)

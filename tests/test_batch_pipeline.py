@@ -87,7 +87,7 @@ def planted(tmp_path_factory, embedded_wrapper) -> Planted:
 
 
 def backfill_config(input: str, output: str, **overrides) -> BackfillConfig:
-    settings = dict(input=input, output=output, batch_size=4, min_rows_per_file=4, progress=False)
+    settings = dict(input=input, output=output, batch_size=4, rows_per_call=4, min_rows_per_file=4, progress=False)
     return BackfillConfig(**{**settings, **overrides})
 
 
@@ -248,7 +248,7 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
     write_tree(tmp_path / "in", files)
     source, output = tmp_path / "in", tmp_path / "out"
     command = [sys.executable, "-m", "twinfer.cli", "backfill", "--input", str(source), "--output", str(output),
-               "--batch-size", "2", "--rows-per-file", "2", "--no-progress"]
+               "--batch-size", "2", "--rows-per-call", "2", "--rows-per-file", "2", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -262,7 +262,7 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
     done_before = pq.read_table(output).num_rows
     assert 0 < done_before < len(files), "the kill should land mid-job"
 
-    summary = run_backfill(backfill_config(str(source), str(output), batch_size=2, min_rows_per_file=2))
+    summary = run_backfill(backfill_config(str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2))
     paths = pq.read_table(output).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == len(files)
     assert set(paths) == {str(source / rel) for rel in files}

@@ -136,13 +136,16 @@ def test_pixel_views_read_the_arrow_buffers_of_sliced_and_chunked_columns():
 
 
 def test_predictor_predicts_good_rows_and_passes_error_rows_through(embedded_wrapper):
-    files = {"cat.jpg": images.small_jpeg("chelsea"), "bad.jpg": images.truncated_jpeg(), "rocket.jpg": images.small_jpeg("rocket")}
+    files = {"cat.jpg": images.small_jpeg("chelsea"), "bad.jpg": images.truncated_jpeg(), "rocket.jpg": images.small_jpeg("rocket"),
+             "coffee.jpg": images.small_jpeg("coffee"), "empty.jpg": b"", "astronaut.jpg": images.small_jpeg("astronaut")}
     decoded = decode_batch(_read_rows(files), model=ModelConfig(), input_location=parse_uri("/data"))
-    out = Predictor(ModelConfig(), top_k=3)(decoded)
+    out = Predictor(ModelConfig(), top_k=3, batch_size=2)(decoded)  # 6 rows, 4 good: two model calls of 2
     assert out.schema == CLASSIFY_SCHEMA
+    assert [p.rsplit("/", 1)[1] for p in out.column("path").to_pylist()] == list(files)  # row order kept
     rows = {row["path"].rsplit("/", 1)[1]: row for row in out.to_pylist()}
     assert rows["bad.jpg"]["error"] == "invalid_image" and rows["bad.jpg"]["top_labels"] is None
-    for name in ("cat.jpg", "rocket.jpg"):
+    assert rows["empty.jpg"]["error"] == "empty_input" and rows["empty.jpg"]["top_labels"] is None
+    for name in ("cat.jpg", "rocket.jpg", "coffee.jpg", "astronaut.jpg"):
         direct = embedded_wrapper.classify_bytes(files[name], top_k=3)
         assert rows[name]["model"] == "efficientnet_lite0" and rows[name]["error"] is None
         assert rows[name]["top_labels"] == [p["label"] for p in direct]
@@ -160,6 +163,7 @@ def test_backfill_config_rejects_inconsistent_settings(tmp_path):
         dict(ok, num_gpus_per_actor=1.5),
         dict(ok, output=str(tmp_path / "in" / "predictions")),
         dict(ok, batch_size=0),
+        dict(ok, batch_size=64, rows_per_call=32),
         dict(ok, top_k=0),
         dict(ok, input="ftp://host/x"),
         dict(ok, model={"name": "fasterrcnn_v2", "weights": "random"}, evaluate=True),
@@ -224,6 +228,16 @@ def test_resume_reads_done_paths_and_cleans_up_what_a_kill_left(tmp_path):
     assert done_paths(fs, out) == {"s3://b/1.jpg", "s3://b/2.jpg"}  # error rows count as done
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-a.parquet"]
     assert output_files(fs, out) == [f"{out}/part-a.parquet"]
+
+
+def test_model_actors_that_would_starve_decoding_are_refused(tmp_path):
+    from batch.pipeline import check_cpus_leave_room_for_decode
+
+    config = BackfillConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), actor_pool_size=2)
+    with pytest.raises(ValueError, match="decoding could never run"):
+        check_cpus_leave_room_for_decode(config, cluster_cpus=2)  # the hang this guards against, seen on 2 cores
+    check_cpus_leave_room_for_decode(config, cluster_cpus=3)
+    check_cpus_leave_room_for_decode(config.model_copy(update={"num_cpus_per_actor": 0.5}), cluster_cpus=2)
 
 
 # ---- CLI -------------------------------------------------------------------------------------
