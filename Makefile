@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --n 2000 --precision fp32 --compile --batch-size 4 --online-batch 4
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -2,6 +2,7 @@
 precision, memory format and batch size, plus top-1 agreement with fp32 NCHW.
 
     python -m bench.model_only                       # embedded model, CPU
+    python -m bench.model_only --precisions fp32 --batch-sizes 1,2,4,8 --compile   # + compiled rows
     python -m bench.model_only --model resnet152 --weights random --precisions fp32,fp16 --batch-sizes 64,256
 """
 

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed-batch-size", type=int, default=None, help="the seed-style pipeline's batch size (default: --batch-size)")
-    parser.add_argument("--online-batch", type=int, default=8, help="8 is best for the embedded model on CPU")
+    parser.add_argument("--online-batch", type=int, default=4, help="4 is best for the embedded model on CPU")
     parser.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="torch threads per model process, both systems")
     parser.add_argument("--ingress-replicas", type=int, default=1)
     parser.add_argument("--decode-threads", type=int, default=2)

@@ -133,6 +133,8 @@ def test_pixel_views_read_the_arrow_buffers_of_sliced_and_chunked_columns():
     column = pa.chunked_array([pa.array(values[:2], pa.binary()), pa.array(values[2:], pa.binary()).slice(1)])
     assert [v.tobytes() for v in pixel_views(column)] == [values[0], b"", values[3]]
     assert [v.tobytes() for v in pixel_views(pa.array([b"", b""], pa.binary()))] == [b"", b""]  # no data buffer
+    large = pa.array(values, pa.large_binary()).slice(2)  # 64-bit offsets, as Arrow may hand over
+    assert [v.tobytes() for v in pixel_views(large)] == values[2:]
 
 
 def test_predictor_predicts_good_rows_and_passes_error_rows_through(embedded_wrapper):
