@@ -36,6 +36,10 @@ def register(subparsers) -> None:
     model.add_argument("--compile", action="store_true", default=None, help="torch.compile, warmed at actor start")
     model.add_argument("--cpu-threads", type=int, default=None, help="torch threads per actor on CPU")
     model.add_argument("--score-threshold", type=float, default=None, help="detection: minimum score")
+    model.add_argument(
+        "--decode-on-device", action="store_true", default=None,
+        help="decode.on_device: JPEGs decoded in batches on the GPU (nvJPEG); needs --device cuda",
+    )
     backfill.add_argument("--input", required=True, help="s3://bucket/prefix, s3://anonymous@bucket/prefix or a local directory")
     backfill.add_argument("--output", required=True, help="directory URI for the Parquet files (s3:// or local)")
     backfill.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"classification: predictions kept per image ({DEFAULT_TOP_K})")
@@ -119,7 +123,10 @@ def model_mapping(args) -> dict:
     """--model-config's mapping with the model flags given on the command line on top."""
     flags = {key: getattr(args, flag) for flag, key in MODEL_FLAGS.items() if getattr(args, flag) is not None}
     base = read_model_config(args.model_config, flags.get("name")) if args.model_config else {}
-    return {**base, **flags}
+    mapping = {**base, **flags}
+    if args.decode_on_device:
+        mapping["decode"] = {**(mapping.get("decode") or {}), "on_device": True}
+    return mapping
 
 
 def read_model_config(path: str, name: str | None = None) -> dict:

@@ -7,6 +7,8 @@ fails the task.
 
 Pixels cross to the actors as raw uint8 bytes plus their (3, H, W) shape, so classification
 (fixed size) and detection (sizes vary per image) travel the same way, one byte per channel.
+With ``decode.on_device`` a JPEG crosses still encoded (``encoding`` "jpeg", its header already
+checked here) and the model actor decodes it on the GPU with the rest of its batch.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 
 from shared.config import ModelConfig
+from shared.device_decode import Encoded
 from shared.errors import TwinferError
 from shared.prepare import Prepared
-from shared.wrapper import ImageLoader
+from shared.wrapper import ImageLoader, Item
 
 from batch.listing import label_for
 from batch.uris import Location
@@ -32,9 +35,11 @@ DECODED_SCHEMA = pa.schema(
         ("label", pa.string()),  # directory label, or null
         ("error", pa.string()),  # TwinferError code, null when the image decoded
         ("error_message", pa.string()),
-        ("pixels", pa.binary()),  # uint8 CHW, C-order; empty on error rows
-        ("shape", pa.list_(pa.int32())),  # (3, H, W); null on error rows
-        ("original_size", pa.list_(pa.int32())),  # (H, W) of the decoded image; null on error rows
+        ("encoding", pa.string()),  # "uint8_chw", or "jpeg" (left for the device decoder); null on error rows
+        ("pixels", pa.binary()),  # uint8 CHW, C-order (or the JPEG file's bytes); empty on error rows
+        ("shape", pa.list_(pa.int32())),  # (3, H, W); null on error and "jpeg" rows
+        ("original_size", pa.list_(pa.int32())),  # (H, W) of the (upright) image; null on error rows
+        ("orientation", pa.int32()),  # EXIF orientation of a "jpeg" row; null otherwise
     ]
 )
 
@@ -46,17 +51,20 @@ def decode_batch(batch: pa.Table, *, model: ModelConfig, input_location: Locatio
     for data, path in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist()):
         columns["path"].append(input_location.uri_for(path))
         columns["label"].append(label_for(path, input_location.path))
-        error, message, prepared = load_one(loader, data)
+        error, message, item = load_one(loader, data)
+        encoded = isinstance(item, Encoded)
         columns["error"].append(error)
         columns["error_message"].append(message)
-        columns["pixels"].append(prepared.pixels.tobytes() if prepared else b"")
-        columns["shape"].append(list(prepared.pixels.shape) if prepared else None)
-        columns["original_size"].append(list(prepared.original_size) if prepared else None)
+        columns["encoding"].append(None if item is None else "jpeg" if encoded else "uint8_chw")
+        columns["pixels"].append(b"" if item is None else item.data.tobytes() if encoded else item.pixels.tobytes())
+        columns["shape"].append(list(item.pixels.shape) if isinstance(item, Prepared) else None)
+        columns["original_size"].append(None if item is None else list(item.original_size))
+        columns["orientation"].append(item.orientation if encoded else None)
     return pa.table(columns, schema=DECODED_SCHEMA)
 
 
-def load_one(loader: ImageLoader, data: bytes | None) -> tuple[str | None, str | None, Prepared | None]:
-    """(error code, message, None) for a bad file, (None, None, Prepared) for a good one."""
+def load_one(loader: ImageLoader, data: bytes | None) -> tuple[str | None, str | None, Item | None]:
+    """(error code, message, None) for a bad file, (None, None, item) for a good one."""
     try:
         return None, None, loader.load(data or b"")
     except TwinferError as exc:
@@ -66,11 +74,16 @@ def load_one(loader: ImageLoader, data: bytes | None) -> tuple[str | None, str |
         return TwinferError.code, f"{type(exc).__name__}: {exc}", None
 
 
-def prepared_from_row(pixels: bytes | np.ndarray, shape: list[int], original_size: list[int], copy: bool = True) -> Prepared:
-    """Rebuild the ``Prepared`` the loader made. ``copy=False`` keeps a read-only view (fine when
-    the batch is stacked into a new array anyway); torch.from_numpy wants a writable copy."""
-    array = np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
-    return Prepared(array.copy() if copy else array, (int(original_size[0]), int(original_size[1])))
+def item_from_row(pixels: bytes | np.ndarray, row: dict, copy: bool = True) -> Item:
+    """Rebuild the item the loader made from a good row (``encoding``, ``shape``, ``original_size``,
+    ``orientation``) and its ``pixels``. ``copy=False`` keeps a read-only view (fine when the batch
+    is stacked into a new array anyway); torch.from_numpy wants a writable copy."""
+    size = (int(row["original_size"][0]), int(row["original_size"][1]))
+    array = np.frombuffer(pixels, dtype=np.uint8)
+    if row["encoding"] == "jpeg":
+        return Encoded(array, int(row["orientation"]), size)
+    array = array.reshape(row["shape"])
+    return Prepared(array.copy() if copy else array, size)
 
 
 def pixel_views(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:

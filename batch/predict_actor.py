@@ -2,7 +2,8 @@
 
 Built once per actor (``map_batches(Predictor, compute=ActorPoolStrategy(...))``); each call
 runs ``ModelWrapper.predict_batch`` - the very method the online deployment calls - on the rows
-that decoded, and passes error rows through with null predictions.
+that decoded, and passes error rows through with null predictions. A JPEG left for the device
+decoder that no decoder can read becomes an error row here.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 from shared.config import ModelConfig
+from shared.errors import TwinferError
 from shared.wrapper import DEFAULT_TOP_K, ModelWrapper
 
-from batch.decode_stage import pixel_views, prepared_from_row
+from batch.decode_stage import item_from_row, pixel_views
 
 _COMMON = [
     ("path", pa.string()),
@@ -73,22 +75,27 @@ class Predictor:
         self.params = {"top_k": top_k} if self.task == "classify" else {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.select(["error", "shape", "original_size"]).to_pylist()
+        rows = batch.select(["error", "error_message", "encoding", "shape", "original_size", "orientation"]).to_pylist()
         pixels = pixel_views(batch.column("pixels"))
         good = [i for i, row in enumerate(rows) if row["error"] is None]
         copy = self.task != "classify"  # classification stacks the batch into a new array anyway
-        items = [prepared_from_row(pixels[i], rows[i]["shape"], rows[i]["original_size"], copy) for i in good]
+        items = [item_from_row(pixels[i], rows[i], copy) for i in good]
         results: list[list[dict] | None] = [None] * len(rows)
+        errors = [row["error"] for row in rows]
+        messages = [row["error_message"] for row in rows]
         for start in range(0, len(items), self.batch_size):
             chunk = items[start : start + self.batch_size]
             for i, result in zip(good[start:], self.wrapper.predict_batch(chunk, [self.params] * len(chunk))):
-                results[i] = result
+                if isinstance(result, TwinferError):
+                    errors[i], messages[i] = result.code, str(result)
+                else:
+                    results[i] = result
         columns = {
             "path": batch.column("path"),
             "label": batch.column("label"),
             "model": pa.array([self.model_name] * len(rows), pa.string()),
-            "error": batch.column("error"),
-            "error_message": batch.column("error_message"),
+            "error": pa.array(errors, pa.string()),
+            "error_message": pa.array(messages, pa.string()),
             **self._prediction_columns(results),
         }
         return pa.table(columns, schema=self.schema)

@@ -2,7 +2,7 @@
 
     python -m bench.run --n 400                      # CPU, embedded model (what CI machines can do)
     python -m bench.run --n 40000 --model resnet152 --weights random --num-gpus 1 --actors 1 \\
-        --batch-size 256 --clients 1,16,128          # the GPU box
+        --batch-size 256 --clients 1,16,128 [--decode-on-device] [--compile]   # the GPU box
 
 Prints a table and writes JSON (default bench/out/result.json). Set --ingress haproxy to start
 Serve with RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (read when Serve starts).
@@ -84,7 +84,8 @@ def top1_agreement(rows: list[dict], config, sample: int) -> dict:
     """The fast path's top-1 against the plain fp32 CPU wrapper on the same files."""
     from shared import ModelConfig, ModelWrapper
 
-    reference = ModelWrapper(ModelConfig.model_validate({**config.model_dump(), "device": "cpu", "precision": "fp32", "compile": False}))
+    plain = {"device": "cpu", "precision": "fp32", "compile": False, "decode": {**config.decode.model_dump(), "on_device": False}}
+    reference = ModelWrapper(ModelConfig.model_validate({**config.model_dump(), **plain}))
     rows = [r for r in rows if r.get("error") is None][:sample]
     same = sum(reference.classify_bytes(Path(r["path"].removeprefix("file://")).read_bytes(), 1)[0]["index"] == r["top_indices"][0] for r in rows)
     return {"images": len(rows), "agree": same, "fraction": round(same / max(1, len(rows)), 4)}
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="default")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--decode-on-device", action="store_true", help="decode.on_device: JPEGs decoded by nvJPEG in the model process (CUDA)")
     parser.add_argument("--num-gpus", type=float, default=0.0)
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ModelConfig(
         name=args.model, weights=args.weights, precision=args.precision, compile=args.compile,
         cpu_threads=args.cpu_threads if args.num_gpus == 0 else None,
+        device="cuda" if args.decode_on_device else "auto", decode={"on_device": args.decode_on_device},
     )
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data or Path(tmp) / "images"

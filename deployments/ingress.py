@@ -77,6 +77,8 @@ class Ingress:
         self.metrics.decode_seconds.observe(time.perf_counter() - started, tags={"model": model})
 
         result = await self.handles[model].infer.remote(prepared, params)
+        if isinstance(result, TwinferError):  # a JPEG left for the device decoder that no decoder could read
+            raise result
         key = "predictions" if task == "classify" else "detections"
         return JSONResponse({"model": model, key: result})
 

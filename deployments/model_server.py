@@ -1,7 +1,10 @@
 """The model deployment: a thin ``@serve.batch`` adapter over ``shared.ModelWrapper``.
 
 Requests arrive already decoded and prepared (uint8 CHW) by the ingress; a bad image never gets
-here, so one batch can only fail for reasons that would fail every member anyway.
+here, so one batch can only fail for reasons that would fail every member anyway. With
+``decode.on_device`` a JPEG arrives header-checked but still encoded; if the device and CPU
+decoders both reject it, its own result is the ``TwinferError`` (the ingress answers it with its
+4xx) while the rest of its batch is served.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from ray import serve
 from deployments.config import BatchingConfig, check_batches_can_fill
 from deployments.metrics import ModelMetrics
 from shared import ModelConfig, ModelWrapper
-from shared.prepare import Prepared
-from shared.wrapper import bucket_sizes
+from shared.errors import TwinferError
+from shared.wrapper import Item, bucket_sizes
 
 
 class ModelServer:
@@ -55,16 +58,16 @@ class ModelServer:
             self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.batching = batching
 
-    async def infer(self, item: Prepared, params: dict) -> list[dict]:
+    async def infer(self, item: Item, params: dict) -> list[dict] | TwinferError:
         return await self._batched((item, params))
 
-    async def _predict_batched(self, requests: list[tuple[Prepared, dict]]) -> list[list[dict]]:
+    async def _predict_batched(self, requests: list[tuple[Item, dict]]) -> list[list[dict] | TwinferError]:
         items = [item for item, _ in requests]
         params = [p for _, p in requests]
         # Off the event loop, so the replica keeps taking requests to fill the next batch.
         return await asyncio.to_thread(self.run_batch, items, params)
 
-    def run_batch(self, items: list[Prepared], params: list[dict]) -> list[list[dict]]:
+    def run_batch(self, items: list[Item], params: list[dict]) -> list[list[dict] | TwinferError]:
         started = time.perf_counter()
         results = self.wrapper.predict_batch(items, params)
         self.metrics.model_seconds.observe(time.perf_counter() - started)

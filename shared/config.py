@@ -19,6 +19,11 @@ class DecodeConfig(StrictModel):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="pixel cap, checked from the header")
     formats: tuple[str, ...] = tuple(sorted(DEFAULT_FORMATS))
     draft: bool = Field(True, description="let libjpeg decode JPEGs at a reduced scale (Pillow draft)")
+    on_device: bool = Field(
+        False,
+        description="classification on CUDA: CPU workers check JPEG headers only and the model process decodes "
+        "JPEGs in batches with nvJPEG, then resizes on the GPU; other formats still decode on CPU workers",
+    )
 
     @field_validator("formats")
     @classmethod
@@ -63,6 +68,9 @@ class ModelConfig(StrictModel):
             raise ValueError("architecture options change the model; use them with weights 'random' or a path")
         if self.compile and self.task == "detect":
             raise ValueError("compile is for classification models; detection takes variable-size images")
+        if self.decode.on_device and (self.device != "cuda" or self.task != "classify"):
+            # on a CPU the model process would decode serially, the very thing the CPU workers are for
+            raise ValueError("decode.on_device is for classification models with device 'cuda'")
         if self.weights not in SPECIAL and not self.weights.strip():
             raise ValueError("weights path is empty")
         return self

@@ -23,18 +23,14 @@ DEFAULT_MAX_PIXELS = 40_000_000
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def decode_image(
+def open_image(
     data: bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     formats: frozenset[str] = DEFAULT_FORMATS,
-    draft_size: int | None = None,
-) -> np.ndarray:
-    """Decode ``data`` to a C-contiguous ``uint8`` array of shape (H, W, 3).
-
-    ``draft_size``: for JPEGs, let libjpeg decode at a reduced DCT scale whose result is still at
-    least ``draft_size`` pixels on each side (much cheaper than a full decode then a resize).
-    """
+) -> Image.Image:
+    """Read and check the header only (no pixels decoded): empty input, unrecognised bytes, format
+    allow-list, pixel cap, zero size. Returns the lazily opened Pillow image."""
     if not data:
         raise EmptyInput("empty input: no image bytes")
     try:
@@ -56,15 +52,32 @@ def decode_image(
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the cap is {max_pixels}")
     if width == 0 or height == 0:
         raise InvalidImage("image has no pixels")
+    return image
 
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: frozenset[str] = DEFAULT_FORMATS,
+    draft_size: int | None = None,
+) -> np.ndarray:
+    """Decode ``data`` to a C-contiguous ``uint8`` array of shape (H, W, 3).
+
+    ``draft_size``: for JPEGs, let libjpeg decode at a reduced DCT scale whose result is still at
+    least ``draft_size`` pixels on each side (much cheaper than a full decode then a resize).
+    """
+    return decode_opened(open_image(data, max_pixels=max_pixels, formats=formats), draft_size=draft_size)
+
+
+def decode_opened(image: Image.Image, *, draft_size: int | None = None) -> np.ndarray:
+    """The pixels of an image ``open_image`` checked: corrupt or truncated data fails here."""
     try:
         if draft_size and image.format in JPEG_FORMATS:
             image.draft("RGB", (draft_size, draft_size))
         image.load()  # first frame only for animated images
         image = ImageOps.exif_transpose(image)
         return _to_rgb_array(image)
-    except (ImageTooLarge, UnsupportedFormat):
-        raise
     except Exception as exc:
         raise InvalidImage(f"corrupt or truncated image: {exc}") from None
 

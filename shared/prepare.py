@@ -38,27 +38,32 @@ class PreprocessSpec:
 class Prepared:
     """One image ready to join a batch: uint8 CHW pixels plus its original size."""
 
-    pixels: np.ndarray  # uint8, (3, h, w)
+    pixels: np.ndarray | torch.Tensor  # uint8 (3, h, w): a host array, or on the model's device
     original_size: tuple[int, int]  # (height, width) of the decoded image
 
 
 def prepare_image(image: np.ndarray, spec: PreprocessSpec) -> Prepared:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected uint8 HxWx3, got {image.dtype} {image.shape}")
-    height, width = image.shape[:2]
-    chw = torch.from_numpy(image).permute(2, 0, 1)
+    chw = prepare_tensor(torch.from_numpy(image).permute(2, 0, 1), spec)
+    return Prepared(np.ascontiguousarray(chw.numpy()), (image.shape[0], image.shape[1]))
+
+
+def prepare_tensor(chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """uint8 (3, H, W) -> uint8 (3, h, w) at the model's size, on whatever device ``chw`` is on:
+    the CPU half runs it on decoded arrays, the device half on JPEGs decoded on the GPU."""
+    height, width = chw.shape[1:]
     if spec.mode == "resize_crop":
         chw = _bound_aspect(chw, MAX_ASPECT)
-        chw = F.center_crop(F.resize(chw, spec.resize or spec.size, antialias=True), spec.size)
-    elif spec.mode == "resize_exact":
-        chw = F.resize(chw, [spec.size, spec.size], antialias=True)
-    elif spec.mode == "max_side":
+        return F.center_crop(F.resize(chw, spec.resize or spec.size, antialias=True), spec.size)
+    if spec.mode == "resize_exact":
+        return F.resize(chw, [spec.size, spec.size], antialias=True)
+    if spec.mode == "max_side":
         scale = spec.size / max(height, width)
         if scale < 1:
-            chw = F.resize(chw, [max(1, round(height * scale)), max(1, round(width * scale))], antialias=True)
-    else:  # pragma: no cover - the Literal keeps this out
-        raise ValueError(spec.mode)
-    return Prepared(np.ascontiguousarray(chw.numpy()), (height, width))
+            return F.resize(chw, [max(1, round(height * scale)), max(1, round(width * scale))], antialias=True)
+        return chw
+    raise ValueError(spec.mode)  # pragma: no cover - the Literal keeps this out
 
 
 MAX_ASPECT = 4  # the centre crop never reaches beyond this; bounds resize's intermediate

@@ -6,6 +6,9 @@ Each stage is a pure step usable alone:
 - ``predict(list[Prepared]) -> raw``        device: uint8 -> device -> normalise -> model
 - ``postprocess(raw, ...) -> list[result]`` plain Python dicts, one per image
 
+With ``decode.on_device``, ``load`` checks a JPEG's header and returns it still ``Encoded``; the
+device half decodes those in one batched nvJPEG call (``shared.device_decode``) before ``predict``.
+
 ``load`` = decode + prepare (the CPU half, run on CPU workers) and ``predict_batch`` = predict +
 postprocess (the device half, run in the GPU replica / actor). The Serve deployment and the Ray
 Data actor call exactly these, so the same image gets the same answer online and offline.
@@ -22,15 +25,18 @@ import numpy as np
 import torch
 
 from shared.config import ModelConfig
-from shared.decode import decode_image
-from shared.errors import InvalidParameter
-from shared.prepare import Prepared, prepare_image, stack
+from shared.decode import decode_image, decode_opened, open_image
+from shared.device_decode import Encoded, blank_jpeg, decode_jpegs, encoded_if_device_decodable
+from shared.errors import InvalidParameter, TwinferError
+from shared.prepare import Prepared, prepare_image, prepare_tensor, stack
 from shared.registry import ModelSpec, get_spec
 
 logger = logging.getLogger(__name__)
 
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 5
+
+Item = Prepared | Encoded  # what the CPU half hands the device half
 
 
 class ImageLoader:
@@ -48,8 +54,13 @@ class ImageLoader:
     def prepare(self, image: np.ndarray) -> Prepared:
         return prepare_image(image, self.spec.preprocess)
 
-    def load(self, data: bytes) -> Prepared:
-        return self.prepare(self.decode(data))
+    def load(self, data: bytes) -> Item:
+        """Every check, then the pixels at the model's size; with ``decode.on_device`` a JPEG the
+        device can decode comes back ``Encoded`` after the header checks alone."""
+        if not self.config.decode.on_device:
+            return self.prepare(self.decode(data))
+        image = open_image(data, max_pixels=self.config.decode.max_pixels, formats=self._formats)
+        return encoded_if_device_decodable(image, data) or self.prepare(decode_opened(image, draft_size=self._draft))
 
 
 class ModelWrapper(ImageLoader):
@@ -97,30 +108,48 @@ class ModelWrapper(ImageLoader):
             # eager on CPU has nothing to warm (no compile, no CUDA context or cuDNN autotune)
             for n in new if (self.config.compile or self.device.type == "cuda") else ():
                 # at exactly size n, not padded to a size warmed before
-                self._forward([dummy.pixels] * n) if self.spec.task == "classify" else self.predict([dummy] * n)
+                if self.spec.task == "classify":
+                    # through the device decoder when it is on, so its first (slow) call is here too
+                    images = self.decode_on_device([blank_jpeg(size)] * n) if self.config.decode.on_device else [dummy] * n
+                    self._forward(self._batch_on_device([image.pixels for image in images]))
+                else:
+                    self.predict([dummy] * n)
             self.warmed_batch_sizes = tuple(sorted({*self.warmed_batch_sizes, *new}))
 
     @torch.inference_mode()
-    def _forward(self, pixels: list[np.ndarray]) -> torch.Tensor:
-        """uint8 CHW images -> class probabilities on the CPU, at exactly this batch size."""
-        x = self._to_device(stack(pixels))
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW on the device -> class probabilities on the CPU, at exactly this batch size."""
         x = torch.addcmul(self._shift, x.to(self.dtype), self._scale)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x).float().softmax(dim=-1).cpu()
 
-    def _forward_padded(self, pixels: list[np.ndarray]) -> torch.Tensor:
+    def _forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """``_forward`` through the compiled graphs: pad to the nearest warmed size, split above the largest."""
         sizes = self.warmed_batch_sizes
         if not sizes:  # never compile on a user request
             raise RuntimeError("compiled model has no warmed batch size: call warmup(batch_sizes) before predicting")
         outputs = []
-        for start in range(0, len(pixels), sizes[-1]):
-            chunk = pixels[start : start + sizes[-1]]
-            padded = sizes[bisect.bisect_left(sizes, len(chunk))]
-            filler = [np.zeros_like(chunk[0])] * (padded - len(chunk))
-            outputs.append(self._forward(chunk + filler)[: len(chunk)])
+        for chunk in x.split(sizes[-1]):
+            n = len(chunk)
+            padded = sizes[bisect.bisect_left(sizes, n)]
+            if padded > n:
+                chunk = torch.cat([chunk, chunk.new_zeros((padded - n, *chunk.shape[1:]))])
+            outputs.append(self._forward(chunk)[:n])
         return torch.cat(outputs)
+
+    def _batch_on_device(self, pixels: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """Same-size uint8 CHW images -> one uint8 NCHW tensor on the device. Host arrays cross
+        in one pinned, non-blocking copy; images already on the device (decoded there) join it there."""
+        on_device = [i for i, p in enumerate(pixels) if isinstance(p, torch.Tensor)]
+        if not on_device:
+            return self._to_device(stack(pixels))
+        batch = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8, device=self.device)
+        host = [i for i, p in enumerate(pixels) if not isinstance(p, torch.Tensor)]
+        if host:
+            batch[host] = self._to_device(stack([pixels[i] for i in host]))
+        batch[on_device] = torch.stack([pixels[i] for i in on_device])
+        return batch
 
     def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(pixels)
@@ -128,14 +157,31 @@ class ModelWrapper(ImageLoader):
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
+    def decode_on_device(self, items: Sequence[Item]) -> list[Prepared | TwinferError]:
+        """``Encoded`` JPEGs -> ``Prepared`` with pixels on the device (one batched decode); a JPEG
+        the device rejects goes through the CPU path alone, and only if that fails too is it an
+        error, for that image only. ``Prepared`` items pass through."""
+        encoded = [i for i, item in enumerate(items) if isinstance(item, Encoded)]
+        out: list[Prepared | TwinferError] = list(items)  # type: ignore[arg-type]
+        for i, decoded in zip(encoded, decode_jpegs([items[i] for i in encoded], self.device)):
+            if isinstance(decoded, torch.Tensor):
+                out[i] = Prepared(prepare_tensor(decoded, self.spec.preprocess), items[i].original_size)
+                continue
+            logger.warning("device JPEG decode failed (%s); decoding this image on the CPU", decoded)
+            try:
+                out[i] = self.prepare(self.decode(items[i].data.tobytes()))
+            except TwinferError as error:
+                out[i] = error
+        return out
+
     @torch.inference_mode()
     def predict(self, items: Sequence[Prepared]) -> Any:
         """uint8 images -> raw model output on the CPU (class probabilities, or detection dicts)."""
         if not items:
             return torch.zeros((0, len(self.labels))) if self.spec.task == "classify" else []
         if self.spec.task == "classify":
-            pixels = [item.pixels for item in items]
-            return self._forward_padded(pixels) if self.config.compile else self._forward(pixels)
+            x = self._batch_on_device([item.pixels for item in items])
+            return self._forward_padded(x) if self.config.compile else self._forward(x)
         images = [self._to_device(item.pixels).to(self.dtype).div_(255.0) for item in items]
         return [{k: _float_cpu(v) for k, v in out.items()} for out in self.model(images)]
 
@@ -147,18 +193,29 @@ class ModelWrapper(ImageLoader):
             for out, item, p in zip(raw, items, params)
         ]
 
-    def predict_batch(self, items: Sequence[Prepared], params: Sequence[dict] | None = None) -> list[list[dict]]:
-        """The device half for a batch; ``params[i]`` holds request i's top_k / score_threshold."""
+    def predict_batch(self, items: Sequence[Item], params: Sequence[dict] | None = None) -> list[list[dict] | TwinferError]:
+        """The device half for a batch; ``params[i]`` holds request i's top_k / score_threshold.
+        Result i is image i's predictions, or the ``TwinferError`` of an ``Encoded`` image that
+        turned out undecodable (the only way one image can fail here; its neighbours still run)."""
         params = list(params) if params is not None else [{}] * len(items)
         if len(params) != len(items):
             raise ValueError(f"{len(items)} items but {len(params)} parameter sets")
-        results = self.postprocess(self.predict(items), items, params)
-        assert len(results) == len(items), (len(results), len(items))
+        ready = self.decode_on_device(items)
+        good = [i for i, item in enumerate(ready) if isinstance(item, Prepared)]
+        results: list = [item if isinstance(item, TwinferError) else None for item in ready]
+        good_items = [ready[i] for i in good]
+        predictions = self.postprocess(self.predict(good_items), good_items, [params[i] for i in good])
+        assert len(predictions) == len(good), (len(predictions), len(good))
+        for i, prediction in zip(good, predictions):
+            results[i] = prediction
         return results
 
     def classify_bytes(self, data: bytes, top_k: int = DEFAULT_TOP_K) -> list[dict]:
         """Convenience for one image, used by the demo and parity checks."""
-        return self.predict_batch([self.load(data)], [{"top_k": top_k}])[0]
+        (result,) = self.predict_batch([self.load(data)], [{"top_k": top_k}])
+        if isinstance(result, TwinferError):
+            raise result
+        return result
 
     # ---- postprocess -------------------------------------------------------------------------
     def _top_k(self, probs: torch.Tensor, ks: list[int]) -> list[list[dict]]:

@@ -12,14 +12,14 @@ import pytest
 from pydantic import ValidationError
 
 from batch.config import BackfillConfig
-from batch.decode_stage import DECODED_SCHEMA, decode_batch, prepared_from_row
+from batch.decode_stage import DECODED_SCHEMA, decode_batch, item_from_row
 from batch.evaluate import evaluate_table, format_report
 from batch.listing import label_for, list_inputs
 from batch.predict_actor import CLASSIFY_SCHEMA, Predictor
 from batch.resume import done_paths, output_files
 from batch.sink import TEMP_PREFIX, file_name_for
 from batch.uris import S3Options, parse_uri, resolve, s3_filesystem_kwargs
-from shared import ImageLoader, ModelConfig
+from shared import DecodeConfig, ImageLoader, ModelConfig
 from shared.labels import class_index_lookup, imagenet_wnids
 from tests import images
 
@@ -119,7 +119,7 @@ def test_decode_stage_gives_one_row_per_file_and_never_raises():
     for name, data in good.items():
         row = rows[f"/data/{name}"]
         assert row["error"] is None and row["shape"] == [3, 224, 224]
-        rebuilt = prepared_from_row(row["pixels"], row["shape"], row["original_size"])
+        rebuilt = item_from_row(row["pixels"], row)
         expected = loader.load(data)
         assert rebuilt.pixels.dtype == np.uint8 and np.array_equal(rebuilt.pixels, expected.pixels)
         assert rebuilt.original_size == expected.original_size
@@ -273,6 +273,10 @@ def test_model_config_file_is_the_online_vocabulary_and_flags_override_it(tmp_pa
     block.write_text("{name: efficientnet_lite0, weights: random, precision: bf16, cpu_threads: 2, decode: {draft: false}}")
     config = parse("--model-config", str(block), "--precision", "fp32", "--compile")
     assert config.model == ModelConfig(weights="random", precision="fp32", cpu_threads=2, compile=True, decode={"draft": False})
+    on_device = parse("--model-config", str(block), "--device", "cuda", "--gpus-per-actor", "1", "--decode-on-device").model
+    assert on_device.decode == DecodeConfig(draft=False, on_device=True)  # merged into the file's decode block
+    with pytest.raises(ValueError, match="on_device"):  # without --device cuda
+        parse("--model-config", str(block), "--decode-on-device")
 
     serve_config = shutil.copy(Path(__file__).parent.parent / "serve_config.yaml", tmp_path / "serve.yaml")
     assert parse("--model-config", str(serve_config)).model == ModelConfig(name="efficientnet_lite0", weights="default")

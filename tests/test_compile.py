@@ -59,4 +59,4 @@ def test_an_unwarmed_shape_would_recompile(compiled):
     """The guard above can fail: a batch of 3 straight into the graph is a new shape."""
     pixels = compiled.load(encode(sample_array("coffee"))).pixels
     with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(Exception, match="[Rr]ecompil"):
-        compiled._forward([pixels] * 3)
+        compiled._forward(compiled._batch_on_device([pixels] * 3))

@@ -1,0 +1,162 @@
+"""decode.on_device: JPEGs checked on the CPU, decoded in batches by the model process.
+
+No GPU here, so the device half runs torchvision's decoder on the CPU (libjpeg-turbo, the same
+library Pillow uses): that makes the device path's pixels comparable bit for bit with the CPU
+path's, which is what these tests hold it to. On CUDA the same code calls nvJPEG.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image, ImageOps
+from pydantic import ValidationError
+
+from batch.decode_stage import DECODED_SCHEMA, decode_batch
+from batch.predict_actor import Predictor
+from batch.uris import parse_uri
+from shared import ImageLoader, ModelConfig, ModelWrapper
+from shared.device_decode import Encoded, decode_jpegs, orient
+from shared.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
+from shared.prepare import Prepared
+from tests import images
+from tests.images import encode, sample_array
+
+# the loader's side of on_device needs no GPU; only a model process on CUDA would
+ON_DEVICE = ModelConfig(device="cuda", decode={"on_device": True})
+NO_DRAFT = ModelConfig(decode={"draft": False})  # the CPU path at full resolution, as the device decodes
+
+
+def bogus_huffman_jpeg() -> bytes:
+    """A JPEG whose header reads fine and whose Huffman table no decoder accepts."""
+    data = bytearray(images.small_jpeg("coffee"))
+    table = data.index(b"\xff\xc4")
+    data[table + 5 : table + 21] = b"\xff" * 16
+    return bytes(data)
+
+
+def oriented_jpeg(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(images.small_photo("rocket", 64)[:, :40]).save(buffer, "JPEG", quality=95, exif=exif)
+    return buffer.getvalue()
+
+
+def test_on_device_needs_a_cuda_classification_model():
+    for bad in ({}, {"device": "cpu"}, {"device": "auto"}, {"device": "cuda", "name": "fasterrcnn_v2", "weights": "random"}):
+        with pytest.raises(ValidationError, match="on_device"):
+            ModelConfig.model_validate({**bad, "decode": {"on_device": True}})
+
+
+def test_loader_leaves_plain_jpegs_encoded_and_decodes_the_rest_on_cpu():
+    loader = ImageLoader(ON_DEVICE)
+    jpeg = images.small_jpeg("coffee")
+    item = loader.load(jpeg)
+    assert isinstance(item, Encoded) and item.data.tobytes() == jpeg and item.orientation == 1
+    width, height = Image.open(io.BytesIO(jpeg)).size
+    assert item.original_size == (height, width)
+    gray = encode(sample_array("camera")[:50, :70], "JPEG")
+    assert isinstance(loader.load(gray), Encoded)
+    cmyk = io.BytesIO()
+    Image.fromarray(images.small_photo()).convert("CMYK").save(cmyk, "JPEG")
+    png = encode(sample_array("coffee")[:40, :60], "PNG")
+    trailing = jpeg + b"appended data"
+    for data in (cmyk.getvalue(), png, trailing):  # the CPU path: decoded and prepared here
+        prepared = loader.load(data)
+        assert isinstance(prepared, Prepared) and prepared.pixels.shape == (3, 224, 224)
+    with pytest.raises(InvalidImage):  # truncated: no end marker, so the CPU path, which rejects it
+        loader.load(images.truncated_jpeg())
+
+
+def test_loader_header_checks_still_apply_before_anything_is_left_encoded():
+    small_cap = ImageLoader(ModelConfig(device="cuda", decode={"on_device": True, "max_pixels": 1000}))
+    with pytest.raises(ImageTooLarge):
+        small_cap.load(images.small_jpeg())
+    png_only = ImageLoader(ModelConfig(device="cuda", decode={"on_device": True, "formats": ["PNG"]}))
+    with pytest.raises(UnsupportedFormat):
+        png_only.load(images.small_jpeg())
+    with pytest.raises(InvalidImage):
+        ImageLoader(ON_DEVICE).load(images.not_an_image())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_matches_pillows_exif_transpose(orientation):
+    data = oriented_jpeg(orientation)
+    item = ImageLoader(ON_DEVICE).load(data)
+    assert isinstance(item, Encoded) and item.orientation == orientation
+    (decoded,) = decode_jpegs([item], torch.device("cpu"))
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert decoded.shape[1:] == expected.shape[:2] == item.original_size
+    assert np.array_equal(decoded.permute(1, 2, 0).numpy(), expected)
+
+
+def test_orient_of_upright_or_unknown_is_the_identity():
+    chw = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 4)
+    assert torch.equal(orient(chw, 1), chw) and torch.equal(orient(chw, 0), chw)
+
+
+def test_device_path_gives_the_cpu_paths_pixels_and_predictions(embedded_wrapper):
+    """Same decoder library, same prepare code: identical crops, identical answers."""
+    cpu_loader = ImageLoader(NO_DRAFT)
+    datas = [encode(sample_array(name)) for name in ("chelsea", "coffee", "rocket")]
+    encoded = [ImageLoader(ON_DEVICE).load(data) for data in datas]
+    ready = embedded_wrapper.decode_on_device(encoded)
+    for data, item in zip(datas, ready):
+        expected = cpu_loader.load(data)
+        assert isinstance(item, Prepared) and item.original_size == expected.original_size
+        assert item.pixels.dtype == torch.uint8 and np.array_equal(item.pixels.numpy(), expected.pixels)
+    via_device = embedded_wrapper.predict_batch(encoded, [{"top_k": 3}] * 3)
+    via_cpu = embedded_wrapper.predict_batch([cpu_loader.load(d) for d in datas], [{"top_k": 3}] * 3)
+    assert via_device == via_cpu
+    assert [r[0]["label"] for r in via_device] == ["Egyptian cat", "espresso", "missile"]
+
+
+def test_one_undecodable_jpeg_fails_alone_and_a_rejected_one_falls_back_to_cpu(embedded_wrapper):
+    loader = ImageLoader(ON_DEVICE)
+    good, png = encode(sample_array("coffee")), encode(sample_array("rocket"), "PNG")
+    # a file the device decoder rejects but the CPU path reads (the loader would never leave a
+    # PNG encoded; nvJPEG's real rejects - arithmetic-coded, 12-bit JPEGs - are rare and hard to make)
+    rejected = Encoded(np.frombuffer(png, np.uint8), 1, (512, 512))
+    items = [loader.load(good), loader.load(bogus_huffman_jpeg()), rejected, loader.load(good)]
+    assert isinstance(items[1], Encoded)  # it passed the header checks
+    results = embedded_wrapper.predict_batch(items, [{"top_k": 1}] * 4)
+    assert isinstance(results[1], InvalidImage) and "corrupt" in str(results[1])
+    alone = embedded_wrapper.predict_batch([items[0]], [{"top_k": 1}])[0]
+    assert same_top1(results[0], alone) and same_top1(results[3], alone) and alone[0]["label"] == "espresso"
+    assert results[2][0]["label"] == "missile"
+
+
+def same_top1(a: list[dict], b: list[dict]) -> bool:
+    """Equal up to float noise between batch sizes (eager kernels block differently)."""
+    return a[0]["index"] == b[0]["index"] and a[0]["score"] == pytest.approx(b[0]["score"], abs=1e-5)
+
+
+def test_backfill_rows_carry_jpegs_encoded_and_the_actor_decodes_them(embedded_wrapper):
+    files = {
+        "a/coffee.jpg": encode(sample_array("coffee")),
+        "a/broken.jpg": bogus_huffman_jpeg(),
+        "b/rocket.png": encode(sample_array("rocket"), "PNG"),
+        "b/text.jpg": images.not_an_image(),
+    }
+    table = pa.table({"bytes": list(files.values()), "path": [f"/data/{name}" for name in files]})
+    decoded = decode_batch(table, model=ON_DEVICE, input_location=parse_uri("/data"))
+    assert decoded.schema == DECODED_SCHEMA
+    rows = {row["path"]: row for row in decoded.to_pylist()}
+    coffee = rows["/data/a/coffee.jpg"]
+    assert coffee["encoding"] == "jpeg" and coffee["pixels"] == files["a/coffee.jpg"] and coffee["shape"] is None
+    assert rows["/data/b/rocket.png"]["encoding"] == "uint8_chw" and rows["/data/b/rocket.png"]["shape"] == [3, 224, 224]
+    assert rows["/data/b/text.jpg"]["error"] == "invalid_image" and rows["/data/b/text.jpg"]["encoding"] is None
+
+    # the actor of a CPU model reads both encodings (a real run pairs on_device with CUDA)
+    predictor = Predictor(ModelConfig(), top_k=1, batch_size=2)
+    out = {row["path"]: row for row in predictor(decoded).to_pylist()}
+    assert out["/data/a/coffee.jpg"]["top_labels"] == ["espresso"] and out["/data/a/coffee.jpg"]["error"] is None
+    assert out["/data/b/rocket.png"]["top_labels"] == ["missile"]
+    assert out["/data/a/broken.jpg"]["error"] == "invalid_image" and out["/data/a/broken.jpg"]["top_labels"] is None
+    assert "corrupt" in out["/data/a/broken.jpg"]["error_message"]
+    assert out["/data/b/text.jpg"]["error"] == "invalid_image"
