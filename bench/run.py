@@ -94,6 +94,9 @@ def top1_agreement(rows: list[dict], config, sample: int) -> dict:
 def run_online(args, data_dir: Path, config) -> dict:
     from ray import serve
 
+    if config.cpu_threads:
+        config = config.model_copy(update={"cpu_threads": args.online_cpu_threads})
+
     from bench.baselines import docs_style_app
     from deployments.app import build
     from deployments.config import AppArgs
@@ -167,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed-batch-size", type=int, default=None, help="the seed-style pipeline's batch size (default: --batch-size)")
     parser.add_argument("--online-batch", type=int, default=4, help="4 is best for the embedded model on CPU")
-    parser.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="torch threads per model process, both systems")
+    parser.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="batch: torch threads per model actor, both systems")
+    parser.add_argument(
+        "--online-cpu-threads", type=int, default=1,
+        help="online: torch threads per model replica, both systems (1: what Ray gives a 1-CPU replica, as serve_config.yaml ships)",
+    )
     parser.add_argument("--ingress-replicas", type=int, default=1)
     parser.add_argument("--decode-threads", type=int, default=2)
     parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 16, 128])

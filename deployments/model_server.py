@@ -3,8 +3,9 @@
 Requests arrive already decoded and prepared (uint8 CHW) by the ingress; a bad image never gets
 here, so one batch can only fail for reasons that would fail every member anyway. With
 ``decode.on_device`` a JPEG arrives header-checked but still encoded; if the device and CPU
-decoders both reject it, its own result is the ``TwinferError`` (the ingress answers it with its
-4xx) while the rest of its batch is served.
+decoders both reject it (or it cannot be resized on the device and the CPU rejects it), its own
+result is the ``TwinferError`` (the ingress answers it with its 4xx) while the rest of its batch
+is served.
 """
 
 from __future__ import annotations

@@ -1,15 +1,26 @@
 """JPEG decode on the model's device (nvJPEG through ``torchvision.io.decode_jpeg``), in batches.
 
 With ``decode.on_device`` the CPU half only reads and checks the header (``shared.decode.open_image``:
-format, pixel cap, size) and hands the JPEG's bytes over as an ``Encoded`` item: about a third of
-the bytes of the uint8 crop, and no CPU decode. The device half decodes all of a batch's JPEGs in
-one call, applies the EXIF orientation, and resizes/crops them with the same
-``shared.prepare.prepare_tensor`` the CPU path uses.
+format, pixel cap, size) and hands the JPEG's bytes over as an ``Encoded`` item. For a typical
+web JPEG (~50 KB) that is a third of the bytes of the 224 x 224 uint8 crop, and no CPU decode; a
+multi-megabyte camera photo is *more* bytes than its crop. The device half decodes a batch's
+JPEGs in few calls, applies the EXIF orientation, and resizes/crops them with the same
+``shared.prepare.prepare_tensor`` code the CPU path uses. The pixels are close to the CPU path's,
+not equal: the CPU path decodes JPEGs at reduced scale (``decode.draft``), nvJPEG's inverse DCT
+and chroma upsampling are its own, and on CUDA the resize runs in float32. The benchmark's top-1
+agreement with the fp32 CPU path is the measure.
 
 What the device decoder might get wrong stays on the CPU path, decided from the header:
-non-JPEG formats, MPO, CMYK/YCCK JPEGs, and files that do not end in the JPEG end-of-image
-marker (truncated, or trailing data). A JPEG the device decoder still rejects is decoded on the
-CPU, alone; if that fails too, only that image fails (``InvalidImage``), never its batch.
+non-JPEG formats, MPO, CMYK/YCCK JPEGs, files that do not end in the JPEG end-of-image marker
+(truncated, or trailing data), and unreadable or non-integer EXIF orientation. A JPEG the device
+decoder still rejects is decoded on the CPU, alone; if that fails too, only that image fails
+(``InvalidImage``), never its batch.
+
+nvJPEG's hardware engine does not wait for work already queued on the caller's CUDA stream
+before it writes its outputs (pytorch/vision#9606, meta-pytorch/torchcodec#1634), so memory the
+caching allocator hands it may still be read by queued kernels. ``decode_jpegs`` therefore
+drains the stream first, and ``ModelWrapper`` holds one lock over a batch's decode and forward
+pass, so no other thread can queue work between the drain and the decode.
 """
 
 from __future__ import annotations
@@ -29,6 +40,12 @@ logger = logging.getLogger(__name__)
 
 EXIF_ORIENTATION = 0x0112
 JPEG_EOI = b"\xff\xd9"
+# most decoded pixels held at once (full-size uint8 RGB: 3 bytes each), so a batch of large photos
+# is decoded in several calls instead of holding every full-size image at the same time
+MAX_PIXELS_PER_DECODE = 100_000_000
+
+# torchvision 0.29 marks its decoders deprecated (in favour of TorchCodec) on every call
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,7 @@ class Encoded:
 
     data: np.ndarray  # uint8 1-D: the file's bytes
     orientation: int  # EXIF orientation, 1 (upright) to 8
-    original_size: tuple[int, int]  # (height, width) after orientation, as the CPU path reports it
+    original_size: tuple[int, int]  # (height, width) of the full-size image after orientation
 
 
 def encoded_if_device_decodable(image: Image.Image, data: bytes) -> Encoded | None:
@@ -47,7 +64,12 @@ def encoded_if_device_decodable(image: Image.Image, data: bytes) -> Encoded | No
         return None
     if not data.rstrip(b"\x00").endswith(JPEG_EOI):  # truncated, or data after the image
         return None
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block: the CPU path reports it as it always has
+        return None
+    if type(orientation) is not int:  # a float or rational tag: leave its reading to Pillow
+        return None
     if orientation not in range(1, 9):
         orientation = 1  # as Pillow's exif_transpose: an unknown value is ignored
     width, height = image.size
@@ -57,25 +79,42 @@ def encoded_if_device_decodable(image: Image.Image, data: bytes) -> Encoded | No
 
 def decode_jpegs(items: list[Encoded], device: torch.device) -> list[torch.Tensor | InvalidImage]:
     """uint8 (3, H, W) RGB tensors on ``device``, upright; an ``InvalidImage`` for a JPEG that
-    neither the batched call nor a single-image retry could decode. Never raises for bad data."""
+    neither the batched call nor a single-image retry could decode. Never raises for bad data.
+    The caller must keep other threads from queueing work on ``device`` meanwhile (module docstring)."""
     if not items:
         return []
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    # inputs must be CPU uint8 tensors; a copy of the (often read-only) bytes, ~50 KB each
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # nothing queued may read what nvJPEG is given
+    # inputs must be CPU uint8 tensors; a copy of the (often read-only) bytes
     inputs = [torch.frombuffer(bytearray(item.data), dtype=torch.uint8) for item in items]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torchvision 0.29 marks its decoders deprecated
-        try:
-            decoded: list = list(decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:  # one bad image fails the whole batched call: retry one at a time
-            decoded = []
-            for tensor in inputs:
-                try:
-                    decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError as exc:
-                    decoded.append(InvalidImage(f"corrupt JPEG: {_reason(exc)}"))
+    try:
+        decoded: list = list(decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:  # one bad image fails the whole batched call: retry one at a time
+        decoded = []
+        for tensor in inputs:
+            try:
+                decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError as exc:
+                decoded.append(InvalidImage(f"corrupt JPEG: {_reason(exc)}"))
     return [out if isinstance(out, InvalidImage) else orient(out, item.orientation) for out, item in zip(decoded, items)]
+
+
+def pixel_budget_chunks(items: list[Encoded], max_pixels: int | None = None) -> list[list[int]]:
+    """Indices of ``items`` in order, grouped so each group's full-size pixels stay under
+    ``max_pixels`` (default ``MAX_PIXELS_PER_DECODE``; a single larger image gets a group of its own)."""
+    max_pixels = max_pixels or MAX_PIXELS_PER_DECODE
+    chunks: list[list[int]] = []
+    total = 0
+    for i, item in enumerate(items):
+        pixels = item.original_size[0] * item.original_size[1]
+        if not chunks or total + pixels > max_pixels:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(i)
+        total += pixels
+    return chunks
 
 
 def _reason(exc: Exception) -> str:

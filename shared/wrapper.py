@@ -17,6 +17,7 @@ Data actor call exactly these, so the same image gets the same answer online and
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import threading
 from typing import Any, Sequence
@@ -26,7 +27,7 @@ import torch
 
 from shared.config import ModelConfig
 from shared.decode import decode_image, decode_opened, open_image
-from shared.device_decode import Encoded, blank_jpeg, decode_jpegs, encoded_if_device_decodable
+from shared.device_decode import Encoded, blank_jpeg, decode_jpegs, encoded_if_device_decodable, pixel_budget_chunks
 from shared.errors import InvalidParameter, TwinferError
 from shared.prepare import Prepared, prepare_image, prepare_tensor, stack
 from shared.registry import ModelSpec, get_spec
@@ -88,6 +89,8 @@ class ModelWrapper(ImageLoader):
         # every batch is zero-padded to one of these
         self.warmed_batch_sizes: tuple[int, ...] = ()
         self._warmup_lock = threading.Lock()
+        # nvJPEG must not run while another thread has work queued on the device (device_decode)
+        self._device_lock = threading.Lock()
         pre = self.spec.preprocess
         std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
@@ -109,9 +112,10 @@ class ModelWrapper(ImageLoader):
             for n in new if (self.config.compile or self.device.type == "cuda") else ():
                 # at exactly size n, not padded to a size warmed before
                 if self.spec.task == "classify":
-                    # through the device decoder when it is on, so its first (slow) call is here too
-                    images = self.decode_on_device([blank_jpeg(size)] * n) if self.config.decode.on_device else [dummy] * n
-                    self._forward(self._batch_on_device([image.pixels for image in images]))
+                    with self._exclusive_device():
+                        # through the device decoder when it is on, so its first (slow) call is here too
+                        images = self.decode_on_device([blank_jpeg(size)] * n) if self.config.decode.on_device else [dummy] * n
+                        self._forward(self._batch_on_device([image.pixels for image in images]))
                 else:
                     self.predict([dummy] * n)
             self.warmed_batch_sizes = tuple(sorted({*self.warmed_batch_sizes, *new}))
@@ -157,22 +161,36 @@ class ModelWrapper(ImageLoader):
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
+    def _exclusive_device(self):
+        """The device lock when this process decodes JPEGs on a CUDA device, else nothing."""
+        if self.config.decode.on_device and self.device.type == "cuda":
+            return self._device_lock
+        return contextlib.nullcontext()
+
     def decode_on_device(self, items: Sequence[Item]) -> list[Prepared | TwinferError]:
-        """``Encoded`` JPEGs -> ``Prepared`` with pixels on the device (one batched decode); a JPEG
-        the device rejects goes through the CPU path alone, and only if that fails too is it an
-        error, for that image only. ``Prepared`` items pass through."""
+        """``Encoded`` JPEGs -> ``Prepared`` with pixels on the device (batched decodes, at most
+        ``MAX_PIXELS_PER_DECODE`` full-size pixels at a time); a JPEG the device rejects, or
+        cannot resize, goes through the CPU path alone, and only if that fails too is it an
+        error, for that image only. ``Prepared`` items pass through. Call under ``_exclusive_device``."""
         encoded = [i for i, item in enumerate(items) if isinstance(item, Encoded)]
         out: list[Prepared | TwinferError] = list(items)  # type: ignore[arg-type]
-        for i, decoded in zip(encoded, decode_jpegs([items[i] for i in encoded], self.device)):
-            if isinstance(decoded, torch.Tensor):
-                out[i] = Prepared(prepare_tensor(decoded, self.spec.preprocess), items[i].original_size)
-                continue
-            logger.warning("device JPEG decode failed (%s); decoding this image on the CPU", decoded)
-            try:
-                out[i] = self.prepare(self.decode(items[i].data.tobytes()))
-            except TwinferError as error:
-                out[i] = error
+        for chunk in pixel_budget_chunks([items[i] for i in encoded]):
+            indices = [encoded[j] for j in chunk]
+            for i, decoded in zip(indices, decode_jpegs([items[i] for i in indices], self.device)):
+                out[i] = self._prepare_decoded(items[i], decoded)
         return out
+
+    def _prepare_decoded(self, item: Encoded, decoded: torch.Tensor | TwinferError) -> Prepared | TwinferError:
+        if isinstance(decoded, torch.Tensor):
+            try:
+                return Prepared(prepare_tensor(decoded, self.spec.preprocess), item.original_size)
+            except RuntimeError as exc:  # e.g. out of device memory resizing a very large image
+                decoded = TwinferError(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        logger.warning("device JPEG decode or resize failed (%s); decoding this image on the CPU", decoded)
+        try:
+            return self.prepare(self.decode(item.data.tobytes()))
+        except TwinferError as error:
+            return error
 
     @torch.inference_mode()
     def predict(self, items: Sequence[Prepared]) -> Any:
@@ -200,11 +218,13 @@ class ModelWrapper(ImageLoader):
         params = list(params) if params is not None else [{}] * len(items)
         if len(params) != len(items):
             raise ValueError(f"{len(items)} items but {len(params)} parameter sets")
-        ready = self.decode_on_device(items)
-        good = [i for i, item in enumerate(ready) if isinstance(item, Prepared)]
+        with self._exclusive_device():
+            ready = self.decode_on_device(items)
+            good = [i for i, item in enumerate(ready) if isinstance(item, Prepared)]
+            good_items = [ready[i] for i in good]
+            raw = self.predict(good_items)  # ends on the host (.cpu()): nothing left queued
         results: list = [item if isinstance(item, TwinferError) else None for item in ready]
-        good_items = [ready[i] for i in good]
-        predictions = self.postprocess(self.predict(good_items), good_items, [params[i] for i in good])
+        predictions = self.postprocess(raw, good_items, [params[i] for i in good])
         assert len(predictions) == len(good), (len(predictions), len(good))
         for i, prediction in zip(good, predictions):
             results[i] = prediction

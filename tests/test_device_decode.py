@@ -8,6 +8,7 @@ path's, which is what these tests hold it to. On CUDA the same code calls nvJPEG
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,8 @@ from batch.decode_stage import DECODED_SCHEMA, decode_batch
 from batch.predict_actor import Predictor
 from batch.uris import parse_uri
 from shared import ImageLoader, ModelConfig, ModelWrapper
-from shared.device_decode import Encoded, decode_jpegs, orient
+from shared import device_decode
+from shared.device_decode import Encoded, decode_jpegs, orient, pixel_budget_chunks
 from shared.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 from shared.prepare import Prepared
 from tests import images
@@ -95,9 +97,15 @@ def test_orientation_matches_pillows_exif_transpose(orientation):
     assert np.array_equal(decoded.permute(1, 2, 0).numpy(), expected)
 
 
-def test_orient_of_upright_or_unknown_is_the_identity():
+def test_an_out_of_range_orientation_is_ignored_as_pillow_ignores_it():
+    data = oriented_jpeg(9)
+    item = ImageLoader(ON_DEVICE).load(data)
+    assert isinstance(item, Encoded) and item.orientation == 1
+    (decoded,) = decode_jpegs([item], torch.device("cpu"))
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert np.array_equal(decoded.permute(1, 2, 0).numpy(), expected)
     chw = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 4)
-    assert torch.equal(orient(chw, 1), chw) and torch.equal(orient(chw, 0), chw)
+    assert torch.equal(orient(chw, 9), chw)
 
 
 def test_device_path_gives_the_cpu_paths_pixels_and_predictions(embedded_wrapper):
@@ -160,3 +168,56 @@ def test_backfill_rows_carry_jpegs_encoded_and_the_actor_decodes_them(embedded_w
     assert out["/data/a/broken.jpg"]["error"] == "invalid_image" and out["/data/a/broken.jpg"]["top_labels"] is None
     assert "corrupt" in out["/data/a/broken.jpg"]["error_message"]
     assert out["/data/b/text.jpg"]["error"] == "invalid_image"
+
+
+def test_a_non_integer_exif_orientation_is_left_to_the_cpu_path():
+    """A RATIONAL orientation tag (Pillow reads it as 6.0 and rotates): the CPU path's business."""
+    tiff = b"II*\x00" + struct.pack("<IHHHIII", 8, 1, 0x0112, 5, 1, 26, 0) + struct.pack("<II", 6, 1)
+    segment = b"Exif\x00\x00" + tiff
+    plain = images.small_jpeg("rocket")
+    data = plain[:2] + b"\xff\xe1" + (len(segment) + 2).to_bytes(2, "big") + segment + plain[2:]
+    item = ImageLoader(ON_DEVICE).load(data)
+    expected = ImageLoader(ModelConfig()).load(data)
+    assert isinstance(item, Prepared) and np.array_equal(item.pixels, expected.pixels)
+    assert item.original_size == expected.original_size == Image.open(io.BytesIO(data)).size  # rotated: (w, h) swapped
+
+
+def test_pixel_budget_chunks_keep_order_and_bound_each_decode():
+    def sized(height, width):
+        return Encoded(np.zeros(1, np.uint8), 1, (height, width))
+
+    items = [sized(100, 100), sized(100, 100), sized(300, 300), sized(10, 10), sized(100, 100)]
+    assert pixel_budget_chunks(items, 25_000) == [[0, 1], [2], [3, 4]]  # the 90 000-pixel image alone
+    assert pixel_budget_chunks(items, 10**9) == [[0, 1, 2, 3, 4]]
+    assert pixel_budget_chunks([], 10) == []
+
+
+def test_decoding_in_pixel_budgeted_chunks_changes_nothing(embedded_wrapper, monkeypatch):
+    loader = ImageLoader(ON_DEVICE)
+    items = [loader.load(encode(sample_array(name))) for name in ("chelsea", "coffee", "rocket", "astronaut")]
+    whole = embedded_wrapper.decode_on_device(items)
+    monkeypatch.setattr(device_decode, "MAX_PIXELS_PER_DECODE", 200_000)  # ~one photo per decode call
+    assert len(pixel_budget_chunks(items)) >= 3
+    chunked = embedded_wrapper.decode_on_device(items)
+    assert all(torch.equal(a.pixels, b.pixels) and a.original_size == b.original_size for a, b in zip(whole, chunked))
+
+
+def test_an_image_the_device_cannot_resize_goes_the_cpu_path_alone(embedded_wrapper, monkeypatch):
+    import shared.wrapper
+
+    real = shared.wrapper.prepare_tensor
+    calls = []
+
+    def out_of_memory_once(chw, spec):
+        calls.append(chw.shape)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(chw, spec)
+
+    monkeypatch.setattr(shared.wrapper, "prepare_tensor", out_of_memory_once)
+    datas = [encode(sample_array(name)) for name in ("chelsea", "coffee")]
+    loader = ImageLoader(ON_DEVICE)
+    ready = embedded_wrapper.decode_on_device([loader.load(data) for data in datas])
+    cpu_path = ImageLoader(ModelConfig()).load(datas[0])  # with draft, as the wrapper's own CPU path
+    assert isinstance(ready[0].pixels, np.ndarray) and np.array_equal(ready[0].pixels, cpu_path.pixels)
+    assert isinstance(ready[1].pixels, torch.Tensor)  # its neighbour stayed on the device path
