@@ -17,39 +17,13 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from bench.memory import MemorySampler
 from twinfer.ports import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class HostMemory:
-    """Peak host memory in use (MemTotal - MemAvailable) while the block runs, above the start."""
-
-    def __enter__(self):
-        self.start = self.peak = _used_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, _used_bytes())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.delta_gib = round((self.peak - self.start) / 2**30, 2)
-
-
-def _used_bytes() -> int:
-    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    kib = lambda key: int(info[key].split()[0])  # noqa: E731
-    return (kib("MemTotal") - kib("MemAvailable")) * 1024
 
 
 def run_batch(args, data_dir: Path, work: Path, config) -> dict:
@@ -60,7 +34,7 @@ def run_batch(args, data_dir: Path, work: Path, config) -> dict:
     from bench.baselines import seed_style_batch
 
     results = {}
-    with HostMemory() as mem:
+    with MemorySampler() as mem:
         started = time.perf_counter()
         summary = run_backfill(
             BackfillConfig(
@@ -69,12 +43,12 @@ def run_batch(args, data_dir: Path, work: Path, config) -> dict:
             )
         )
         seconds = time.perf_counter() - started
-    results["twinfer_backfill"] = {"images": summary["rows"], "seconds": round(seconds, 2), "img_s": round(summary["rows"] / seconds, 1), "host_mem_gib": mem.delta_gib}
-    with HostMemory() as mem:
+    results["twinfer_backfill"] = {"images": summary["rows"], "seconds": round(seconds, 2), "img_s": round(summary["rows"] / seconds, 1), **mem.summary()}
+    with MemorySampler() as mem:
         started = time.perf_counter()
         rows = seed_style_batch(str(data_dir), str(work / "seed"), config, args.actors, args.seed_batch_size or args.batch_size, args.num_gpus)
         seconds = time.perf_counter() - started
-    results["seed_style"] = {"images": rows, "seconds": round(seconds, 2), "img_s": round(rows / seconds, 1), "host_mem_gib": mem.delta_gib}
+    results["seed_style"] = {"images": rows, "seconds": round(seconds, 2), "img_s": round(rows / seconds, 1), **mem.summary()}
     results["speedup"] = round(results["twinfer_backfill"]["img_s"] / results["seed_style"]["img_s"], 2)
     results["top1_agreement_vs_fp32_cpu"] = top1_agreement(pq.read_table(work / "twinfer").to_pylist(), config, args.agreement_sample)
     return results
@@ -125,13 +99,13 @@ def run_online(args, data_dir: Path, config) -> dict:
         url = f"http://127.0.0.1:{port}/{name}{path}"
         results[name] = []
         for clients in args.clients:
-            with HostMemory() as mem:
+            with MemorySampler() as mem:
                 out = subprocess.run(
                     [sys.executable, "-m", "bench.load", "--url", url, "--files", str(data_dir), "--clients", str(clients),
                      "--duration", str(args.duration), "--warmup", str(args.warmup)],
                     cwd=ROOT, capture_output=True, text=True, timeout=args.duration + args.warmup + 120, check=True,
                 )
-            row = json.loads(out.stdout.strip().splitlines()[-1]) | {"host_mem_gib": mem.delta_gib}
+            row = json.loads(out.stdout.strip().splitlines()[-1]) | mem.summary()
             results[name].append(row)
         serve.delete(name)
     by_clients = {r["clients"]: r["req_s"] for r in results["docs_style"]}
@@ -143,17 +117,23 @@ def print_tables(result: dict) -> None:
     print(f"\n== {result['model']} on {result['machine']}, {result['images']} images, ingress {result['ingress']} ==")
     if "batch" in result:
         b = result["batch"]
-        print(f"{'batch':<20}{'img/s':>10}{'seconds':>10}{'host GiB':>10}")
+        print(f"{'batch':<20}{'img/s':>10}{'seconds':>10}{'host GiB':>10}{'growth':>8}{'GPU GiB':>9}{'growth':>8}")
         for name in ("twinfer_backfill", "seed_style"):
-            print(f"{name:<20}{b[name]['img_s']:>10}{b[name]['seconds']:>10}{b[name]['host_mem_gib']:>10}")
+            r = b[name]
+            print(f"{name:<20}{r['img_s']:>10}{r['seconds']:>10}{r['host_mem_gib']:>10}{_gib(r['host_growth_gib']):>8}"
+                  f"{_gib(r['gpu_mem_peak_gib']):>9}{_gib(r['gpu_growth_gib']):>8}")
         agreement = b["top1_agreement_vs_fp32_cpu"]
         print(f"speed-up x{b['speedup']}; top-1 agreement with fp32 CPU: {agreement['agree']}/{agreement['images']} ({agreement['fraction']:.2%})")
     if "online" in result:
-        print(f"\n{'online':<12}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+        print(f"\n{'online':<12}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'GPU GiB':>9}")
         for name in ("twinfer", "docs_style"):
             for r in result["online"][name]:
-                print(f"{name:<12}{r['clients']:>8}{r['req_s']:>10}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['errors']:>8}")
+                print(f"{name:<12}{r['clients']:>8}{r['req_s']:>10}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['errors']:>8}{_gib(r['gpu_mem_peak_gib']):>9}")
         print(f"speed-up by clients: {result['online']['speedup']}")
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def main(argv: list[str] | None = None) -> int:
