@@ -30,7 +30,20 @@ class DecodeConfig(StrictModel):
     def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("at least one image format must be accepted")
-        return tuple(f.upper() for f in value)
+        formats = tuple(f.upper() for f in value)
+        known = pillow_formats()
+        unknown = [f for f in formats if f not in known]
+        if unknown:  # e.g. "JPG": Pillow calls it JPEG, and the typo would refuse every JPEG
+            raise ValueError(f"unknown image format(s) {', '.join(unknown)}; Pillow reads: {', '.join(sorted(known))}")
+        return formats
+
+
+def pillow_formats() -> frozenset[str]:
+    """Format names Pillow can open here (``Image.format`` values); MPO comes from the JPEG plugin."""
+    from PIL import Image
+
+    Image.init()
+    return frozenset(Image.OPEN) | {"MPO"}
 
 
 class ModelConfig(StrictModel):

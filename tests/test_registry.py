@@ -137,12 +137,20 @@ def test_random_weights_are_explicit_and_differ_from_embedded(embedded_wrapper):
         ({"device": "cpu", "precision": "fp16"}, "needs device cuda"),
         ({"options": {"hidden_size": 8}, "name": "vit_b16"}, "architecture options"),
         ({"decode": {"max_pixels": 0}}, "greater than 0"),
+        ({"decode": {"formats": ["png", "JPG"]}}, "unknown image format.*JPG.*Pillow reads: .*JPEG"),
         ({"unknown_field": 1}, "Extra inputs"),
     ],
 )
 def test_config_is_validated_at_start_up(kwargs, message):
     with pytest.raises(ValidationError, match=message):
         ModelConfig(**kwargs)
+
+
+def test_decode_formats_are_pillow_names_in_any_case():
+    assert ModelConfig(decode={"formats": ["jpeg", "mpo", "Png"]}).decode.formats == ("JPEG", "MPO", "PNG")
+    from shared.config import pillow_formats
+
+    assert set(ModelConfig().decode.formats) <= pillow_formats()  # the defaults are all readable here
 
 
 def test_cpu_runs_fp32_channels_last_and_answers_like_nchw(embedded_wrapper):
