@@ -1,7 +1,9 @@
 """HTTP ingress: routes, per-request decode off the event loop, fan-out to model deployments.
 
 Each image is decoded and validated here, alone, before it can join a batch: a bad image is
-answered with its own 4xx and never reaches (or fails) a model batch.
+answered with its own 4xx and never reaches (or fails) a model batch. With ``decode.on_device``
+only a JPEG's header is checked here (``twinfer_decode_seconds`` then times that check); a JPEG
+that no decoder can read comes back from the model as its own ``TwinferError``, answered the same way.
 """
 
 from __future__ import annotations
@@ -73,10 +75,10 @@ class Ingress:
         data = await image_bytes(request, self.settings.max_body_bytes)
 
         started = time.perf_counter()
-        prepared = await asyncio.get_running_loop().run_in_executor(self.pool, loader.load, data)
+        item = await asyncio.get_running_loop().run_in_executor(self.pool, loader.load, data)
         self.metrics.decode_seconds.observe(time.perf_counter() - started, tags={"model": model})
 
-        result = await self.handles[model].infer.remote(prepared, params)
+        result = await self.handles[model].infer.remote(item, params)
         if isinstance(result, TwinferError):  # a JPEG left for the device decoder that no decoder could read
             raise result
         key = "predictions" if task == "classify" else "detections"

@@ -19,14 +19,15 @@ decoder still rejects is decoded on the CPU, alone; if that fails too, only that
 nvJPEG's hardware engine does not wait for work already queued on the caller's CUDA stream
 before it writes its outputs (pytorch/vision#9606, meta-pytorch/torchcodec#1634), so memory the
 caching allocator hands it may still be read by queued kernels. ``decode_jpegs`` therefore
-drains the stream first, and ``ModelWrapper`` holds one lock over a batch's decode and forward
-pass, so no other thread can queue work between the drain and the decode.
+drains the stream before each decode call, and ``ModelWrapper`` holds ``CUDA_DECODE_LOCK`` (one
+per process: the stream is the process's) over a batch's decode and forward pass, so no other
+thread can queue work between the drain and the decode.
 """
 
 from __future__ import annotations
 
 import io
-import logging
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -36,9 +37,8 @@ from PIL import Image
 
 from shared.errors import InvalidImage
 
-logger = logging.getLogger(__name__)
-
 EXIF_ORIENTATION = 0x0112
+CUDA_DECODE_LOCK = threading.Lock()  # held by whoever decodes on CUDA, from the drain to the end of its forward pass
 JPEG_EOI = b"\xff\xd9"
 # most decoded pixels held at once (full-size uint8 RGB: 3 bytes each), so a batch of large photos
 # is decoded in several calls instead of holding every full-size image at the same time
@@ -85,16 +85,20 @@ def decode_jpegs(items: list[Encoded], device: torch.device) -> list[torch.Tenso
         return []
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()  # nothing queued may read what nvJPEG is given
+    def drain() -> None:
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()  # nothing queued may read what nvJPEG is given
+
     # inputs must be CPU uint8 tensors; a copy of the (often read-only) bytes
     inputs = [torch.frombuffer(bytearray(item.data), dtype=torch.uint8) for item in items]
     try:
+        drain()
         decoded: list = list(decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:  # one bad image fails the whole batched call: retry one at a time
         decoded = []
         for tensor in inputs:
             try:
+                drain()
                 decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
             except RuntimeError as exc:
                 decoded.append(InvalidImage(f"corrupt JPEG: {_reason(exc)}"))

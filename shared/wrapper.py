@@ -27,8 +27,8 @@ import torch
 
 from shared.config import ModelConfig
 from shared.decode import decode_image, decode_opened, open_image
-from shared.device_decode import Encoded, blank_jpeg, decode_jpegs, encoded_if_device_decodable, pixel_budget_chunks
-from shared.errors import InvalidParameter, TwinferError
+from shared.device_decode import CUDA_DECODE_LOCK, Encoded, blank_jpeg, decode_jpegs, encoded_if_device_decodable, pixel_budget_chunks
+from shared.errors import InvalidImage, InvalidParameter, TwinferError
 from shared.prepare import Prepared, prepare_image, prepare_tensor, stack
 from shared.registry import ModelSpec, get_spec
 
@@ -41,7 +41,8 @@ Item = Prepared | Encoded  # what the CPU half hands the device half
 
 
 class ImageLoader:
-    """The CPU half: bytes -> Prepared. Cheap to build (no model), so every CPU worker has one."""
+    """The CPU half: bytes -> Item (``Prepared``, or ``Encoded`` with ``decode.on_device``). Cheap
+    to build (no model), so every CPU worker has one."""
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -89,8 +90,6 @@ class ModelWrapper(ImageLoader):
         # every batch is zero-padded to one of these
         self.warmed_batch_sizes: tuple[int, ...] = ()
         self._warmup_lock = threading.Lock()
-        # nvJPEG must not run while another thread has work queued on the device (device_decode)
-        self._device_lock = threading.Lock()
         pre = self.spec.preprocess
         std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
@@ -112,9 +111,10 @@ class ModelWrapper(ImageLoader):
             for n in new if (self.config.compile or self.device.type == "cuda") else ():
                 # at exactly size n, not padded to a size warmed before
                 if self.spec.task == "classify":
-                    with self._exclusive_device():
-                        # through the device decoder when it is on, so its first (slow) call is here too
-                        images = self.decode_on_device([blank_jpeg(size)] * n) if self.config.decode.on_device else [dummy] * n
+                    # through the device decoder when it is on, so its first (slow) call is here too
+                    items = [blank_jpeg(size)] * n if self.config.decode.on_device else [dummy] * n
+                    with self._exclusive_device(items):
+                        images = self.decode_on_device(items)
                         self._forward(self._batch_on_device([image.pixels for image in images]))
                 else:
                     self.predict([dummy] * n)
@@ -161,17 +161,18 @@ class ModelWrapper(ImageLoader):
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _exclusive_device(self):
-        """The device lock when this process decodes JPEGs on a CUDA device, else nothing."""
-        if self.config.decode.on_device and self.device.type == "cuda":
-            return self._device_lock
+    def _exclusive_device(self, items: Sequence[Item]):
+        """``CUDA_DECODE_LOCK`` when these items include JPEGs to decode on a CUDA device: nvJPEG
+        must not run while another thread has work queued there (``shared.device_decode``)."""
+        if self.device.type == "cuda" and any(isinstance(item, Encoded) for item in items):
+            return CUDA_DECODE_LOCK
         return contextlib.nullcontext()
 
     def decode_on_device(self, items: Sequence[Item]) -> list[Prepared | TwinferError]:
         """``Encoded`` JPEGs -> ``Prepared`` with pixels on the device (batched decodes, at most
         ``MAX_PIXELS_PER_DECODE`` full-size pixels at a time); a JPEG the device rejects, or
         cannot resize, goes through the CPU path alone, and only if that fails too is it an
-        error, for that image only. ``Prepared`` items pass through. Call under ``_exclusive_device``."""
+        error, for that image only. ``Prepared`` items pass through. Call under ``_exclusive_device(items)``."""
         encoded = [i for i, item in enumerate(items) if isinstance(item, Encoded)]
         out: list[Prepared | TwinferError] = list(items)  # type: ignore[arg-type]
         for chunk in pixel_budget_chunks([items[i] for i in encoded]):
@@ -191,6 +192,9 @@ class ModelWrapper(ImageLoader):
             return self.prepare(self.decode(item.data.tobytes()))
         except TwinferError as error:
             return error
+        except Exception as exc:  # anything else still costs this image only
+            logger.exception("unexpected error decoding an image on the CPU fallback")
+            return InvalidImage(f"{type(exc).__name__}: {exc}")
 
     @torch.inference_mode()
     def predict(self, items: Sequence[Prepared]) -> Any:
@@ -218,7 +222,7 @@ class ModelWrapper(ImageLoader):
         params = list(params) if params is not None else [{}] * len(items)
         if len(params) != len(items):
             raise ValueError(f"{len(items)} items but {len(params)} parameter sets")
-        with self._exclusive_device():
+        with self._exclusive_device(items):
             ready = self.decode_on_device(items)
             good = [i for i, item in enumerate(ready) if isinstance(item, Prepared)]
             good_items = [ready[i] for i in good]

@@ -1,5 +1,7 @@
 """The benchmark's memory report: peak above start and growth over the run (the 40k no-leak check)."""
 
+import time
+
 from bench.memory import GIB, MemorySampler, growth, host_used_bytes
 
 
@@ -15,8 +17,10 @@ def test_sampler_reports_host_memory_and_no_gpu_here():
     with MemorySampler(interval_s=0.01) as sampler:
         ballast = bytearray(512 * 2**20)  # 512 MiB, touched
         ballast[:: 4096] = b"x" * len(ballast[:: 4096])
-        while len(sampler.host) < 12:
-            pass
+        deadline = time.monotonic() + 30
+        while len(sampler.host) < 12 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(sampler.host) >= 12, "the sampler thread stopped sampling"
     summary = sampler.summary()
     assert summary["host_mem_gib"] >= 0.25 and host_used_bytes() > 0
     assert summary["host_growth_gib"] is not None

@@ -197,8 +197,19 @@ def test_decoding_in_pixel_budgeted_chunks_changes_nothing(embedded_wrapper, mon
     items = [loader.load(encode(sample_array(name))) for name in ("chelsea", "coffee", "rocket", "astronaut")]
     whole = embedded_wrapper.decode_on_device(items)
     monkeypatch.setattr(device_decode, "MAX_PIXELS_PER_DECODE", 200_000)  # ~one photo per decode call
-    assert len(pixel_budget_chunks(items)) >= 3
+    import shared.wrapper
+
+    calls: list[tuple[int, int]] = []  # (images, full-size pixels) per decode call
+
+    def counting(chunk, device):
+        calls.append((len(chunk), sum(item.original_size[0] * item.original_size[1] for item in chunk)))
+        return decode_jpegs(chunk, device)
+
+    monkeypatch.setattr(shared.wrapper, "decode_jpegs", counting)
     chunked = embedded_wrapper.decode_on_device(items)
+    assert len(calls) >= 3  # the wrapper really decoded in several calls
+    assert all(pixels <= 200_000 or images == 1 for images, pixels in calls)  # under budget, or one big photo alone
+    assert sum(images for images, _ in calls) == len(items)
     assert all(torch.equal(a.pixels, b.pixels) and a.original_size == b.original_size for a, b in zip(whole, chunked))
 
 
@@ -221,3 +232,105 @@ def test_an_image_the_device_cannot_resize_goes_the_cpu_path_alone(embedded_wrap
     cpu_path = ImageLoader(ModelConfig()).load(datas[0])  # with draft, as the wrapper's own CPU path
     assert isinstance(ready[0].pixels, np.ndarray) and np.array_equal(ready[0].pixels, cpu_path.pixels)
     assert isinstance(ready[1].pixels, torch.Tensor)  # its neighbour stayed on the device path
+
+
+def test_the_cuda_stream_is_drained_before_every_nvjpeg_call(monkeypatch):
+    """nvJPEG does not wait for queued kernels (pytorch/vision#9606): every decode call, the
+    batched one and each one-at-a-time retry, must come after a stream synchronize."""
+    import torchvision.io
+
+    real_decode = torchvision.io.decode_jpeg
+    events: list[str] = []
+
+    class Stream:
+        def synchronize(self):
+            events.append("drain")
+
+    def fake_decode(inputs, mode, device):
+        batched = isinstance(inputs, list)
+        events.append("decode batch" if batched else "decode one")
+        assert device.type == "cuda"
+        if batched:  # one corrupt image fails the batched call: the code retries each alone
+            raise RuntimeError("decode_jpeg, x.cpp:1, simulated batch failure")
+        return real_decode(inputs, mode=mode, device="cpu")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
+    loader = ImageLoader(ON_DEVICE)
+    items = [loader.load(encode(sample_array(name))) for name in ("chelsea", "coffee")]
+    decoded = decode_jpegs(items, torch.device("cuda"))
+    assert events == ["drain", "decode batch", "drain", "decode one", "drain", "decode one"]
+    assert all(isinstance(d, torch.Tensor) and d.shape[0] == 3 for d in decoded)
+
+
+def test_a_cuda_batch_holds_the_process_lock_from_decode_to_the_end_of_its_forward_pass(embedded_wrapper, monkeypatch):
+    """With JPEGs to decode on CUDA, no other thread may queue device work between the drain and
+    the end of the batch; batches without JPEGs do not take the lock."""
+    import copy
+
+    import shared.wrapper
+    from shared.device_decode import CUDA_DECODE_LOCK
+
+    held: dict[str, list[bool]] = {"decode": [], "predict": []}
+    on_cuda = copy.copy(embedded_wrapper)
+    on_cuda.device = torch.device("cuda")  # only the lock choice and the decoder's device see it
+
+    def decode_on_cpu(chunk, device):
+        held["decode"].append(CUDA_DECODE_LOCK.locked())
+        return decode_jpegs(chunk, torch.device("cpu"))
+
+    def predict_on_cpu(items):
+        held["predict"].append(CUDA_DECODE_LOCK.locked())
+        return embedded_wrapper.predict(items)
+
+    monkeypatch.setattr(shared.wrapper, "decode_jpegs", decode_on_cpu)
+    monkeypatch.setattr(on_cuda, "predict", predict_on_cpu)
+    data = encode(sample_array("coffee"))
+    results = on_cuda.predict_batch([ImageLoader(ON_DEVICE).load(data)])
+    assert held == {"decode": [True], "predict": [True]} and not CUDA_DECODE_LOCK.locked()
+    assert results[0][0]["label"] == embedded_wrapper.classify_bytes(data)[0]["label"] == "espresso"
+
+    held["predict"].clear()
+    on_cuda.predict_batch([embedded_wrapper.load(data)])  # decoded on the CPU already: no lock
+    assert held["predict"] == [False]
+
+
+def test_the_ingress_answers_a_jpeg_no_decoder_could_read_with_its_own_400():
+    """Without HTTP: the ingress leaves JPEGs encoded, the model server (on the CPU here) finds one
+    no decoder can read, and that request alone is answered 400; the other gets its answer.
+    (Batch neighbours surviving such an image: ``test_one_undecodable_jpeg_fails_alone...``.)"""
+    import asyncio
+    import json
+
+    from starlette.requests import Request
+
+    from deployments.ingress import Ingress
+    from deployments.model_server import ModelServer
+
+    server = ModelServer({"name": "efficientnet_lite0"}, max_ongoing_requests=8)
+
+    class Handle:  # a DeploymentHandle call, minus the hop and the @serve.batch queue (needs a replica)
+        class infer:
+            @staticmethod
+            async def remote(item, params):
+                assert isinstance(item, Encoded)  # the ingress left the JPEG for the model process
+                return server.run_batch([item], [params])[0]
+
+    model = "efficientnet_lite0"
+    ingress = Ingress({model: Handle()}, {model: ON_DEVICE.model_dump()}, {})
+
+    async def post(body: bytes):
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {
+            "type": "http", "method": "POST", "path": f"/v1/models/{model}/classify", "root_path": "",
+            "query_string": b"top_k=1", "headers": [(b"content-type", b"image/jpeg")],
+        }
+        response = await ingress(Request(scope, receive))
+        return response.status_code, json.loads(response.body)
+
+    bad_status, bad = asyncio.run(post(bogus_huffman_jpeg()))
+    assert bad_status == 400 and bad["error"]["code"] == "invalid_image" and "corrupt" in bad["error"]["message"]
+    good_status, good = asyncio.run(post(images.small_jpeg("coffee")))
+    assert good_status == 200 and good["predictions"][0]["label"] == "espresso"
