@@ -19,9 +19,10 @@ decoder still rejects is decoded on the CPU, alone; if that fails too, only that
 nvJPEG's hardware engine does not wait for work already queued on the caller's CUDA stream
 before it writes its outputs (pytorch/vision#9606, meta-pytorch/torchcodec#1634), so memory the
 caching allocator hands it may still be read by queued kernels. ``decode_jpegs`` therefore
-drains the stream before each decode call, and ``ModelWrapper`` holds ``CUDA_DECODE_LOCK`` (one
-per process: the stream is the process's) over a batch's decode and forward pass, so no other
-thread can queue work between the drain and the decode.
+drains the stream before each decode call, and once any model in the process decodes on the
+device (``DECODING_ON_DEVICE``), every CUDA batch there - with JPEGs to decode or not - holds
+``CUDA_DECODE_LOCK`` (one per process: the stream is the process's) over its decode and forward
+pass, so no other thread can queue work, or free memory still in use, between a drain and a decode.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from PIL import Image
 from shared.errors import InvalidImage
 
 EXIF_ORIENTATION = 0x0112
-CUDA_DECODE_LOCK = threading.Lock()  # held by whoever decodes on CUDA, from the drain to the end of its forward pass
+CUDA_DECODE_LOCK = threading.Lock()  # held by every CUDA batch while nvJPEG may run in this process
+DECODING_ON_DEVICE = threading.Event()  # set (for good) once a model in this process decodes on the device
 JPEG_EOI = b"\xff\xd9"
 # most decoded pixels held at once (full-size uint8 RGB: 3 bytes each), so a batch of large photos
 # is decoded in several calls instead of holding every full-size image at the same time

@@ -27,6 +27,7 @@ import torch
 
 from shared.config import ModelConfig
 from shared.decode import decode_image, decode_opened, open_image
+from shared import device_decode
 from shared.device_decode import CUDA_DECODE_LOCK, Encoded, blank_jpeg, decode_jpegs, encoded_if_device_decodable, pixel_budget_chunks
 from shared.errors import InvalidImage, InvalidParameter, TwinferError
 from shared.prepare import Prepared, prepare_image, prepare_tensor, stack
@@ -74,6 +75,8 @@ class ModelWrapper(ImageLoader):
         super().__init__(config)
         self.labels = self.spec.labels()
         self.device = _resolve_device(config.device)
+        if config.decode.on_device and self.device.type == "cuda":
+            device_decode.DECODING_ON_DEVICE.set()  # from now on every CUDA batch here takes the lock
         self.dtype = _resolve_dtype(config.precision, self.device)
         if self.spec.task == "detect":
             self.dtype = torch.float32  # torchvision detection heads are fp32 code
@@ -110,14 +113,14 @@ class ModelWrapper(ImageLoader):
             # eager on CPU has nothing to warm (no compile, no CUDA context or cuDNN autotune)
             for n in new if (self.config.compile or self.device.type == "cuda") else ():
                 # at exactly size n, not padded to a size warmed before
-                if self.spec.task == "classify":
-                    # through the device decoder when it is on, so its first (slow) call is here too
-                    items = [blank_jpeg(size)] * n if self.config.decode.on_device else [dummy] * n
-                    with self._exclusive_device(items):
+                # through the device decoder when it is on, so its first (slow) call is here too
+                items = [blank_jpeg(size)] * n if self.config.decode.on_device else [dummy] * n
+                with self._exclusive_device(items):
+                    if self.spec.task == "classify":
                         images = self.decode_on_device(items)
                         self._forward(self._batch_on_device([image.pixels for image in images]))
-                else:
-                    self.predict([dummy] * n)
+                    else:
+                        self.predict(items)
             self.warmed_batch_sizes = tuple(sorted({*self.warmed_batch_sizes, *new}))
 
     @torch.inference_mode()
@@ -162,9 +165,12 @@ class ModelWrapper(ImageLoader):
         return tensor
 
     def _exclusive_device(self, items: Sequence[Item]):
-        """``CUDA_DECODE_LOCK`` when these items include JPEGs to decode on a CUDA device: nvJPEG
-        must not run while another thread has work queued there (``shared.device_decode``)."""
-        if self.device.type == "cuda" and any(isinstance(item, Encoded) for item in items):
+        """``CUDA_DECODE_LOCK`` for a CUDA batch once nvJPEG may run in this process (or when the
+        batch itself has JPEGs to decode): nvJPEG must not run while another thread has work
+        queued on the device, even a batch decoded on the CPU (``shared.device_decode``)."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        if device_decode.DECODING_ON_DEVICE.is_set() or any(isinstance(item, Encoded) for item in items):
             return CUDA_DECODE_LOCK
         return contextlib.nullcontext()
 

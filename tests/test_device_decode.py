@@ -263,14 +263,17 @@ def test_the_cuda_stream_is_drained_before_every_nvjpeg_call(monkeypatch):
     assert all(isinstance(d, torch.Tensor) and d.shape[0] == 3 for d in decoded)
 
 
-def test_a_cuda_batch_holds_the_process_lock_from_decode_to_the_end_of_its_forward_pass(embedded_wrapper, monkeypatch):
-    """With JPEGs to decode on CUDA, no other thread may queue device work between the drain and
-    the end of the batch; batches without JPEGs do not take the lock."""
+def test_cuda_batches_hold_the_process_lock_from_decode_to_the_end_of_the_forward_pass(embedded_wrapper, monkeypatch):
+    """No other thread may queue device work (or free memory still in use) between a drain and
+    an nvJPEG call: a CUDA batch with JPEGs to decode takes the lock, and once a model in the
+    process decodes on the device, so does every CUDA batch, even one decoded on the CPU."""
     import copy
+    import threading
 
     import shared.wrapper
     from shared.device_decode import CUDA_DECODE_LOCK
 
+    monkeypatch.setattr(device_decode, "DECODING_ON_DEVICE", threading.Event())  # a fresh process's state
     held: dict[str, list[bool]] = {"decode": [], "predict": []}
     on_cuda = copy.copy(embedded_wrapper)
     on_cuda.device = torch.device("cuda")  # only the lock choice and the decoder's device see it
@@ -290,9 +293,12 @@ def test_a_cuda_batch_holds_the_process_lock_from_decode_to_the_end_of_its_forwa
     assert held == {"decode": [True], "predict": [True]} and not CUDA_DECODE_LOCK.locked()
     assert results[0][0]["label"] == embedded_wrapper.classify_bytes(data)[0]["label"] == "espresso"
 
+    decoded_on_cpu = [embedded_wrapper.load(data)]
     held["predict"].clear()
-    on_cuda.predict_batch([embedded_wrapper.load(data)])  # decoded on the CPU already: no lock
-    assert held["predict"] == [False]
+    on_cuda.predict_batch(decoded_on_cpu)  # no device decoder in this process yet: no lock needed
+    device_decode.DECODING_ON_DEVICE.set()  # as a ModelWrapper with decode.on_device on CUDA does
+    on_cuda.predict_batch(decoded_on_cpu)  # now its neighbours' nvJPEG calls could race it
+    assert held["predict"] == [False, True] and not CUDA_DECODE_LOCK.locked()
 
 
 def test_the_ingress_answers_a_jpeg_no_decoder_could_read_with_its_own_400():
