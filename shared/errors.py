@@ -8,8 +8,11 @@ from __future__ import annotations
 
 
 class TwinferError(Exception):
-    code = "internal_error"
+    """Also the answer to any unexpected failure: JSON 500 ``internal`` online, an ``internal`` row offline."""
+
+    code = "internal"
     http_status = 500
+    retry_after_s: int | None = None  # online: sent as the Retry-After header when set
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": str(self)}
@@ -40,6 +43,13 @@ class ImageTooLarge(TwinferError):
     http_status = 413
 
 
+class ImageTooComplex(ImageTooLarge):
+    """Decoding would cost more than the cap allows (e.g. a progressive JPEG with too many scans),
+    decided from the header and markers before any pixel is decoded."""
+
+    code = "image_too_complex"
+
+
 class ModelNotFound(TwinferError):
     code = "model_not_found"
     http_status = 404
@@ -58,6 +68,22 @@ class InvalidParameter(TwinferError):
 class Overloaded(TwinferError):
     code = "overloaded"
     http_status = 503
+    retry_after_s = 1
+
+
+class Unavailable(TwinferError):
+    """The model's replicas died or could not be reached within the request's deadline."""
+
+    code = "unavailable"
+    http_status = 503
+    retry_after_s = 5
+
+
+class Unauthorized(TwinferError):
+    """API keys are on and the request has no valid ``Authorization: Bearer <key>``."""
+
+    code = "unauthorized"
+    http_status = 401
 
 
 class WeightsUnavailable(TwinferError):

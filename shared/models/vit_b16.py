@@ -10,6 +10,8 @@ from shared.errors import WeightsUnavailable
 from shared.weights import load_into
 
 HF_ID = "google/vit-base-patch16-224"
+# the checkpoint this entry was checked against; a moved "main" cannot change what is served
+HF_REVISION = "3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3"
 
 
 class LogitsOnly(torch.nn.Module):
@@ -28,10 +30,10 @@ def build(weights: str, options: dict) -> torch.nn.Module:
 
     if weights in ("default", "pretrained"):
         try:
-            return LogitsOnly(ViTForImageClassification.from_pretrained(HF_ID))
+            return LogitsOnly(ViTForImageClassification.from_pretrained(HF_ID, revision=HF_REVISION))
         except OSError as exc:
             raise WeightsUnavailable(
-                f"cannot load {HF_ID} from the Hugging Face hub or cache ({exc}). On an offline "
+                f"cannot load {HF_ID}@{HF_REVISION} from the Hugging Face hub or cache ({exc}). On an offline "
                 f"machine, pre-fill the cache (HF_HOME) and set HF_HUB_OFFLINE=1, or set weights "
                 f"to a directory written by save_pretrained()."
             ) from None
