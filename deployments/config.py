@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from shared.config import ModelConfig, StrictModel, check_gpu_request
+from shared.decode import DEFAULT_MAX_BYTES
 
 
 class BatchingConfig(StrictModel):
@@ -50,7 +51,7 @@ class IngressConfig(StrictModel):
     decode_threads: int = Field(4, ge=1, le=64, description="per ingress replica, off the event loop")
     max_ongoing_requests: int = Field(512, ge=1)
     max_queued_requests: int = Field(1024, ge=0)
-    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="larger bodies get 413")
+    max_body_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="larger bodies get 413")
 
 
 class AppArgs(StrictModel):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.decode import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+from shared.decode import DEFAULT_FORMATS, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from shared.registry import DEFAULT_MODEL, REGISTRY
 from shared.weights import SPECIAL
 
@@ -17,6 +17,7 @@ class StrictModel(BaseModel):
 
 class DecodeConfig(StrictModel):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="pixel cap, checked from the header")
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, gt=0, description="encoded-size cap per image (both paths)")
     formats: tuple[str, ...] = tuple(sorted(DEFAULT_FORMATS))
     draft: bool = Field(True, description="let libjpeg decode JPEGs at a reduced scale (Pillow draft)")
     on_device: bool = Field(

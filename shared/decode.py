@@ -18,6 +18,7 @@ from shared.errors import EmptyInput, ImageTooLarge, InvalidImage, UnsupportedFo
 DEFAULT_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})  # MPO: multi-picture phone JPEGs
 JPEG_FORMATS = ("JPEG", "MPO")
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # also the HTTP body cap's default (ingress.max_body_bytes)
 
 # A truncated file must fail, not decode into grey padding.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
