@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 from shared.labels import imagenet_categories
@@ -26,18 +23,11 @@ class TinyClassifier(torch.nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-@dataclass(frozen=True)
-class InlineSpec(ModelSpec):
-    factory: Callable[[], torch.nn.Module] = TinyClassifier
-
-    def build(self, weights: str, options: dict) -> torch.nn.Module:
-        return self.factory()
-
-
 def register_tiny(monkeypatch) -> str:
-    spec = InlineSpec(
-        name=TINY, task="classify", builder="", preprocess=PreprocessSpec("resize_crop", 32, resize=36),
-        labels=imagenet_categories, default_weights="pretrained", description="test-only tiny classifier",
+    spec = ModelSpec(
+        name=TINY, task="classify", build=lambda weights, options: TinyClassifier(),
+        preprocess=PreprocessSpec("resize_crop", 32, resize=36), labels=imagenet_categories,
+        description="test-only tiny classifier",
     )
     monkeypatch.setitem(REGISTRY, TINY, spec)
     return TINY
