@@ -31,7 +31,7 @@ def run_batch(args, data_dir: Path, work: Path, config) -> dict:
 
     from batch.config import BackfillConfig
     from batch.pipeline import run_backfill
-    from bench.baselines import seed_style_batch
+    from bench.baselines import BASELINES
 
     results = {}
     with MemorySampler() as mem:
@@ -46,10 +46,11 @@ def run_batch(args, data_dir: Path, work: Path, config) -> dict:
     results["twinfer_backfill"] = {"images": summary["rows"], "seconds": round(seconds, 2), "img_s": round(summary["rows"] / seconds, 1), **mem.summary()}
     with MemorySampler() as mem:
         started = time.perf_counter()
-        rows = seed_style_batch(str(data_dir), str(work / "seed"), config, args.actors, args.seed_batch_size or args.batch_size, args.num_gpus)
+        baseline = BASELINES[args.baseline]
+        rows = baseline(str(data_dir), str(work / "baseline"), config, args.actors, args.seed_batch_size or args.batch_size, args.num_gpus)
         seconds = time.perf_counter() - started
-    results["seed_style"] = {"images": rows, "seconds": round(seconds, 2), "img_s": round(rows / seconds, 1), **mem.summary()}
-    results["speedup"] = round(results["twinfer_backfill"]["img_s"] / results["seed_style"]["img_s"], 2)
+    results["baseline"] = {"name": args.baseline, "images": rows, "seconds": round(seconds, 2), "img_s": round(rows / seconds, 1), **mem.summary()}
+    results["speedup"] = round(results["twinfer_backfill"]["img_s"] / results["baseline"]["img_s"], 2)
     results["top1_agreement_vs_fp32_cpu"] = top1_agreement(pq.read_table(work / "twinfer").to_pylist(), config, args.agreement_sample)
     return results
 
@@ -118,8 +119,9 @@ def print_tables(result: dict) -> None:
     if "batch" in result:
         b = result["batch"]
         print(f"{'batch':<20}{'img/s':>10}{'seconds':>10}{'host GiB':>10}{'growth':>8}{'GPU GiB':>9}{'growth':>8}")
-        for name in ("twinfer_backfill", "seed_style"):
+        for name in ("twinfer_backfill", "baseline"):
             r = b[name]
+            name = r.get("name", name)
             print(f"{name:<20}{r['img_s']:>10}{r['seconds']:>10}{r['host_mem_gib']:>10}{_gib(r['host_growth_gib']):>8}"
                   f"{_gib(r['gpu_mem_peak_gib']):>9}{_gib(r['gpu_growth_gib']):>8}")
         agreement = b["top1_agreement_vs_fp32_cpu"]
@@ -148,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-gpus", type=float, default=0.0)
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed-batch-size", type=int, default=None, help="the seed-style pipeline's batch size (default: --batch-size)")
+    parser.add_argument("--baseline", choices=["seed-faithful", "pil-first"], default="seed-faithful",
+                        help="the batch baseline: the seeds' pipeline as written, or with PIL resizing first (bench/baselines.py)")
+    parser.add_argument("--seed-batch-size", type=int, default=None, help="the baseline pipeline's batch size (default: --batch-size)")
     parser.add_argument("--online-batch", type=int, default=4, help="4 is best for the embedded model on CPU")
     parser.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="batch: torch threads per model actor, both systems")
     parser.add_argument(
