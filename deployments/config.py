@@ -52,6 +52,14 @@ class IngressConfig(StrictModel):
     max_ongoing_requests: int = Field(512, ge=1)
     max_queued_requests: int = Field(1024, ge=0)
     max_body_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="larger bodies get 413")
+    model_call_timeout_s: float = Field(
+        20.0, gt=0.0, le=600.0,
+        description="deadline of one request's model call, retries included; past it the client gets 503 "
+        "unavailable. Keep it below http_options.request_timeout_s, or the proxy answers 408 first",
+    )
+    model_call_retries: int = Field(
+        2, ge=0, le=2, description="re-sends, within the deadline, of a call whose model replica died or was unreachable",
+    )
 
 
 class AppArgs(StrictModel):

@@ -12,7 +12,10 @@ RAW_TYPES = ("application/octet-stream",)
 
 
 def error_response(error: TwinferError) -> JSONResponse:
-    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status)
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(error.retry_after_s)
+    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status, headers=headers)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -16,6 +16,11 @@ class IngressMetrics:
         self.errors = Counter(
             "twinfer_errors_total", description="requests answered with an error, by code", tag_keys=("model", "code")
         )
+        self.retries = Counter(
+            "twinfer_model_retries_total",
+            description="model calls re-sent because the replica died or was unreachable, by exception class",
+            tag_keys=("model", "reason"),
+        )
 
 
 class ModelMetrics:
