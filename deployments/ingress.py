@@ -42,6 +42,8 @@ from shared.wrapper import DEFAULT_TOP_K, validate_score_threshold, validate_top
 logger = logging.getLogger("ray.serve")
 
 TASK_ROUTES = {"classify": "classify", "detect": "detect"}
+UNKNOWN_MODEL = "unknown"  # the metrics' model tag for names not served: a bounded set of time series
+NO_MODEL = "-"  # ... and for routes that name no model
 
 # What a handle call raises when its replica died mid-request (ActorDiedError) or could not be
 # reached (ActorUnavailableError; both RayActorError), or Serve gave up on a chosen replica.
@@ -60,7 +62,7 @@ class Ingress:
         self.metrics = IngressMetrics()
 
     async def __call__(self, request: Request) -> Response:
-        model_tag = "-"
+        model_tag = NO_MODEL
         try:
             parts = _route_parts(request)
             if parts == ["healthz"]:
@@ -69,9 +71,10 @@ class Ingress:
                 _require(request, "GET")
                 return await self._list_models()
             if parts[:2] == ["v1", "models"] and len(parts) == 4 and parts[3] in TASK_ROUTES:
+                model = parts[2]
+                model_tag = model if model in self.handles else UNKNOWN_MODEL
                 _require(request, "POST")
-                model_tag = parts[2]
-                return await self._infer(request, model_tag, parts[3])
+                return await self._infer(request, model, parts[3])
             raise NotFound(f"no route {request.method} {request.url.path}")
         except TwinferError as error:
             return self._error(error, model_tag)

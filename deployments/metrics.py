@@ -13,6 +13,8 @@ class IngressMetrics:
             "twinfer_decode_seconds", description="decode + prepare time per image", boundaries=_LATENCY_BOUNDARIES,
             tag_keys=("model",),
         )
+        # `model` is a served model's name, "unknown" for any other name in a URL, "-" for routes
+        # without a model: never free text from the request, so the number of series stays bounded
         self.errors = Counter(
             "twinfer_errors_total", description="requests answered with an error, by code", tag_keys=("model", "code")
         )
