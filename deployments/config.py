@@ -45,6 +45,9 @@ def check_batches_can_fill(batching: BatchingConfig, max_ongoing_requests: int) 
         )
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class IngressConfig(StrictModel):
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0.0)
@@ -60,6 +63,17 @@ class IngressConfig(StrictModel):
     model_call_retries: int = Field(
         2, ge=0, le=2, description="re-sends, within the deadline, of a call whose model replica died or was unreachable",
     )
+    api_keys_env: str | None = Field(
+        None, pattern=ENV_NAME,
+        description="name of an environment variable (of the ingress replicas) holding comma-separated API keys",
+    )
+    api_keys_file: str | None = Field(
+        None, min_length=1, description="path (on the ingress replicas' nodes) of a file with one API key per line",
+    )
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return self.api_keys_env is not None or self.api_keys_file is not None
 
 
 class AppArgs(StrictModel):

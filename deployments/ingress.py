@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from deployments.config import IngressConfig
-from deployments.http import error_response, image_bytes
+from deployments.http import check_bearer, error_response, image_bytes, load_api_keys
 from deployments.metrics import IngressMetrics
 from shared import ImageLoader, ModelConfig
 from shared.errors import (
@@ -58,8 +58,11 @@ class Ingress:
         self.handles = models
         self.loaders = {name: ImageLoader(ModelConfig.model_validate(cfg)) for name, cfg in model_configs.items()}
         self.settings = IngressConfig.model_validate(ingress)
+        self.api_keys = load_api_keys(self.settings)  # refuses to start when a configured source has no key
         self.pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
         self.metrics = IngressMetrics()
+        if self.settings.api_keys_enabled:
+            logger.info("API keys on: %d key(s); every route but /healthz needs 'Authorization: Bearer'", len(self.api_keys))
 
     async def __call__(self, request: Request) -> Response:
         model_tag = NO_MODEL
@@ -67,6 +70,8 @@ class Ingress:
             parts = _route_parts(request)
             if parts == ["healthz"]:
                 return await self._healthz(request)
+            if self.settings.api_keys_enabled:
+                check_bearer(request, self.api_keys)
             if parts[:2] == ["v1", "models"] and len(parts) == 2:
                 _require(request, "GET")
                 return await self._list_models()
