@@ -63,6 +63,11 @@ class ModelConfig(StrictModel):
         description="classification: torch.compile (static shapes, frozen weights), every batch size warmed "
         "at replica/actor start; batches are padded to a warmed size. On CPU it needs a C++ compiler",
     )
+    cudnn_benchmark: bool = Field(
+        True,
+        description="classification on CUDA: cuDNN autotunes its kernels for each warmed batch size at start-up "
+        "(batches are padded to those sizes); process-wide, off for detection, whose input sizes vary",
+    )
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="detection: default minimum score")
     options: dict[str, Any] = Field(default_factory=dict, description="architecture overrides (random weights)")
     decode: DecodeConfig = DecodeConfig()
@@ -95,8 +100,15 @@ class ModelConfig(StrictModel):
 
 
 def check_gpu_request(model: ModelConfig, num_gpus: float) -> None:
-    """A model's device must match the GPUs its Ray process asks for (both paths call this)."""
+    """A model's device must match the GPUs its Ray process reserves (both paths call this).
+
+    Ray 2.60 does not hide GPUs from processes that reserved none (ray#54868): a 'cuda' model
+    without a reservation would run on a GPU that Ray may hand to someone else. ``auto`` follows
+    the reservation (``shared.devices``)."""
     if num_gpus > 0 and model.device == "cpu":
         raise ValueError("GPUs are requested but model.device is 'cpu'")
     if num_gpus == 0 and model.device == "cuda":
-        raise ValueError("model.device 'cuda' needs a GPU request (Ray hides GPUs from processes without one)")
+        raise ValueError(
+            "model.device 'cuda' needs a GPU request: Ray does not stop a process that reserved no GPU from "
+            "using one, so it would share a GPU that Ray may give to another process"
+        )

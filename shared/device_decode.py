@@ -10,11 +10,16 @@ not equal: the CPU path decodes JPEGs at reduced scale (``decode.draft``), nvJPE
 and chroma upsampling are its own, and on CUDA the resize runs in float32. The benchmark's top-1
 agreement with the fp32 CPU path is the measure.
 
-What the device decoder might get wrong stays on the CPU path, decided from the header:
-non-JPEG formats, MPO, CMYK/YCCK JPEGs, files that do not end in the JPEG end-of-image marker
-(truncated, or trailing data), and unreadable or non-integer EXIF orientation. A JPEG the device
-decoder still rejects is decoded on the CPU, alone; if that fails too, only that image fails
-(``InvalidImage``), never its batch.
+What the device decoder might get wrong, or would decode slowly, stays on the CPU path, decided
+from the header: non-JPEG formats, MPO, CMYK/YCCK JPEGs, files that do not end in the JPEG
+end-of-image marker (truncated, or trailing data), unreadable or non-integer EXIF orientation,
+and the JPEGs nvJPEG's batched decoder does not take (``nvjpegDecodeBatchedSupported``):
+progressive, grayscale and unusual chroma subsampling. torchvision would hand those to nvJPEG's
+hybrid backend, a Huffman decode on the host plus a stream synchronize per image, in the GPU
+process and under the device lock. CPU workers decode them in parallel instead. A JPEG the
+device decoder still rejects is decoded on the CPU, alone, after the device lock is released.
+If that fails too, only that image fails (``InvalidImage``), never its batch. A failed batched
+call is bisected, so one bad JPEG costs about 2 log2(n) decode calls, not n.
 
 nvJPEG's hardware engine does not wait for work already queued on the caller's CUDA stream
 before it writes its outputs (pytorch/vision#9606, meta-pytorch/torchcodec#1634), so memory the
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from shared.errors import InvalidImage
 
@@ -62,7 +67,11 @@ class Encoded:
 def encoded_if_device_decodable(image: Image.Image, data: bytes) -> Encoded | None:
     """The ``Encoded`` item for a header-checked Pillow image, or None when the CPU path should
     decode it (see the module docstring for which files those are)."""
-    if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+    if image.format != "JPEG" or image.mode != "RGB":  # grayscale: nvJPEG's host path
+        return None
+    if image.info.get("progressive") or image.info.get("progression"):  # nvJPEG's host path
+        return None
+    if JpegImagePlugin.get_sampling(image) == -1:  # not 4:4:4, 4:2:2 or 4:2:0
         return None
     if not data.rstrip(b"\x00").endswith(JPEG_EOI):  # truncated, or data after the image
         return None
@@ -81,7 +90,8 @@ def encoded_if_device_decodable(image: Image.Image, data: bytes) -> Encoded | No
 
 def decode_jpegs(items: list[Encoded], device: torch.device) -> list[torch.Tensor | InvalidImage]:
     """uint8 (3, H, W) RGB tensors on ``device``, upright; an ``InvalidImage`` for a JPEG that
-    neither the batched call nor a single-image retry could decode. Never raises for bad data.
+    no decode call could read. Never raises for bad data: a failed batched call is split in
+    halves until the bad images stand alone.
     The caller must keep other threads from queueing work on ``device`` meanwhile (module docstring)."""
     if not items:
         return []
@@ -91,19 +101,20 @@ def decode_jpegs(items: list[Encoded], device: torch.device) -> list[torch.Tenso
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()  # nothing queued may read what nvJPEG is given
 
+    def decode(tensors: list[torch.Tensor]) -> list[torch.Tensor | InvalidImage]:
+        try:
+            drain()
+            if len(tensors) == 1:
+                return [decode_jpeg(tensors[0], mode=ImageReadMode.RGB, device=device)]
+            return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError as exc:  # one bad image fails the whole call
+            if len(tensors) == 1:
+                return [InvalidImage(f"corrupt JPEG: {_reason(exc)}")]
+            middle = len(tensors) // 2
+            return decode(tensors[:middle]) + decode(tensors[middle:])
+
     # inputs must be CPU uint8 tensors; a copy of the (often read-only) bytes
-    inputs = [torch.frombuffer(bytearray(item.data), dtype=torch.uint8) for item in items]
-    try:
-        drain()
-        decoded: list = list(decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:  # one bad image fails the whole batched call: retry one at a time
-        decoded = []
-        for tensor in inputs:
-            try:
-                drain()
-                decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError as exc:
-                decoded.append(InvalidImage(f"corrupt JPEG: {_reason(exc)}"))
+    decoded = decode([torch.frombuffer(bytearray(item.data), dtype=torch.uint8) for item in items])
     return [out if isinstance(out, InvalidImage) else orient(out, item.orientation) for out, item in zip(decoded, items)]
 
 

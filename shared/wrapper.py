@@ -19,19 +19,27 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
-import threading
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from shared import device_decode
 from shared.config import ModelConfig
 from shared.decode import decode_image, decode_opened, open_image
-from shared import device_decode
-from shared.device_decode import CUDA_DECODE_LOCK, Encoded, blank_jpeg, decode_jpegs, encoded_if_device_decodable, pixel_budget_chunks
+from shared.device_decode import (
+    CUDA_DECODE_LOCK,
+    Encoded,
+    blank_jpeg,
+    decode_jpegs,
+    encoded_if_device_decodable,
+    pixel_budget_chunks,
+)
+from shared.devices import ray_assigned_gpus, resolve_device
 from shared.errors import InvalidImage, InvalidParameter, TwinferError
 from shared.prepare import Prepared, prepare_image, prepare_tensor, stack
 from shared.registry import ModelSpec, get_spec
+from shared.rwlock import ReadWriteLock
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,8 @@ MAX_TOP_K = 100
 DEFAULT_TOP_K = 5
 
 Item = Prepared | Encoded  # what the CPU half hands the device half
+# batches share it, warm-ups (which compile) take it alone: one per process, as dynamo's state is
+SERVING = ReadWriteLock()
 
 
 class ImageLoader:
@@ -70,11 +80,11 @@ class ModelWrapper(ImageLoader):
     """The whole model: CPU half (inherited) plus the device half."""
 
     def __init__(self, config: ModelConfig, batch_sizes: Sequence[int] = (1,)):
-        """``batch_sizes``: warmed here (with ``compile``, the only sizes it will run until
-        ``warmup`` adds more). The Serve replica passes none and warms in ``reconfigure``."""
+        """``batch_sizes``: warmed here (with ``compile``, and on CUDA, the only sizes batches are
+        run at until ``warmup`` adds more). The Serve replica passes none and warms in ``reconfigure``."""
         super().__init__(config)
         self.labels = self.spec.labels()
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device, ray_assigned_gpus())
         if config.decode.on_device and self.device.type == "cuda":
             device_decode.DECODING_ON_DEVICE.set()  # from now on every CUDA batch here takes the lock
         self.dtype = _resolve_dtype(config.precision, self.device)
@@ -84,15 +94,17 @@ class ModelWrapper(ImageLoader):
         model = model.to(self.device, dtype=self.dtype)
         if config.cpu_threads and self.device.type == "cpu":
             torch.set_num_threads(config.cpu_threads)
-        # channels_last pays on CPU too: ~1.7x for EfficientNet-Lite0 on 2 cores (bench/RESULTS.md)
+        # channels_last pays on CPU too for the embedded model (bench/RESULTS.md)
         self.channels_last = config.channels_last and self.spec.task == "classify"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda" and self.spec.task == "classify" and config.cudnn_benchmark:
+            # autotuned per input shape, so only ever at the warmed (padded-to) batch sizes, at start-up;
+            # detection inputs vary in size and would autotune on user requests
+            torch.backends.cudnn.benchmark = True
         self.model = _compile(model) if config.compile else model
-        # batch sizes run once before any request; compiled graphs are static, so with compile
-        # every batch is zero-padded to one of these
+        # batch sizes run once before any request
         self.warmed_batch_sizes: tuple[int, ...] = ()
-        self._warmup_lock = threading.Lock()
         pre = self.spec.preprocess
         std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
@@ -102,40 +114,54 @@ class ModelWrapper(ImageLoader):
         self.warmup(batch_sizes)
 
     # ---- device half -------------------------------------------------------------------------
+    @property
+    def pads_batches(self) -> bool:
+        """Compiled graphs are static and cuDNN autotunes per shape: such batches are zero-padded
+        (or split) to the warmed sizes, so neither a compile nor an autotune lands on a request."""
+        return self.spec.task == "classify" and (self.config.compile or self.device.type == "cuda")
+
     def warmup(self, batch_sizes: Sequence[int]) -> None:
-        """Run dummy batches of these sizes, so compilation / cuDNN autotune never land on a user
-        request. With ``compile`` every later batch is padded up to the nearest warmed size (and
-        split at the largest), so the compiled graphs never see a new shape."""
+        """Run dummy batches of these sizes, so compilation and cuDNN autotune never land on a user
+        request. Batches are padded up to the nearest warmed size (and split at the largest) when
+        ``pads_batches``. Safe while batches run on other threads: it waits for them, and new
+        batches wait for it (``SERVING``), because torch.compile is not thread-safe."""
         size = self.spec.preprocess.size
         dummy = Prepared(np.zeros((3, size, size), np.uint8), (size, size))
-        with self._warmup_lock:
+        with SERVING.exclusive():
             new = sorted(set(batch_sizes) - set(self.warmed_batch_sizes))
+            if self.config.compile:
+                _allow_compiled_graphs(len(new))
             # eager on CPU has nothing to warm (no compile, no CUDA context or cuDNN autotune)
             for n in new if (self.config.compile or self.device.type == "cuda") else ():
-                # at exactly size n, not padded to a size warmed before
-                # through the device decoder when it is on, so its first (slow) call is here too
+                # at exactly size n, not padded to a size warmed before; through the device
+                # decoder when it is on, so its first (slow) call is here too
                 items = [blank_jpeg(size)] * n if self.config.decode.on_device else [dummy] * n
-                with self._exclusive_device(items):
+                with torch.compiler.set_stance("default"):  # compiling is the point here
                     if self.spec.task == "classify":
                         images = self.decode_on_device(items)
-                        self._forward(self._batch_on_device([image.pixels for image in images]))
+                        with self._exclusive_device(items):
+                            self._forward(self._batch_on_device([image.pixels for image in images]))
                     else:
-                        self.predict(items)
+                        with self._exclusive_device(items):
+                            self.predict(items)
             self.warmed_batch_sizes = tuple(sorted({*self.warmed_batch_sizes, *new}))
+            if self.config.compile:
+                # from here on a new shape is an error, never a silent compile on a request thread
+                torch.compiler.set_stance("fail_on_recompile")
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW on the device -> class probabilities on the CPU, at exactly this batch size."""
+        """uint8 NCHW on the device -> class probabilities (float32) on the device, at exactly this batch size."""
         x = torch.addcmul(self._shift, x.to(self.dtype), self._scale)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x).float().softmax(dim=-1).cpu()
+        return self.model(x).float().softmax(dim=-1)
 
     def _forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """``_forward`` through the compiled graphs: pad to the nearest warmed size, split above the largest."""
+        """``_forward`` at the warmed sizes: pad to the nearest one, split above the largest."""
         sizes = self.warmed_batch_sizes
-        if not sizes:  # never compile on a user request
-            raise RuntimeError("compiled model has no warmed batch size: call warmup(batch_sizes) before predicting")
+        if not sizes:  # never compile (or autotune) on a user request
+            raise RuntimeError("model has no warmed batch size: call warmup(batch_sizes) before predicting")
         outputs = []
         for chunk in x.split(sizes[-1]):
             n = len(chunk)
@@ -147,18 +173,28 @@ class ModelWrapper(ImageLoader):
 
     def _batch_on_device(self, pixels: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
         """Same-size uint8 CHW images -> one uint8 NCHW tensor on the device. Host arrays cross
-        in one pinned, non-blocking copy; images already on the device (decoded there) join it there."""
+        in one non-blocking copy from a pinned buffer they were stacked into; images already on
+        the device (decoded there) join it there."""
         on_device = [i for i, p in enumerate(pixels) if isinstance(p, torch.Tensor)]
         if not on_device:
-            return self._to_device(stack(pixels))
+            return self._stack_to_device(pixels)
         batch = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8, device=self.device)
         host = [i for i, p in enumerate(pixels) if not isinstance(p, torch.Tensor)]
         if host:
-            batch[host] = self._to_device(stack([pixels[i] for i in host]))
+            batch[host] = self._stack_to_device([pixels[i] for i in host])
         batch[on_device] = torch.stack([pixels[i] for i in on_device])
         return batch
 
-    def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
+    def _stack_to_device(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.from_numpy(stack(list(pixels)))
+        # stacked straight into page-locked memory: one host copy, then an asynchronous upload. The
+        # caching host allocator reuses the buffer only once the copy's recorded event has passed.
+        host = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8, pin_memory=True)
+        np.stack(pixels, out=host.numpy())
+        return host.to(self.device, non_blocking=True)
+
+    def _image_to_device(self, pixels: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(pixels)
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
@@ -176,24 +212,38 @@ class ModelWrapper(ImageLoader):
 
     def decode_on_device(self, items: Sequence[Item]) -> list[Prepared | TwinferError]:
         """``Encoded`` JPEGs -> ``Prepared`` with pixels on the device (batched decodes, at most
-        ``MAX_PIXELS_PER_DECODE`` full-size pixels at a time); a JPEG the device rejects, or
-        cannot resize, goes through the CPU path alone, and only if that fails too is it an
-        error, for that image only. ``Prepared`` items pass through. Call under ``_exclusive_device(items)``."""
+        ``MAX_PIXELS_PER_DECODE`` full-size pixels at a time, under ``_exclusive_device``). A JPEG
+        the device rejects, or cannot resize, goes through the CPU path alone, after the device
+        lock is released (a full-size CPU decode must not stall the GPU); only if that fails too is
+        it an error, for that image only. ``Prepared`` items pass through."""
         encoded = [i for i, item in enumerate(items) if isinstance(item, Encoded)]
         out: list[Prepared | TwinferError] = list(items)  # type: ignore[arg-type]
-        for chunk in pixel_budget_chunks([items[i] for i in encoded]):
-            indices = [encoded[j] for j in chunk]
-            for i, decoded in zip(indices, decode_jpegs([items[i] for i in indices], self.device)):
-                out[i] = self._prepare_decoded(items[i], decoded)
+        if not encoded:
+            return out
+        failed: dict[int, TwinferError] = {}
+        with self._exclusive_device(items):
+            for chunk in pixel_budget_chunks([items[i] for i in encoded]):
+                indices = [encoded[j] for j in chunk]
+                for i, decoded in zip(indices, decode_jpegs([items[i] for i in indices], self.device)):
+                    prepared = self._prepare_decoded(items[i], decoded)
+                    if isinstance(prepared, Prepared):
+                        out[i] = prepared
+                    else:
+                        failed[i] = prepared
+        for i, reason in failed.items():
+            out[i] = self._decode_on_cpu(items[i], reason)
         return out
 
     def _prepare_decoded(self, item: Encoded, decoded: torch.Tensor | TwinferError) -> Prepared | TwinferError:
-        if isinstance(decoded, torch.Tensor):
-            try:
-                return Prepared(prepare_tensor(decoded, self.spec.preprocess), item.original_size)
-            except RuntimeError as exc:  # e.g. out of device memory resizing a very large image
-                decoded = TwinferError(f"{type(exc).__name__}: {exc}".splitlines()[0])
-        logger.warning("device JPEG decode or resize failed (%s); decoding this image on the CPU", decoded)
+        if isinstance(decoded, TwinferError):
+            return decoded
+        try:
+            return Prepared(prepare_tensor(decoded, self.spec.preprocess), item.original_size)
+        except RuntimeError as exc:  # e.g. out of device memory resizing a very large image
+            return TwinferError(f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    def _decode_on_cpu(self, item: Encoded, reason: TwinferError) -> Prepared | TwinferError:
+        logger.warning("device JPEG decode or resize failed (%s); decoding this image on the CPU", reason)
         try:
             return self.prepare(self.decode(item.data.tobytes()))
         except TwinferError as error:
@@ -202,16 +252,30 @@ class ModelWrapper(ImageLoader):
             logger.exception("unexpected error decoding an image on the CPU fallback")
             return InvalidImage(f"{type(exc).__name__}: {exc}")
 
+    def _classify_on_device(self, items: Sequence[Prepared]) -> torch.Tensor:
+        """uint8 images -> class probabilities on the device."""
+        x = self._batch_on_device([item.pixels for item in items])
+        return self._forward_padded(x) if self.pads_batches else self._forward(x)
+
     @torch.inference_mode()
     def predict(self, items: Sequence[Prepared]) -> Any:
-        """uint8 images -> raw model output on the CPU (class probabilities, or detection dicts)."""
+        """uint8 images -> raw model output on the CPU (all class probabilities, or detection dicts)."""
         if not items:
             return torch.zeros((0, len(self.labels))) if self.spec.task == "classify" else []
         if self.spec.task == "classify":
-            x = self._batch_on_device([item.pixels for item in items])
-            return self._forward_padded(x) if self.config.compile else self._forward(x)
-        images = [self._to_device(item.pixels).to(self.dtype).div_(255.0) for item in items]
+            return self._classify_on_device(items).cpu()
+        images = [self._image_to_device(item.pixels).to(self.dtype).div_(255.0) for item in items]
         return [{k: _float_cpu(v) for k, v in out.items()} for out in self.model(images)]
+
+    @torch.inference_mode()
+    def _predict_reduced(self, items: Sequence[Prepared], params: Sequence[dict]) -> Any:
+        """``predict``, with classification reduced to the top-k on the device: only the batch's
+        largest k scores and indices per image cross to the host, not every class's probability."""
+        if self.spec.task != "classify" or not items:
+            return self.predict(items)
+        k_max = min(max(p.get("top_k", DEFAULT_TOP_K) for p in params), len(self.labels))
+        scores, indices = self._classify_on_device(items).topk(k_max, dim=1)
+        return scores.cpu(), indices.cpu()
 
     def postprocess(self, raw: Any, items: Sequence[Prepared], params: Sequence[dict]) -> list[list[dict]]:
         if self.spec.task == "classify":
@@ -228,14 +292,17 @@ class ModelWrapper(ImageLoader):
         params = list(params) if params is not None else [{}] * len(items)
         if len(params) != len(items):
             raise ValueError(f"{len(items)} items but {len(params)} parameter sets")
-        with self._exclusive_device(items):
+        with SERVING.shared():
             ready = self.decode_on_device(items)
             good = [i for i, item in enumerate(ready) if isinstance(item, Prepared)]
             good_items = [ready[i] for i in good]
-            raw = self.predict(good_items)  # ends on the host (.cpu()): nothing left queued
+            good_params = [params[i] for i in good]
+            with self._exclusive_device(items):
+                raw = self._predict_reduced(good_items, good_params)  # ends on the host: nothing left queued
         results: list = [item if isinstance(item, TwinferError) else None for item in ready]
-        predictions = self.postprocess(raw, good_items, [params[i] for i in good])
-        assert len(predictions) == len(good), (len(predictions), len(good))
+        predictions = self.postprocess(raw, good_items, good_params)
+        if len(predictions) != len(good):
+            raise RuntimeError(f"postprocess returned {len(predictions)} results for {len(good)} images")
         for i, prediction in zip(good, predictions):
             results[i] = prediction
         return results
@@ -247,13 +314,22 @@ class ModelWrapper(ImageLoader):
             raise result
         return result
 
+    def check_device(self) -> None:
+        """Raise if the model's device no longer works. A sticky CUDA error (an illegal address, an
+        Xid) poisons the context: every later call fails, so the replica must be replaced. Runs a
+        tiny op and waits for it, taking the device lock like any batch would."""
+        with self._exclusive_device(()):
+            _device_probe(self.device)
+
     # ---- postprocess -------------------------------------------------------------------------
-    def _top_k(self, probs: torch.Tensor, ks: list[int]) -> list[list[dict]]:
+    def _top_k(self, raw: torch.Tensor | tuple[torch.Tensor, torch.Tensor], ks: list[int]) -> list[list[dict]]:
+        """Predictions from all probabilities, or from (scores, indices) already reduced to the
+        batch's largest k; each image keeps its own k."""
         if not ks:
             return []
-        k_max = min(max(ks), probs.shape[1])
-        scores, indices = probs.topk(k_max, dim=1)
-        scores, indices = scores.tolist(), indices.tolist()
+        if isinstance(raw, torch.Tensor):
+            raw = raw.topk(min(max(ks), raw.shape[1]), dim=1)
+        scores, indices = raw[0].tolist(), raw[1].tolist()
         return [
             [{"label": self.labels[i], "index": i, "score": s} for s, i in zip(scores[row][:k], indices[row][:k])]
             for row, k in enumerate(ks)
@@ -293,6 +369,11 @@ def validate_score_threshold(value: Any) -> float:
     return t
 
 
+COMPILE_BACKEND = "inductor"  # tests swap in a cheaper backend; dynamo's rules are the same
+_COMPILED_GRAPHS = [0]  # graphs warmed in this process, all compiled models together
+GRAPH_MARGIN = 4
+
+
 def _compile(model: torch.nn.Module) -> torch.nn.Module:
     """torch.compile for inference: static shapes (the wrapper pads batches to warmed sizes) and
     inductor freezing (weights become constants, so conv+BN fold and layouts are chosen once).
@@ -300,7 +381,32 @@ def _compile(model: torch.nn.Module) -> torch.nn.Module:
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    return torch.compile(model, dynamic=False)
+    return torch.compile(model, dynamic=False, backend=COMPILE_BACKEND)
+
+
+def _allow_compiled_graphs(new: int) -> None:
+    """Raise dynamo's per-frame graph limit to what this process warms, and make hitting it an
+    error. Past ``recompile_limit`` (8 by default) dynamo stops compiling a frame and runs it
+    eagerly, with only a log line: a 9th batch size would silently run uncompiled. The limit is
+    per code object, and every model instance of a class shares its code, so the count is the
+    process's, not this model's."""
+    import torch._dynamo.config as dynamo_config
+
+    _COMPILED_GRAPHS[0] += new
+    wanted = _COMPILED_GRAPHS[0] + GRAPH_MARGIN
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), wanted))
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, wanted)
+    dynamo_config.fail_on_recompile_limit_hit = True
+
+
+def _device_probe(device: torch.device) -> None:
+    """A tiny op on ``device``, waited for; raises if the device is broken."""
+    value = torch.ones(4, device=device).add_(1).sum()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if value.item() != 8.0:
+        raise RuntimeError(f"device {device} computed 4 x (1 + 1) = {value.item()}")
 
 
 def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
@@ -310,14 +416,6 @@ def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
 
 def _float_cpu(tensor: torch.Tensor) -> torch.Tensor:
     return (tensor.float() if tensor.is_floating_point() else tensor).cpu()
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA device is visible to this process")
-    return torch.device(name)
 
 
 def _resolve_dtype(precision: str, device: torch.device) -> torch.dtype:

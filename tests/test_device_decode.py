@@ -282,12 +282,12 @@ def test_cuda_batches_hold_the_process_lock_from_decode_to_the_end_of_the_forwar
         held["decode"].append(CUDA_DECODE_LOCK.locked())
         return decode_jpegs(chunk, torch.device("cpu"))
 
-    def predict_on_cpu(items):
+    def predict_on_cpu(items, params):
         held["predict"].append(CUDA_DECODE_LOCK.locked())
-        return embedded_wrapper.predict(items)
+        return embedded_wrapper._predict_reduced(items, params)
 
     monkeypatch.setattr(shared.wrapper, "decode_jpegs", decode_on_cpu)
-    monkeypatch.setattr(on_cuda, "predict", predict_on_cpu)
+    monkeypatch.setattr(on_cuda, "_predict_reduced", predict_on_cpu)
     data = encode(sample_array("coffee"))
     results = on_cuda.predict_batch([ImageLoader(ON_DEVICE).load(data)])
     assert held == {"decode": [True], "predict": [True]} and not CUDA_DECODE_LOCK.locked()
