@@ -45,6 +45,9 @@ def check_batches_can_fill(batching: BatchingConfig, max_ongoing_requests: int) 
         )
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class IngressConfig(StrictModel):
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0.0)
@@ -52,6 +55,25 @@ class IngressConfig(StrictModel):
     max_ongoing_requests: int = Field(512, ge=1)
     max_queued_requests: int = Field(1024, ge=0)
     max_body_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="larger bodies get 413")
+    model_call_timeout_s: float = Field(
+        20.0, gt=0.0, le=600.0,
+        description="deadline of one request's model call, retries included; past it the client gets 503 "
+        "unavailable. Keep it below http_options.request_timeout_s, or the proxy answers 408 first",
+    )
+    model_call_retries: int = Field(
+        2, ge=0, le=2, description="re-sends, within the deadline, of a call whose model replica died or was unreachable",
+    )
+    api_keys_env: str | None = Field(
+        None, pattern=ENV_NAME,
+        description="name of an environment variable (of the ingress replicas) holding comma-separated API keys",
+    )
+    api_keys_file: str | None = Field(
+        None, min_length=1, description="path (on the ingress replicas' nodes) of a file with one API key per line",
+    )
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return self.api_keys_env is not None or self.api_keys_file is not None
 
 
 class AppArgs(StrictModel):
