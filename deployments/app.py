@@ -28,7 +28,7 @@ def build(
     environment variables through ``ingress_runtime_env``."""
     handles, configs = {}, {}
     for entry in args.enabled_models:
-        name = entry.model.name
+        name = entry.served_name
         deployment = serve.deployment(model_server_cls).options(
             name=model_deployment_name(name),
             num_replicas=entry.num_replicas,
@@ -37,7 +37,7 @@ def build(
             ray_actor_options={"num_cpus": entry.num_cpus, "num_gpus": entry.num_gpus},
             user_config=entry.batching.model_dump(),
         )
-        handles[name] = deployment.bind(entry.model.model_dump(), entry.max_ongoing_requests)
+        handles[name] = deployment.bind(entry.model.model_dump(), entry.max_ongoing_requests, name)
         configs[name] = entry.model.model_dump()
     ingress_actor_options = {"num_cpus": args.ingress.num_cpus}
     if ingress_runtime_env:

@@ -3,6 +3,8 @@ annotation). The model part is ``shared.config.ModelConfig``: the same vocabular
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, model_validator
 
 from shared.config import ModelConfig, StrictModel, check_gpu_request
@@ -17,7 +19,15 @@ class BatchingConfig(StrictModel):
     max_concurrent_batches: int = Field(2, ge=1, le=16)
 
 
+SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"  # one URL path segment
+
+
 class ModelDeploymentConfig(StrictModel):
+    name: str | None = Field(
+        None,
+        description="what clients call it: /v1/models/{name}/...; default the model's name, when that is one "
+        "path segment (an hf: directory is not)",
+    )
     model: ModelConfig = ModelConfig()
     enabled: bool = True
     batching: BatchingConfig = BatchingConfig()
@@ -27,8 +37,17 @@ class ModelDeploymentConfig(StrictModel):
     max_ongoing_requests: int = Field(128, ge=1)
     max_queued_requests: int = Field(256, ge=-1, description="beyond this, callers get 503 at once; -1 = no limit")
 
+    @property
+    def served_name(self) -> str:
+        return self.name or self.model.name
+
     @model_validator(mode="after")
     def _consistent(self) -> "ModelDeploymentConfig":
+        if not re.match(SERVED_NAME, self.served_name):
+            raise ValueError(
+                f"{self.served_name!r} cannot be one URL path segment: give this entry a name "
+                "(letters, digits, '_', '.', ':', '-'), e.g. name: my-model"
+            )
         check_batches_can_fill(self.batching, self.max_ongoing_requests)
         check_gpu_request(self.model, self.num_gpus)
         if self.max_queued_requests == 0:
@@ -82,11 +101,11 @@ class AppArgs(StrictModel):
 
     @model_validator(mode="after")
     def _some_unique_models(self) -> "AppArgs":
-        names = [m.model.name for m in self.enabled_models]
+        names = [m.served_name for m in self.enabled_models]
         if not names:
             raise ValueError("no model is enabled")
         if len(names) != len(set(names)):
-            raise ValueError(f"a model is listed twice: {names}")
+            raise ValueError(f"a name is served twice: {names}; give one entry another name (e.g. to serve a model as embed too)")
         return self
 
     @property

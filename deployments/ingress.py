@@ -37,11 +37,10 @@ from shared.errors import (
     Unavailable,
     WrongTask,
 )
-from shared.wrapper import DEFAULT_TOP_K, validate_score_threshold, validate_top_k
+from shared.tasks import TASKS
 
 logger = logging.getLogger("ray.serve")
 
-TASK_ROUTES = {"classify": "classify", "detect": "detect"}
 UNKNOWN_MODEL = "unknown"  # the metrics' model tag for names not served: a bounded set of time series
 NO_MODEL = "-"  # ... and for routes that name no model
 
@@ -75,7 +74,7 @@ class Ingress:
             if parts[:2] == ["v1", "models"] and len(parts) == 2:
                 _require(request, "GET")
                 return await self._list_models()
-            if parts[:2] == ["v1", "models"] and len(parts) == 4 and parts[3] in TASK_ROUTES:
+            if parts[:2] == ["v1", "models"] and len(parts) == 4 and parts[3] in TASKS:
                 model = parts[2]
                 model_tag = model if model in self.handles else UNKNOWN_MODEL
                 _require(request, "POST")
@@ -130,17 +129,14 @@ class Ingress:
                 self.metrics.retries.inc(tags={"model": model, "reason": reason})
                 await asyncio.sleep(backoff)
 
-    async def _infer(self, request: Request, model: str, task: str) -> Response:
+    async def _infer(self, request: Request, model: str, route: str) -> Response:
         loader = self.loaders.get(model)
         if loader is None:
             raise ModelNotFound(f"model {model!r} is not served here; served: {', '.join(self.loaders)}")
-        if loader.spec.task != task:
-            raise WrongTask(f"model {model!r} does {loader.spec.task}, not {task}; use /v1/models/{model}/{loader.spec.task}")
-        if task == "classify":
-            params = {"top_k": validate_top_k(request.query_params.get("top_k", DEFAULT_TOP_K))}
-        else:
-            default = loader.config.score_threshold
-            params = {"score_threshold": validate_score_threshold(request.query_params.get("score_threshold", default))}
+        task = loader.task
+        if task.name != route:
+            raise WrongTask(f"model {model!r} serves {task.name}, not {route}; use /v1/models/{model}/{task.name}")
+        params = task.params(request.query_params)
         data = await image_bytes(request, self.settings.max_body_bytes)
 
         started = time.perf_counter()
@@ -150,8 +146,7 @@ class Ingress:
         result = await self._call(model, "infer", item, params)
         if isinstance(result, TwinferError):  # a JPEG left for the device decoder that no decoder could read
             raise result
-        key = "predictions" if task == "classify" else "detections"
-        return JSONResponse({"model": model, key: result})
+        return JSONResponse(task.response(model, result))
 
     async def _list_models(self) -> Response:
         described = await asyncio.gather(*(self._call(name, "describe") for name in self.handles))
