@@ -50,7 +50,10 @@ class IdempotentParquetSink(Datasink[dict]):
         self.filesystem.create_dir(self.directory, recursive=True)
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        return self.write_tables(BlockAccessor.for_block(b).to_arrow() for b in blocks)
+
+    def write_tables(self, tables: Iterable[pa.Table]) -> dict:
+        """One output file for these rows (also called on the driver, outside Ray Data)."""
         tables = [t.select(self.schema.names).cast(self.schema) for t in tables if t.num_rows]
         if not tables:
             return {"file": None, "rows": 0, "errors": 0}

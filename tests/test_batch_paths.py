@@ -9,11 +9,13 @@ import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
 from batch.config import BackfillConfig
 from batch.listing import list_inputs
+from batch.pipeline import run_backfill
 from batch.uris import parse_uri
 from tests import images
 
@@ -57,6 +59,19 @@ def test_a_linked_root_lists_like_the_real_one(tmp_path):
     linked = str(tmp_path / "root-link")
     found = [p[len(linked) + 1 :] for p in list_inputs(pafs.LocalFileSystem(), linked)]
     assert found == ["n01/a.jpg", "n01/same.jpg", "n02/c.jpg", "top.jpg"]
+
+
+def test_a_backfill_over_links_writes_one_row_per_real_input(tmp_path, monkeypatch):
+    """End to end without Ray (every file is over the tiny byte cap, so the driver writes its row)."""
+    import batch.pipeline
+
+    monkeypatch.setattr(batch.pipeline, "_ensure_ray", lambda address: pytest.fail("Ray was started"))
+    root = tree(tmp_path)
+    config = BackfillConfig(input=str(root), output=str(tmp_path / "out"), model={"decode": {"max_bytes": 100}}, progress=False)
+    summary = run_backfill(config)
+    paths = sorted(pq.read_table(tmp_path / "out").column("path").to_pylist())
+    assert paths == [f"{root}/n01/a.jpg", f"{root}/n01/same.jpg", f"{root}/n02/c.jpg", f"{root}/top.jpg"]
+    assert summary["inputs"] == summary["rows"] == 4
 
 
 def test_output_and_input_overlap_is_checked_on_resolved_paths(tmp_path):
