@@ -168,6 +168,7 @@ def describe(exc: Exception) -> str:
 
 
 def _backfill(args) -> int:
+    from batch.ownership import OutputRefused
     from batch.pipeline import DecodeWouldStarve, run_backfill
 
     try:
@@ -177,7 +178,7 @@ def _backfill(args) -> int:
         return 2
     try:
         run_backfill(config)
-    except (DecodeWouldStarve, FileNotFoundError, ValidationError) as exc:
+    except (DecodeWouldStarve, OutputRefused, FileNotFoundError, ValidationError) as exc:
         print(f"twinfer backfill: {describe(exc)}", file=sys.stderr)
         return 2
     return 0
@@ -185,6 +186,7 @@ def _backfill(args) -> int:
 
 def _evaluate(args) -> int:
     from batch.evaluate import run_evaluate
+    from batch.ownership import OutputRefused
 
     try:
         s3 = S3Options(**_s3_options(args))
@@ -193,7 +195,7 @@ def _evaluate(args) -> int:
         return 2
     try:
         run_evaluate(args.predictions, args.output, s3)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OutputRefused, FileNotFoundError, ValueError) as exc:
         print(f"twinfer evaluate: {describe(exc)}", file=sys.stderr)
         return 2
     return 0

@@ -3,6 +3,8 @@
 ``run_backfill(config)`` is the one entry point (CLI, demo and benchmark call it); it returns a
 summary dict and prints one summary line.
 
+Before Ray starts, the output folder is checked (``batch.ownership``: a folder twinfer cannot
+prove is its own is refused, untouched) and, with ``evaluate``, so is the report's location.
 A file the listing already shows to be over ``model.decode.max_bytes`` is never read: the driver
 writes its ``image_too_large`` error row into the output itself, so a resume counts it as done.
 """
@@ -21,10 +23,11 @@ from shared.errors import ImageTooLarge
 
 from batch.config import BackfillConfig
 from batch.decode_stage import decode_batch
-from batch.evaluate import run_evaluate
+from batch.evaluate import check_report_target, default_report_uri, run_evaluate
 from batch.listing import InputFile, label_for, list_input_files
+from batch.ownership import JobIdentity, claim_output
 from batch.predict_actor import Predictor, output_schema
-from batch.resume import done_paths
+from batch.resume import read_output
 from batch.sink import IdempotentParquetSink
 from batch.uris import Resolved, redact_uri, resolve
 
@@ -78,7 +81,11 @@ def run_backfill(config: BackfillConfig) -> dict:
     shown = redact_uri(config.output)
     source = resolve(config.input, config.s3)
     target = resolve(config.output, config.s3)
-    done = done_paths(target.filesystem, target.path)
+    identity = JobIdentity(config.model.name, config.model.task)
+    if config.evaluate:
+        report_uri = config.evaluation_output or default_report_uri(config.output)
+        check_report_target(resolve(report_uri, config.s3), report_uri)
+    done, folder = read_output(target.filesystem, target.path, identity, shown)
     inputs = list_input_files(source.filesystem, source.path, config.extensions)
     pending = [f for f in inputs if source.uri_for(f.path) not in done]
     cap = config.model.decode.max_bytes
@@ -87,12 +94,13 @@ def run_backfill(config: BackfillConfig) -> dict:
     logger.info("%d input files, %d already in %s, %d to do (%d over the byte cap)",
                 len(inputs), len(inputs) - len(pending), shown, len(pending), len(too_large))
 
-    schema = output_schema(config.model.task)
+    schema = output_schema(config.model.task).with_metadata(identity.parquet_metadata())
     sink = IdempotentParquetSink(target.filesystem, target.path, schema, config.min_rows_per_file)
     written: list[dict] = []
     stats = ""
+    if pending:
+        claim_output(target.filesystem, target.path, identity, folder)
     if too_large:
-        target.filesystem.create_dir(target.path, recursive=True)
         chunk = config.min_rows_per_file or len(too_large)
         for start in range(0, len(too_large), chunk):
             rows = too_large_rows(config, source, too_large[start : start + chunk], schema)

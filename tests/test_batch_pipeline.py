@@ -107,9 +107,11 @@ def test_local_backfill_writes_one_row_per_input_with_the_schema(local_run, plan
     assert set(table.column("model").to_pylist()) == {"efficientnet_lite0"}
     labels = {Path(row["path"]).relative_to(planted.root).as_posix(): row["label"] for row in table.to_pylist()}
     assert all(label == (rel.split("/")[0] if "/" in rel else None) for rel, label in labels.items())
-    written = sorted(p.name for p in output.iterdir())
+    written = sorted(p.name for p in output.glob("*.parquet"))
     assert summary["rows"] == len(planted.files) and summary["errors"] == len(BROKEN) and summary["skipped"] == 0
     assert summary["files"] == written and len(written) > 1
+    assert sorted(p.name for p in output.iterdir()) == ["_twinfer.json", *written]  # the job marker and its files only
+    assert all(pq.read_schema(output / name).metadata[b"twinfer"] for name in written)
     assert summary["img_per_s"] > 0 and summary["output"] == str(output)
 
 

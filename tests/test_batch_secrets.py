@@ -86,6 +86,11 @@ def test_evaluate_and_run_time_errors_never_print_the_secret(data, capsys, caplo
     code, err = run_cli(["evaluate", "--predictions", str(data / "missing"), *keys], capsys, caplog)
     assert code == 2 and "no Parquet files" in err
 
+    (data / "out").mkdir()
+    (data / "out" / "sales-2024.parquet").write_bytes(b"PAR1")
+    code, err = run_cli(["backfill", "--input", str(data / "in"), "--output", str(data / "out"), *keys], capsys, caplog)
+    assert code == 2 and "sales-2024.parquet" in err
+
     # A key id in the environment without its secret: the S3 options fail when the job resolves its input.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
