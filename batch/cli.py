@@ -41,7 +41,10 @@ def register(subparsers) -> None:
         help="decode.on_device: JPEGs decoded in batches on the GPU (nvJPEG); needs --device cuda",
     )
     backfill.add_argument("--input", required=True, help="s3://bucket/prefix, s3://anonymous@bucket/prefix or a local directory")
-    backfill.add_argument("--output", required=True, help="directory URI for the Parquet files (s3:// or local)")
+    backfill.add_argument(
+        "--output", required=True,
+        help="directory URI for the Parquet files (s3:// or local): new, empty, or an earlier output of the same model to resume",
+    )
     backfill.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"classification: predictions kept per image ({DEFAULT_TOP_K})")
     backfill.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
     backfill.add_argument("--rows-per-call", type=int, default=None, help="rows per model-actor call, run --batch-size at a time (max(batch size, 256))")
@@ -75,8 +78,11 @@ def _add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--s3-region", default=None)
     group.add_argument("--s3-scheme", default=None, choices=["http", "https"])
     group.add_argument("--s3-anonymous", action="store_true", help="unsigned requests (public buckets)")
-    group.add_argument("--s3-access-key", default=None)
-    group.add_argument("--s3-secret-key", default=None)
+    group.add_argument("--s3-access-key", default=None, help="prefer AWS_ACCESS_KEY_ID or ~/.aws/credentials (AWS_PROFILE)")
+    group.add_argument(
+        "--s3-secret-key", default=None,
+        help="prefer AWS_SECRET_ACCESS_KEY or ~/.aws/credentials: a flag shows in process listings and shell history",
+    )
 
 
 def _s3_options(args) -> dict:
@@ -149,29 +155,47 @@ def read_model_config(path: str, name: str | None = None) -> dict:
     return found[0]
 
 
+def describe(exc: Exception) -> str:
+    """An error for the terminal. A ValidationError is listed without its input values (pydantic's
+    own text quotes them, the S3 secret key included)."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"  {where}: {error['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
 def _backfill(args) -> int:
+    from batch.ownership import OutputRefused
     from batch.pipeline import DecodeWouldStarve, run_backfill
 
     try:
         config = config_from_args(args)
     except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
-        print(f"twinfer backfill: invalid settings\n{exc}", file=sys.stderr)
+        print(f"twinfer backfill: invalid settings\n{describe(exc)}", file=sys.stderr)
         return 2
     try:
         run_backfill(config)
-    except DecodeWouldStarve as exc:
-        print(f"twinfer backfill: {exc}", file=sys.stderr)
+    except (DecodeWouldStarve, OutputRefused, FileNotFoundError, ValidationError) as exc:
+        print(f"twinfer backfill: {describe(exc)}", file=sys.stderr)
         return 2
     return 0
 
 
 def _evaluate(args) -> int:
     from batch.evaluate import run_evaluate
+    from batch.ownership import OutputRefused
 
     try:
         s3 = S3Options(**_s3_options(args))
     except ValidationError as exc:
-        print(f"twinfer evaluate: invalid S3 settings\n{exc}", file=sys.stderr)
+        print(f"twinfer evaluate: invalid S3 settings\n{describe(exc)}", file=sys.stderr)
         return 2
-    run_evaluate(args.predictions, args.output, s3)
+    try:
+        run_evaluate(args.predictions, args.output, s3)
+    except (OutputRefused, FileNotFoundError, ValueError) as exc:
+        print(f"twinfer evaluate: {describe(exc)}", file=sys.stderr)
+        return 2
     return 0

@@ -107,9 +107,11 @@ def test_local_backfill_writes_one_row_per_input_with_the_schema(local_run, plan
     assert set(table.column("model").to_pylist()) == {"efficientnet_lite0"}
     labels = {Path(row["path"]).relative_to(planted.root).as_posix(): row["label"] for row in table.to_pylist()}
     assert all(label == (rel.split("/")[0] if "/" in rel else None) for rel, label in labels.items())
-    written = sorted(p.name for p in output.iterdir())
+    written = sorted(p.name for p in output.glob("*.parquet"))
     assert summary["rows"] == len(planted.files) and summary["errors"] == len(BROKEN) and summary["skipped"] == 0
     assert summary["files"] == written and len(written) > 1
+    assert sorted(p.name for p in output.iterdir()) == ["_twinfer.json", *written]  # the job marker and its files only
+    assert all(pq.read_schema(output / name).metadata[b"twinfer"] for name in written)
     assert summary["img_per_s"] > 0 and summary["output"] == str(output)
 
 
@@ -150,6 +152,34 @@ def test_rerun_writes_zero_rows(local_run, planted):
     assert summary["rows"] == 0 and summary["skipped"] == len(planted.files) and summary["files"] == []
     assert {p.name: p.stat().st_mtime_ns for p in output.iterdir()} == before
     assert pq.read_table(output).num_rows == table.num_rows
+
+
+def test_files_over_the_byte_cap_are_never_read_and_land_in_the_same_output(ray_session, tmp_path, monkeypatch):
+    import batch.pipeline
+
+    small = {f"n01/small{i}.jpg": images.small_jpeg(SAMPLE_NAMES[i], 40) for i in range(3)}
+    cap = max(len(data) for data in small.values())  # at the cap is still read
+    large = {"n01/large.jpg": images.small_jpeg("astronaut", 200), "large-top.jpg": images.small_jpeg("rocket", 160)}
+    assert min(len(data) for data in large.values()) > cap
+    write_tree(tmp_path / "in", {**small, **large})
+    handed: list[str] = []  # what reaches Ray Data's reader
+    real_build = batch.pipeline.build_dataset
+    monkeypatch.setattr(batch.pipeline, "build_dataset", lambda c, s, paths: handed.extend(paths) or real_build(c, s, paths))
+    config = backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=ModelConfig(decode={"max_bytes": cap}))
+    summary = run_backfill(config)
+    assert sorted(handed) == sorted(str(tmp_path / "in" / rel) for rel in small)
+    assert summary["rows"] == 5 and summary["errors"] == 2
+    rows = {Path(row["path"]).relative_to(tmp_path / "in").as_posix(): row for row in pq.read_table(tmp_path / "out").to_pylist()}
+    assert sorted(rows) == sorted([*small, *large])
+    for rel, data in large.items():
+        row = rows[rel]
+        assert row["error"] == "image_too_large" and row["top_labels"] is None and row["model"] == "efficientnet_lite0"
+        assert f"{len(data)} bytes" in row["error_message"] and f"{cap}-byte cap" in row["error_message"]
+    assert rows["n01/large.jpg"]["label"] == "n01" and rows["large-top.jpg"]["label"] is None
+    assert all(rows[rel]["error"] is None and rows[rel]["top_labels"] for rel in small)
+    handed.clear()
+    again = run_backfill(config)
+    assert again["rows"] == 0 and again["skipped"] == 5 and handed == []
 
 
 # ---- evaluate --------------------------------------------------------------------------------

@@ -220,16 +220,31 @@ def test_file_names_depend_only_on_the_set_of_paths():
     assert file_name_for(["b", "a"]) == file_name_for(["a", "b"]) != file_name_for(["a", "c"])
 
 
+IDENTITY_ARGS = ("efficientnet_lite0", "classify")
+
+
+def _twinfer_part(out: str, table: pa.Table) -> str:
+    """A part file as the sink writes it: twinfer's name and schema metadata."""
+    from batch.ownership import JobIdentity
+
+    name = file_name_for(table.column("path").to_pylist())
+    pq.write_table(table.replace_schema_metadata(JobIdentity(*IDENTITY_ARGS).parquet_metadata()), f"{out}/{name}")
+    return name
+
+
 def test_resume_reads_done_paths_and_cleans_up_what_a_kill_left(tmp_path):
+    from batch.ownership import JobIdentity, OutputFolder, claim_output
+
+    identity = JobIdentity(*IDENTITY_ARGS)
     fs, out = pafs.LocalFileSystem(), str(tmp_path / "out")
-    assert done_paths(fs, out) == set()  # no output yet
-    (tmp_path / "out").mkdir()
-    pq.write_table(pa.table({"path": ["s3://b/1.jpg", "s3://b/2.jpg"], "error": [None, "invalid_image"]}), f"{out}/part-a.parquet")
-    (tmp_path / "out" / "part-b.parquet").write_bytes(b"PAR1 cut short")
-    (tmp_path / "out" / f"{TEMP_PREFIX}123").write_bytes(b"half a file")
-    assert done_paths(fs, out) == {"s3://b/1.jpg", "s3://b/2.jpg"}  # error rows count as done
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-a.parquet"]
-    assert output_files(fs, out) == [f"{out}/part-a.parquet"]
+    assert done_paths(fs, out, identity) == set()  # no output yet
+    claim_output(fs, out, identity, OutputFolder(marked=False))
+    good = _twinfer_part(out, pa.table({"path": ["s3://b/1.jpg", "s3://b/2.jpg"], "error": [None, "invalid_image"]}))
+    (tmp_path / "out" / file_name_for(["s3://b/3.jpg"])).write_bytes(b"PAR1 cut short")
+    (tmp_path / "out" / f"{TEMP_PREFIX}{'0' * 32}").write_bytes(b"half a file")
+    assert done_paths(fs, out, identity) == {"s3://b/1.jpg", "s3://b/2.jpg"}  # error rows count as done
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_twinfer.json", good]
+    assert output_files(fs, out) == [f"{out}/{good}"]
 
 
 def test_model_actors_that_would_starve_decoding_are_refused(tmp_path):
@@ -310,17 +325,15 @@ def test_default_report_uri_keeps_the_query_string():
     )
 
 
-def test_resume_deletes_only_a_cut_short_local_file(tmp_path):
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
+def test_resume_deletes_nothing_in_a_folder_without_the_marker(tmp_path):
+    from batch.ownership import JobIdentity, OutputRefused
 
-    from batch.resume import done_paths
-
-    pq.write_table(pa.table({"path": ["/a.jpg"]}), tmp_path / "part-good.parquet")
-    (tmp_path / "part-cut.parquet").write_bytes(b"PAR1 cut short")
-    assert done_paths(pafs.LocalFileSystem(), str(tmp_path)) == {"/a.jpg"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-good.parquet"]
+    good = _twinfer_part(str(tmp_path), pa.table({"path": ["/a.jpg"]}))
+    cut = file_name_for(["/b.jpg"])
+    (tmp_path / cut).write_bytes(b"PAR1 cut short")
+    with pytest.raises(OutputRefused, match="_twinfer.json"):
+        done_paths(pafs.LocalFileSystem(), str(tmp_path), JobIdentity(*IDENTITY_ARGS))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good, cut])
 
 
 def test_output_row_round_trips_to_the_wrappers_predictions():
