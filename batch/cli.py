@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from shared.config import ModelConfig
 from shared.registry import DEFAULT_MODEL
-from shared.wrapper import DEFAULT_TOP_K
+from shared.tasks import DEFAULT_TOP_K
 
 from batch.config import BackfillConfig
 from batch.uris import S3Options
@@ -29,7 +29,9 @@ def register(subparsers) -> None:
         help="YAML/JSON: a model mapping (as under `model:` in serve_config.yaml), or a Serve config "
         "file itself, whose entry for --model (or its one enabled model) is used",
     )
-    model.add_argument("--model", default=None, help=f"registry name (default {ModelConfig().name})")
+    model.add_argument("--model", default=None, help=f"model name (default {ModelConfig().name}); or torchvision:<builder>, hf:<id or dir>, timm:<name>")
+    model.add_argument("--task", default=None, choices=["auto", "classify", "detect", "embed"], help="auto = what the model's head does")
+    model.add_argument("--revision", default=None, help="hf: models: the hub revision to load")
     model.add_argument("--weights", default=None, help="default | pretrained | random | path to a state dict")
     model.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     model.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "bf16"])
@@ -121,7 +123,7 @@ def config_from_args(args) -> BackfillConfig:
     )
 
 
-MODEL_FLAGS = {"model": "name", "weights": "weights", "device": "device", "precision": "precision",
+MODEL_FLAGS = {"model": "name", "task": "task", "revision": "revision", "weights": "weights", "device": "device", "precision": "precision",
                "compile": "compile", "cpu_threads": "cpu_threads", "score_threshold": "score_threshold"}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from shared.config import ModelConfig, StrictModel, check_gpu_request
-from shared.wrapper import DEFAULT_TOP_K, MAX_TOP_K
+from shared.tasks import DEFAULT_TOP_K, MAX_TOP_K, TASKS
 
 from batch.uris import S3Options, is_within, parse_uri
 
@@ -65,6 +65,6 @@ class BackfillConfig(StrictModel):
             raise ValueError("evaluation_output must not be inside the output folder, which holds only twinfer's files")
         if self.rows_per_call is not None and self.rows_per_call < self.batch_size:
             raise ValueError(f"rows_per_call ({self.rows_per_call}) must be at least batch_size ({self.batch_size})")
-        if self.evaluate and self.model.task != "classify":
-            raise ValueError("evaluate needs a classification model")
+        if self.evaluate and not TASKS[self.model.resolved_task].evaluable:
+            raise ValueError(f"evaluate needs a classification model; task {self.model.resolved_task!r} has no top-k to score")
         return self

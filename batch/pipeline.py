@@ -20,6 +20,7 @@ import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset, TaskPoolStrategy
 
 from shared.errors import ImageTooLarge
+from shared.wrapper import planned_output_dim
 
 from batch.config import BackfillConfig
 from batch.decode_stage import decode_batch
@@ -41,8 +42,9 @@ logger = logging.getLogger(__name__)
 DECODE_MAX_CALLS = 10_000
 
 
-def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str]) -> Dataset:
-    """The lazy Dataset for ``paths`` (filesystem paths under ``source``), ending before the write."""
+def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str], dim: int | None = None) -> Dataset:
+    """The lazy Dataset for ``paths`` (filesystem paths under ``source``), ending before the write.
+    ``dim``: the width of vector answers (embeddings) the output schema was planned with."""
     read_args = {"num_cpus": config.decode_cpus, "max_calls": DECODE_MAX_CALLS}
     ds = ray.data.read_binary_files(
         paths,
@@ -62,7 +64,7 @@ def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str]) ->
     )
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.batch_size},
+        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.batch_size, "dim": dim},
         batch_size=config.actor_call_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=config.actor_pool_size),
@@ -81,7 +83,7 @@ def run_backfill(config: BackfillConfig) -> dict:
     shown = redact_uri(config.output)
     source = resolve(config.input, config.s3)
     target = resolve(config.output, config.s3)
-    identity = JobIdentity(config.model.name, config.model.task)
+    identity = JobIdentity(config.model.name, config.model.resolved_task)
     if config.evaluate:
         report_uri = config.evaluation_output or default_report_uri(config.output)
         check_report_target(resolve(report_uri, config.s3), report_uri)
@@ -94,7 +96,8 @@ def run_backfill(config: BackfillConfig) -> dict:
     logger.info("%d input files, %d already in %s, %d to do (%d over the byte cap)",
                 len(inputs), len(inputs) - len(pending), shown, len(pending), len(too_large))
 
-    schema = output_schema(config.model.task).with_metadata(identity.parquet_metadata())
+    dim = planned_output_dim(config.model)
+    schema = output_schema(config.model, dim).with_metadata(identity.parquet_metadata())
     sink = IdempotentParquetSink(target.filesystem, target.path, schema, config.min_rows_per_file)
     written: list[dict] = []
     stats = ""
@@ -110,7 +113,7 @@ def run_backfill(config: BackfillConfig) -> dict:
         if not config.address:
             check_cpus_leave_room_for_decode(config, ray.cluster_resources().get("CPU", 0.0))
         with _progress_bars(config.progress):
-            ds = build_dataset(config, source, readable)
+            ds = build_dataset(config, source, readable, dim)
             ds.write_datasink(sink)
             stats = ds.stats()
         written += sink.written

@@ -40,7 +40,7 @@ from shared.errors import InvalidImage, TwinferError
 from shared.prepare import Prepared, prepare_image, prepare_tensor, stack
 from shared.registry import ModelSpec
 from shared.rwlock import ReadWriteLock
-from shared.tasks import DEFAULT_TOP_K, MAX_TOP_K, Task, validate_score_threshold, validate_top_k  # noqa: F401
+from shared.tasks import DEFAULT_TOP_K, Task
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +314,16 @@ class ModelWrapper(ImageLoader):
         tiny op and waits for it, taking the device lock like any batch would."""
         with self._exclusive_device(()):
             _device_probe(self.device)
+
+
+def planned_output_dim(config: ModelConfig) -> int | None:
+    """The width of each answer vector (embeddings) without loading weights or touching a device:
+    the architecture is built on torch's meta device, where tensors have shapes but no data."""
+    task = config.make_task(labels=())
+    if not task.vector_output:
+        return None
+    with torch.device("meta"):
+        return task.output_dim(task.adapt_model(config.spec.build("random", config.options)))
 
 
 COMPILE_BACKEND = "inductor"  # tests swap in a cheaper backend; dynamo's rules are the same

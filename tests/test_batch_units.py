@@ -15,7 +15,7 @@ from batch.config import BackfillConfig
 from batch.decode_stage import DECODED_SCHEMA, decode_batch, item_from_row
 from batch.evaluate import evaluate_table, format_report
 from batch.listing import label_for, list_inputs
-from batch.predict_actor import CLASSIFY_SCHEMA, Predictor
+from batch.predict_actor import Predictor, output_schema
 from batch.resume import done_paths, output_files
 from batch.sink import TEMP_PREFIX, file_name_for
 from batch.uris import S3Options, parse_uri, resolve, s3_filesystem_kwargs
@@ -142,7 +142,7 @@ def test_predictor_predicts_good_rows_and_passes_error_rows_through(embedded_wra
              "coffee.jpg": images.small_jpeg("coffee"), "empty.jpg": b"", "astronaut.jpg": images.small_jpeg("astronaut")}
     decoded = decode_batch(_read_rows(files), model=ModelConfig(), input_location=parse_uri("/data"))
     out = Predictor(ModelConfig(), top_k=3, batch_size=2)(decoded)  # 6 rows, 4 good: two model calls of 2
-    assert out.schema == CLASSIFY_SCHEMA
+    assert out.schema == output_schema(ModelConfig())
     assert [p.rsplit("/", 1)[1] for p in out.column("path").to_pylist()] == list(files)  # row order kept
     rows = {row["path"].rsplit("/", 1)[1]: row for row in out.to_pylist()}
     assert rows["bad.jpg"]["error"] == "invalid_image" and rows["bad.jpg"]["top_labels"] is None
@@ -336,13 +336,12 @@ def test_resume_deletes_nothing_in_a_folder_without_the_marker(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good, cut])
 
 
-def test_output_row_round_trips_to_the_wrappers_predictions():
-    from batch.predict_actor import CLASSIFY_COLUMNS, DETECT_COLUMNS, predictions_from_row
-
-    predictions = [{"label": "espresso", "index": 967, "score": 0.9}, {"label": "cup", "index": 968, "score": 0.05}]
-    row = {column: [p[key] for p in predictions] for column, key in CLASSIFY_COLUMNS.items()}
-    assert predictions_from_row(row) == predictions
-    assert predictions_from_row({column: None for column in CLASSIFY_COLUMNS}) is None
-    boxes = [{"box": [1.0, 2.0, 3.0, 4.0], "label": "car", "index": 3, "score": 0.8}]
-    row = {column: [b[key] for b in boxes] for column, key in DETECT_COLUMNS.items()}
-    assert predictions_from_row(row, "detect") == boxes
+def test_output_rows_read_back_as_the_answers_the_wrapper_gave(embedded_wrapper):
+    """Each task writes its answers as columns and reads them back (the demo and parity checks do)."""
+    data = images.small_jpeg("coffee")
+    answers = embedded_wrapper.predict_batch([embedded_wrapper.load(data)], [{"top_k": 3}]) + [None]
+    task = embedded_wrapper.task
+    table = pa.table(task.columns(answers))
+    assert table.schema.names == output_schema(ModelConfig()).names[5:]
+    rows = table.to_pylist()
+    assert task.answer_from_row(rows[0]) == answers[0] and task.answer_from_row(rows[1]) is None
