@@ -48,13 +48,16 @@ class MemorySampler:
                 self.gpu.append(used)
 
     def summary(self) -> dict:
-        """GiB: ``host_mem_gib`` (peak above start), ``host_growth_gib``, and the same for the GPU
-        (None without nvidia-smi); growth is None with fewer than 10 samples."""
+        """GiB: ``host_mem_gib`` (peak above start), ``host_growth_gib``, and for the GPU its peak,
+        growth, and the first and last samples (None without nvidia-smi); growth is None with
+        fewer than 10 samples."""
         return {
             "host_mem_gib": _peak_above_start(self.host),
             "host_growth_gib": growth(self.host),
             "gpu_mem_peak_gib": round(max(self.gpu) / GIB, 2) if self.gpu else None,
             "gpu_growth_gib": growth(self.gpu),
+            "gpu_start_gib": round(self.gpu[0] / GIB, 2) if self.gpu else None,
+            "gpu_end_gib": round(self.gpu[-1] / GIB, 2) if self.gpu else None,
         }
 
 
