@@ -6,7 +6,7 @@ run on any CUDA machine.
     python -m bench.gpu --plan           # the sections, their expected minutes, the pieces
     python -m bench.gpu --full           # the whole checklist, about 21 minutes (budget 25)
 
-Sections (``--plan`` lists them): env, agreement, compile, backfill, serve = the quick matrix
+Sections (``--plan`` lists them): env, agreement, backfill, serve, compile = the quick matrix
 (piece 1: resnet152 and vit_b16 backfills at 40 000 images with CPU and nvJPEG decode, online at
 1/16/128 clients behind HAProxy, fp16 top-1 agreement, compile on/off, peak GPU memory); model,
 cudnn, recompile, threads, nvjpeg (piece 2) and race, fuzz, backfill_more, serve_more (piece 3)
@@ -232,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(
             cuda=cuda, tiny=tiny, images_wanted=args.n or (12 if tiny else 40_000), data_root=args.data, work=Path(work),
             options={"clients": args.clients, "duration": args.duration, "warmup": args.warmup, "recompile_backend": args.recompile_backend},
+            deadline=time.monotonic() + budget * 60,
         )
+        if any(s.data and (cuda or not s.needs_cuda) for s in selected):
+            log(f"dataset: {ctx.images_wanted} JPEGs in {ctx.data_dir}")
+            ctx.images()  # before any section (and before CUDA starts in this process, for the generator's fork)
+            result["dataset"] = ctx.dataset_info
+            log(f"dataset: {ctx.dataset_info}")
         for section in selected:
             left = budget - (time.perf_counter() - started) / 60
             if section.needs_cuda and not cuda:

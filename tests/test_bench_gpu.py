@@ -29,10 +29,11 @@ def names(argv):
 
 
 def test_default_is_the_quick_matrix_and_selections_keep_run_order():
-    quick = ["env", "agreement", "compile", "backfill", "serve"]
+    quick = ["env", "agreement", "backfill", "serve", "compile"]
     assert names([]) == quick == names(["--piece", "1"])
     assert names(["--sections", "serve,env"]) == ["env", "serve"]
     assert names(["--skip", "compile,serve"]) == ["env", "agreement", "backfill"]
+    assert names(["--sections", "compile,env,backfill"]) == ["env", "backfill", "compile"]
     assert names(["--full"]) == [s.name for s in SECTIONS]
     assert names(["--piece", "2", "--skip", "cudnn"]) == ["model", "recompile", "threads", "nvjpeg"]
     assert gpu.budget_minutes(gpu.parse_args([])) == QUICK_BUDGET_MINUTES

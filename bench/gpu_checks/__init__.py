@@ -22,6 +22,7 @@ class Section:
     piece: int  # 1 = the quick matrix; 2 and 3 complete the checklist
     needs_cuda: bool
     about: str
+    data: bool = True  # reads the generated dataset (made once, before the first such section)
 
     @property
     def quick(self) -> bool:
@@ -33,16 +34,16 @@ class Section:
 
 
 SECTIONS: tuple[Section, ...] = (
-    # piece 1: the quick matrix
-    Section("env", "environment:run", 0.2, 1, False, "driver >= R580, CUDA, cuDNN, nvJPEG op and a test decode, /dev/shm"),
+    # piece 1: the quick matrix; compile last, as its minutes are the least certain
+    Section("env", "environment:run", 0.2, 1, False, "driver >= R580, CUDA, cuDNN, nvJPEG op and a test decode, /dev/shm", data=False),
     Section("agreement", "model:agreement", 0.6, 1, False, "top-1 of fp16 (bf16, fp32 on CUDA) vs fp32 on the CPU, 1000 bench crops, embedded model; >= 99 %"),
-    Section("compile", "compile:compile_section", 2.0, 1, True, "compile seconds per size, compiled vs eager img/s, memory: efficientnet and resnet152 at 1, 64"),
     Section("backfill", "backfill:quick", 3.0, 1, True, "run_backfill, 40k images, resnet152 and vit_b16 (random weights), CPU decode vs decode.on_device, 1 actor x 1 GPU"),
     Section("serve", "serve:quick", 1.5, 1, True, "efficientnet fp16 on cuda behind HAProxy, 6 ingress replicas, 1/16/128 clients, /v1/models"),
+    Section("compile", "compile:compile_section", 2.0, 1, True, "compile seconds per size, compiled vs eager img/s, memory: efficientnet and resnet152 at 1, 64", data=False),
     # piece 2
-    Section("model", "model:model_alone", 2.0, 2, False, "model alone: efficientnet fp32/fp16/bf16 x channels_last, resnet152 and vit_b16 fp16/bf16, batch 1/64/256"),
-    Section("cudnn", "model:cudnn", 1.5, 2, True, "cudnn.benchmark on vs off, separate processes: efficientnet and resnet152 fp16"),
-    Section("recompile", "compile:recompile_section", 0.5, 2, True, "bucket_sizes(256) = 9 sizes: graphs compiled, TORCH_LOGS=recompiles free of recompile_limit"),
+    Section("model", "model:model_alone", 2.0, 2, False, "model alone: efficientnet fp32/fp16/bf16 x channels_last, resnet152 and vit_b16 fp16/bf16, batch 1/64/256", data=False),
+    Section("cudnn", "model:cudnn", 1.5, 2, True, "cudnn.benchmark on vs off, separate processes: efficientnet and resnet152 fp16", data=False),
+    Section("recompile", "compile:recompile_section", 0.5, 2, True, "bucket_sizes(256) = 9 sizes: graphs compiled, TORCH_LOGS=recompiles free of recompile_limit", data=False),
     Section("threads", "threads:run", 1.5, 2, False, "4 threads on one compiled wrapper: bitwise equal to one thread; img/s with 1 vs 2 threads"),
     Section("nvjpeg", "nvjpeg:run", 1.5, 2, True, "nvJPEG by JPEG kind (baseline/progressive/grayscale): ms per batch, CPU time, routing, top-1 vs CPU decode"),
     # piece 3

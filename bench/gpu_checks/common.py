@@ -39,12 +39,20 @@ class Context:
     data_root: Path | None  # where the dataset lives (default: the temp dir, per size)
     work: Path  # scratch space for this run
     options: dict[str, Any] = field(default_factory=dict)  # the CLI's section knobs (clients, duration, ...)
+    deadline: float | None = None  # time.monotonic() at which --budget-minutes runs out
     dataset_info: dict[str, Any] | None = None
     _images: list[Path] | None = None
     _serve_port: int | None = None
 
     def pick(self, full, tiny):
         return tiny if self.tiny else full
+
+    def child_timeout(self, seconds: float) -> float:
+        """A child process's time limit: ``seconds``, cut to what is left of the budget (at least
+        a minute), so one slow child cannot take the sections after it."""
+        if self.deadline is None:
+            return seconds
+        return max(60.0, min(seconds, self.deadline - time.monotonic()))
 
     @property
     def device(self) -> str:

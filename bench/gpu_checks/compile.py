@@ -31,7 +31,7 @@ def compile_section(ctx, report) -> None:
     sizes = ",".join(map(str, COMPILE_SIZES))
     for name, weights in COMPILE_MODELS:
         child = run_child(
-            "bench.gpu_checks.compile", ["--model", name, "--weights", weights, "--sizes", sizes, "--seconds", "1"], timeout=420,
+            "bench.gpu_checks.compile", ["--model", name, "--weights", weights, "--sizes", sizes, "--seconds", "1"], timeout=ctx.child_timeout(420),
         )
         result = child["result"]
         if result is None:
@@ -54,7 +54,7 @@ def recompile_section(ctx, report) -> None:
     backend = ctx.options.get("recompile_backend", "eager")
     child = run_child(
         "bench.gpu_checks.compile", ["--recompile-check", "--backend", backend, "--max-batch-size", str(RECOMPILE_MAX_BATCH)],
-        timeout=540, env={"TORCH_LOGS": "recompiles"},
+        timeout=ctx.child_timeout(540), env={"TORCH_LOGS": "recompiles"},
     )
     limit_lines = [line.strip() for line in child["stderr"].splitlines() if LIMIT_LOG.search(line)]
     report.details.update(backend=backend, limit_lines=limit_lines[:10], rc=child["rc"], stderr_tail=child["stderr_tail"])

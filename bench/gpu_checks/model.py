@@ -68,7 +68,7 @@ def cudnn(ctx, report) -> None:
                 "bench.model_only",
                 ["--model", name, "--weights", weights, "--precisions", "fp16", "--channels-last", "on", "--batch-sizes", sizes,
                  "--seconds", "1", "--cudnn-benchmark", setting],
-                timeout=240,
+                timeout=ctx.child_timeout(240),
             )
             if child["result"] is None:
                 report.add(f"{name} fp16 cudnn.benchmark {setting}", child_failure(child), passed=False)

@@ -97,29 +97,36 @@ def stress(wrapper, items: list, reference: list, shapes: list[tuple[int, int, i
 
     a_done, b_done = threading.Event(), threading.Event()
     counts = {"images": 0, "differ": 0, "errors": []}
+    wait_s = 30  # a round takes ~0.2 s; a thread that died must not leave the other waiting for ever
 
     def thread_a() -> None:
-        for _ in range(rounds):
-            with CUDA_DECODE_LOCK:
-                buffers = [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
-                busy()
-                for buffer in buffers:
-                    buffer.zero_()
-                del buffers  # back to the allocator while the zeros are still queued
+        try:
+            for _ in range(rounds):
+                with CUDA_DECODE_LOCK:
+                    buffers = [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
+                    busy()
+                    for buffer in buffers:
+                        buffer.zero_()
+                    del buffers  # back to the allocator while the zeros are still queued
+                a_done.set()
+                if not b_done.wait(wait_s):
+                    return
+                b_done.clear()
+        except Exception as exc:  # noqa: BLE001 - recorded, and B is released
+            counts["errors"].append(f"thread A: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             a_done.set()
-            b_done.wait()
-            b_done.clear()
 
     def thread_b() -> None:
         for _ in range(rounds):
-            a_done.wait()
+            if not a_done.wait(wait_s):
+                return
             a_done.clear()
             try:
                 out = wrapper.predict_batch(items)
                 counts["images"] += len(out)
                 counts["differ"] += sum(differs(got, want) for got, want in zip(out, reference))
             except Exception as exc:  # noqa: BLE001 - recorded, and A is released
-                counts["errors"].append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                counts["errors"].append(f"thread B: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             b_done.set()
 
     threads = [threading.Thread(target=thread_a, name="race-a"), threading.Thread(target=thread_b, name="race-b")]
