@@ -167,6 +167,14 @@ def write_json(path: Path, result: dict) -> None:
 
 
 def table(result: dict) -> str:
+    machine = result["machine"]
+    gpus = sorted({entry.get("gpu", "?") for entry in result.get("sections", {}).values() if entry["status"] != "skipped"})
+    header = [
+        f"bench.gpu, {result['date']}: {machine['gpu'] or 'no GPU'}, driver {machine['driver']}, CUDA {machine['torch_cuda']}, "
+        f"{machine['cores']} cores" + (" (tiny sizes: a harness test, not measurements)" if result["tiny"] else ""),
+    ]
+    if len(gpus) > 1:
+        header.append(f"NOTE: these sections ran on different GPUs ({', '.join(gpus)}); see each section's 'gpu' in the JSON")
     rows = [("section", "figure", "value", "check")]
     order = [s.name for s in SECTIONS] + [name for name in result.get("sections", {}) if name not in by_name()]
     for name in order:
@@ -184,7 +192,7 @@ def table(result: dict) -> str:
             last = [line for line in entry["error"].strip().splitlines() if line.strip()][-1]
             rows.append((name, "-", f"error: {last}", "ERROR"))
     widths = [min(max(len(row[i]) for row in rows), cap) for i, cap in enumerate((14, 62, 90, 40))]
-    lines = []
+    lines = [*header, ""]
     for i, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
         if i == 0:
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if not status["available"] and not args.allow_cpu:
         print(environment.refusal(status), file=sys.stderr)
         return 2
-    if args.ingress == "haproxy" and any(s.name.startswith("serve") for s in selected):
+    if status["available"] and args.ingress == "haproxy" and any(s.name.startswith("serve") for s in selected):
         os.environ.update(HAPROXY_ENV)  # read when Serve starts: before Ray does
 
     def log(message: str) -> None:
@@ -225,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command, "commands": [*previous.get("commands", []), command],
         "machine": environment.machine(), "versions": environment.versions(), "cuda": status, "tiny": tiny,
-        "budget_minutes": budget, "selected": [s.name for s in selected], "sections": previous.get("sections", {}),
+        "budget_minutes": budget, "selected": [s.name for s in selected], "ingress": args.ingress, "sections": previous.get("sections", {}),
     }
+    gpu_name = result["machine"]["gpu"] or "no GPU"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as work:
         ctx = Context(
@@ -250,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{section.name} (~{section.minutes:g} min): {section.about}")
                 entry = run_section(section, ctx, log)
                 log(f"{section.name}: {entry['status']}" + (f" in {entry['minutes']} min" if "minutes" in entry else ""))
+            entry["gpu"] = gpu_name  # pieces merged from several commands may come from different machines
             result["sections"][section.name] = entry
             result["dataset"] = ctx.dataset_info or previous.get("dataset")
             result["minutes"] = round((time.perf_counter() - started) / 60, 2)
