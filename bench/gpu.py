@@ -243,15 +243,22 @@ def main(argv: list[str] | None = None) -> int:
             options={"clients": args.clients, "duration": args.duration, "warmup": args.warmup, "recompile_backend": args.recompile_backend},
             deadline=time.monotonic() + budget * 60,
         )
+        data_error = None
         if any(s.data and (cuda or not s.needs_cuda) for s in selected):
             log(f"dataset: {ctx.images_wanted} JPEGs in {ctx.data_dir}")
-            ctx.images()  # before any section (and before CUDA starts in this process, for the generator's fork)
-            result["dataset"] = ctx.dataset_info
-            log(f"dataset: {ctx.dataset_info}")
+            try:  # before any section (and before CUDA starts in this process, for the generator's fork)
+                ctx.images()
+                result["dataset"] = ctx.dataset_info
+            except Exception:  # noqa: BLE001 - e.g. scikit-image missing: the sections without data still run
+                result["dataset"] = {"error": traceback.format_exc()}
+                data_error = traceback.format_exc().strip().splitlines()[-1]
+            log(f"dataset: {result['dataset']}")
         for section in selected:
             left = budget - (time.perf_counter() - started) / 60
             if section.needs_cuda and not cuda:
                 entry = {"status": "skipped", "reason": "needs CUDA"}
+            elif section.data and data_error:
+                entry = {"status": "error", "error": f"no dataset: {data_error}", "figures": []}
             elif section.minutes > left:
                 entry = {"status": "skipped", "reason": f"would not fit: ~{section.minutes:g} min expected, {left:.1f} of --budget-minutes {budget:g} left"}
                 log(f"{section.name}: {entry['reason']}")
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{section.name}: {entry['status']}" + (f" in {entry['minutes']} min" if "minutes" in entry else ""))
             entry["gpu"] = gpu_name  # pieces merged from several commands may come from different machines
             result["sections"][section.name] = entry
-            result["dataset"] = ctx.dataset_info or previous.get("dataset")
+            result["dataset"] = ctx.dataset_info or result.get("dataset") or previous.get("dataset")
             result["minutes"] = round((time.perf_counter() - started) / 60, 2)
             write_json(args.out, result)
         _stop_ray()

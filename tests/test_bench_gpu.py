@@ -136,6 +136,22 @@ def test_budget_skips_what_would_not_fit_and_merge_adds_to_the_json(no_cuda, fak
     assert len(result["commands"]) == 2
 
 
+def test_without_a_dataset_the_sections_that_need_none_still_run(tmp_path, monkeypatch, no_cuda, fake_sections):
+    import bench.dataset
+
+    def no_photos(root, n):
+        raise ModuleNotFoundError("No module named 'skimage'")
+
+    monkeypatch.setattr(bench.dataset, "make_dataset", no_photos)
+    out, _ = fake_sections
+    argv = ["--allow-cpu", "--sections", "env,threads", "--data", str(tmp_path / "none"), "--out", str(out)]
+    assert gpu.main(argv) == 1
+    result = json.loads(out.read_text())
+    assert "skimage" in result["dataset"]["error"]
+    assert result["sections"]["threads"]["status"] == "error" and "skimage" in result["sections"]["threads"]["error"]
+    assert result["sections"]["env"]["status"] == "error"  # the fake env raised: it ran
+
+
 @pytest.mark.slow
 def test_model_alone_runs_tiny(tmp_path, no_cuda):
     out = tmp_path / "gpu.json"
