@@ -85,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="serve: unmeasured seconds before each")
     parser.add_argument("--ingress", choices=["haproxy", "default"], default="haproxy", help="serve: Serve's HTTP ingress")
     parser.add_argument("--recompile-backend", default="eager", help="recompile: torch.compile backend of the 9-size check")
+    parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)  # one isolated section, run for a parent
     args = parser.parse_args(argv)
     known = by_name()
     unknown = [name for name in [*(args.sections or []), *args.skip] if name not in known]
@@ -157,6 +158,36 @@ def run_section(section: Section, ctx, log) -> dict:
     entry.update(minutes=round((time.perf_counter() - started) / 60, 2), estimate_minutes=section.minutes,
                  figures=report.figures, details=report.details)
     return entry
+
+
+def runs_isolated(section: Section, cuda: bool, args: argparse.Namespace) -> bool:
+    return section.isolate and cuda and not args.in_child
+
+
+def run_isolated(section: Section, ctx, args: argparse.Namespace, minutes_left: float, log) -> dict:
+    """``section`` in a child ``python -m bench.gpu`` on the same dataset; its entry, or an error
+    entry with the child's exit status and last lines when it died without one."""
+    from bench.gpu_checks.common import run_child
+
+    out = ctx.work / f"child-{section.name}.json"
+    argv = ["--sections", section.name, "--in-child", "--out", str(out), "--budget-minutes", f"{max(minutes_left, 1):.2f}",
+            "--n", str(ctx.images_wanted), "--data", str(ctx.data_dir), "--recompile-backend", args.recompile_backend]
+    argv += ["--allow-cpu"] if args.allow_cpu else []
+    argv += ["--tiny"] if args.tiny else []
+    child = run_child("bench.gpu", argv, timeout=max(60.0, minutes_left * 60 + 60))
+    for line in child["stderr"].splitlines():
+        if line.startswith("[bench.gpu]"):
+            log(f"(child) {line.removeprefix('[bench.gpu] ')}")
+    entry = json.loads(out.read_text())["sections"].get(section.name) if out.exists() else None
+    process = {"rc": child["rc"], "seconds": child["seconds"]}
+    if entry is None:
+        from bench.gpu_checks.common import child_failure
+
+        return {"status": "error", "error": f"the child process gave no result: {child_failure(child)}\n{child['stderr_tail']}",
+                "figures": [], "child": process}
+    if child["rc"] not in (0, 1):  # it wrote the section, then died (at exit, say)
+        entry.setdefault("notes", []).append(f"child process ended with {child_failure(child)}")
+    return entry | {"child": process}
 
 
 def write_json(path: Path, result: dict) -> None:
@@ -259,12 +290,12 @@ def main(argv: list[str] | None = None) -> int:
                 entry = {"status": "skipped", "reason": "needs CUDA"}
             elif section.data and data_error:
                 entry = {"status": "error", "error": f"no dataset: {data_error}", "figures": []}
-            elif section.minutes > left:
+            elif section.minutes > left and not args.in_child:
                 entry = {"status": "skipped", "reason": f"would not fit: ~{section.minutes:g} min expected, {left:.1f} of --budget-minutes {budget:g} left"}
                 log(f"{section.name}: {entry['reason']}")
             else:
                 log(f"{section.name} (~{section.minutes:g} min): {section.about}")
-                entry = run_section(section, ctx, log)
+                entry = run_isolated(section, ctx, args, left, log) if runs_isolated(section, cuda, args) else run_section(section, ctx, log)
                 log(f"{section.name}: {entry['status']}" + (f" in {entry['minutes']} min" if "minutes" in entry else ""))
             entry["gpu"] = gpu_name  # pieces merged from several commands may come from different machines
             result["sections"][section.name] = entry

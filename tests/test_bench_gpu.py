@@ -152,6 +152,16 @@ def test_without_a_dataset_the_sections_that_need_none_still_run(tmp_path, monke
     assert result["sections"]["env"]["status"] == "error"  # the fake env raised: it ran
 
 
+def test_an_isolated_section_runs_in_a_child_process(tmp_path, monkeypatch, no_cuda):
+    """On CUDA, threads, nvjpeg and race run in a child ``bench.gpu``; here env stands in for them."""
+    monkeypatch.setattr(gpu, "runs_isolated", lambda section, cuda, args: section.name == "env" and not args.in_child)
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--allow-cpu", "--sections", "env", "--out", str(out)]) == 0
+    entry = json.loads(out.read_text())["sections"]["env"]
+    assert entry["status"] == "ok" and entry["child"]["rc"] == 0
+    assert {f["figure"] for f in entry["figures"]} >= {"NVIDIA driver", "/dev/shm"}
+
+
 @pytest.mark.slow
 def test_model_alone_runs_tiny(tmp_path, no_cuda):
     out = tmp_path / "gpu.json"

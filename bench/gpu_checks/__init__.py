@@ -23,6 +23,7 @@ class Section:
     needs_cuda: bool
     about: str
     data: bool = True  # reads the generated dataset (made once, before the first such section)
+    isolate: bool = False  # on CUDA, run in a child process: a crash there (threads, the race) costs this section only
 
     @property
     def quick(self) -> bool:
@@ -44,10 +45,10 @@ SECTIONS: tuple[Section, ...] = (
     Section("model", "model:model_alone", 2.0, 2, False, "model alone: efficientnet fp32/fp16/bf16 x channels_last, resnet152 and vit_b16 fp16/bf16, batch 1/64/256", data=False),
     Section("cudnn", "model:cudnn", 1.5, 2, True, "cudnn.benchmark on vs off, separate processes: efficientnet and resnet152 fp16", data=False),
     Section("recompile", "compile:recompile_section", 0.5, 2, True, "bucket_sizes(256) = 9 sizes: graphs compiled, TORCH_LOGS=recompiles free of recompile_limit", data=False),
-    Section("threads", "threads:run", 1.5, 2, False, "4 threads on one compiled wrapper: bitwise equal to one thread; img/s with 1 vs 2 threads"),
-    Section("nvjpeg", "nvjpeg:run", 1.5, 2, True, "nvJPEG by JPEG kind (baseline/progressive/grayscale): ms per batch, CPU time, routing, top-1 vs CPU decode"),
+    Section("threads", "threads:run", 1.5, 2, False, "4 threads on one compiled wrapper: bitwise equal to one thread; img/s with 1 vs 2 threads", isolate=True),
+    Section("nvjpeg", "nvjpeg:run", 1.5, 2, True, "nvJPEG by JPEG kind (baseline/progressive/grayscale): ms per batch, CPU time, routing, top-1 vs CPU decode", isolate=True),
     # piece 3
-    Section("race", "race:run", 1.0, 3, True, "pytorch/vision#9606 stress: queued work freed under a decode, with the drain and with it stubbed (positive control)"),
+    Section("race", "race:run", 1.0, 3, True, "pytorch/vision#9606 stress: queued work freed under a decode, with the drain and with it stubbed (positive control)", isolate=True),
     Section("fuzz", "fuzz:run", 0.5, 3, True, "200 bit-flipped JPEGs through nvJPEG: errors vs silent successes; CUDA still healthy"),
     Section("backfill_more", "backfill:more", 2.5, 3, True, "run_backfill, 40k images, 2 actors x 0.5 GPU: resnet152 both decodes, vit_b16"),
     Section("serve_more", "serve:more", 2.0, 3, True, "serve: 1 ingress replica (vs 6 in 'serve'), and 6 with decode.on_device"),
