@@ -253,3 +253,14 @@ def test_ray_datas_throughput_is_read_from_its_stats():
     stats = "Operator 1 ...\n\nDataset throughput:\n\t* Ray Data throughput: 5123.4 rows/s\n\t* Estimated single node throughput: 9 rows/s\n"
     assert ray_data_throughput(stats) == 5123.4
     assert ray_data_throughput("") is None
+
+
+def test_the_sampler_reports_how_busy_the_machine_was():
+    from bench.memory import MemorySampler
+
+    with MemorySampler(interval_s=0.01) as sampler:
+        sum(i * i for i in range(200_000))
+    summary = sampler.summary()
+    assert 0 <= summary["cpu_busy_pct"] <= 100  # all of the machine's CPUs, over the block
+    if not sampler._nvidia_smi:
+        assert summary["gpu_util_pct"] is None and summary["gpu_start_gib"] is None

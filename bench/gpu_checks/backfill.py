@@ -5,7 +5,8 @@ resnet152 and vit_b16 run with random weights (speed only; no agreement figure),
 img/s is end to end (listing, Ray Data planning and the actors' start-up included, as
 ``bench.run`` reports it) and is what the targets are judged on; Ray Data's own dataset
 throughput (first block's start to last block's end) is shown beside it. GPU memory is the whole
-device's (nvidia-smi), sampled through the run: at start, peak, and growth.
+device's (nvidia-smi), sampled through the run: at start, peak, and growth; with it the mean GPU
+utilization (nvidia-smi) and how busy all 16 cores were (/proc/stat).
 """
 
 from __future__ import annotations
@@ -56,5 +57,6 @@ def one_run(ctx, report, model: str, on_device: bool, actors: int, gpus: float) 
         f"{label}: GPU memory start / peak / growth",
         f"{row['gpu_start_gib']} / {row['gpu_mem_peak_gib']} / {row['gpu_growth_gib']} GiB; host growth {row['host_growth_gib']} GiB",
     )
+    report.add(f"{label}: GPU busy / CPUs busy (means over the run)", f"{row['gpu_util_pct']} % / {row['cpu_busy_pct']} %")
     if row["errors"]:
         report.add(f"{label}: error rows", row["errors"], passed=False, threshold="0 (every bench image is valid)")
