@@ -23,8 +23,15 @@ last prints the whole table:
     python -m bench.gpu --piece 2 --merge         # ~7.3 min: model, cudnn, recompile, threads, nvjpeg
     python -m bench.gpu --piece 3 --merge         # ~6.3 min: race, fuzz, backfill_more, serve_more
 
-(there, start each with ``mkdir -p /tmp/site && tar xJf .gpu/site-py312.tar.xz -C /tmp/site &&
-export PYTHONPATH=/tmp/site:$PWD;`` for Ray and its packages).
+There, start each with ``mkdir -p /tmp/site && tar xJf .gpu/site-py312.tar.xz -C /tmp/site &&
+export PYTHONPATH=/tmp/site:$PWD;`` (Ray and its packages) and end it with
+``; cp bench/out/gpu.json $OUT/``; a machine given back between commands loses bench/out, so put
+the returned gpu.json back in bench/out here and carry ``bench/out`` with the next piece.
+
+Thresholds (the check column): fp16 top-1 agreement >= 99 %; end-to-end backfill resnet152 >=
+6000 and vit_b16 >= 5000 img/s; >= 3000 req/s at 128 clients; no request or row errors; the
+checklist's pass/fail checks (driver, nvJPEG, recompiles, threads, race and its control, fuzz).
+The minutes are estimates from reading the code; each run's JSON has every section's real ones.
 
 Output: one table (section, figure, value, check) and one JSON (``--out``, default
 bench/out/gpu.json) with the date, machine, commands, versions, and per section its figures,
