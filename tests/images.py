@@ -87,3 +87,18 @@ def unsupported_format() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "PPM")
     return buffer.getvalue()
+
+
+def in_format(fmt: str, size=(16, 16)) -> bytes:
+    """A small, valid image in any format Pillow writes (``"ICO"``, ``"EPS"``, ``"TGA"``...)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (1, 2, 3)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def multi_picture_jpeg(size=(30, 20)) -> bytes:
+    """An MPO, as phones write them: two JPEGs, the first the picture shown."""
+    frames = [Image.new("RGB", size, (200, 10, 10)), Image.new("RGB", size, (10, 10, 200))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
