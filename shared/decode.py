@@ -1,25 +1,68 @@
 """Stage 1 of the wrapper: image bytes -> uint8 RGB HWC array, or a typed error.
 
 Every check happens here, per image, before the image can join a batch:
-empty input, unrecognised bytes, format allow-list, pixel cap (read from the header, before the
-pixels are decoded), truncated/corrupt data (``load()`` inside the try), EXIF orientation, and
+empty input, byte cap, unrecognised bytes, format allow-list (only allow-listed formats' Pillow
+plug-ins ever parse the bytes), pixel cap (read from the header, before the pixels are decoded),
+decode work (below), truncated/corrupt data (``load()`` inside the try), EXIF orientation, and
 every Pillow mode folded to 3-channel RGB.
+
+Decode work is bounded before any pixel is decoded, from the bytes and the header alone:
+
+- JPEG/MPO: libjpeg walks every block of the image once per scan, and a progressive file may
+  repeat scans without limit (a 23-byte scan of EOB runs costs ~1.1 ns per pixel: 45 ms at
+  40 Mpx). Every SOS marker in the file is counted (a regex scan, C speed: an upper bound on
+  the scans libjpeg will see, thumbnails and an MPO's later pictures included) and both the
+  count (``max_jpeg_scans``) and pixels x scans (``max_jpeg_scan_pixels``) are capped. The same
+  budget covers JPEG-compressed TIFFs (scans x strip or tile pixels).
+- Structures Pillow walks in Python, one interpreter step each while holding the GIL: JPEG
+  marker segments before the first scan, PNG chunks, GIF blocks before the first picture, TIFF
+  tags and uncompressed strips. Unchecked, a 20 MiB file of empty chunks or segments costs
+  10-30 s of CPU; at most ``MAX_HEADER_STEPS`` each (a capped walk, before ``Image.open``).
+- PNG chunks Pillow inflates (iCCP, zTXt, iTXt: up to 1 MiB each, ~3 ms per MiB): at most
+  ``MAX_PNG_INFLATED_CHUNKS``; a flood of iCCP chunks otherwise costs a minute.
+- RLE-compressed BMPs, which Pillow decodes in Python (~0.3 us a pixel, ~1 us per 2 bytes):
+  at most ``MAX_BMP_RLE_PIXELS`` and ``MAX_BMP_RLE_BYTES``.
+
+Everything else the allow-list admits decodes in C in time linear in pixels plus bytes (PNG,
+GIF and WebP data, uncompressed BMP, libtiff's codecs), both already capped.
 """
 
 from __future__ import annotations
 
 import io
+import re
+import struct
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from shared.errors import EmptyInput, ImageTooLarge, InvalidImage, UnsupportedFormat
+from shared.errors import EmptyInput, ImageTooComplex, ImageTooLarge, InvalidImage, UnsupportedFormat
 
 DEFAULT_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})  # MPO: multi-picture phone JPEGs
 JPEG_FORMATS = ("JPEG", "MPO")
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # also the HTTP body cap's default (ingress.max_body_bytes)
+# libjpeg's standard progressive scripts (Pillow's progressive=True; optimize=True changes only
+# the Huffman tables) have 6 scans for grey, 10 for YCbCr, 18 for CMYK; encoders that optimise
+# their scripts (mozjpeg) stay in the tens. For comparison nvImageCodec's default cap is 256 and
+# libtiff's 100 scans per strip.
+DEFAULT_MAX_JPEG_SCANS = 100
+# max_jpeg_scan_pixels defaults to this x max_pixels: a CMYK progressive file (18 scans) or an
+# MPO of two colour progressive pictures plus thumbnails (~22) at the pixel cap still fits. The
+# worst file that fits costs ~1-2.5 s of libjpeg-turbo CPU (by the kind of scan repeated); a
+# real 40 Mpx progressive photo costs ~0.9 s.
+JPEG_SCANS_AT_MAX_PIXELS = 24
+
+MAX_HEADER_STEPS = 16_384  # real files: tens of segments or tags, a few thousand chunks or blocks
+MAX_PNG_INFLATED_CHUNKS = 64  # Pillow's own text cap is 64 MiB inflated; iCCP has none
+MAX_BMP_RLE_PIXELS = 1 << 21  # 1920 x 1080 fits
+MAX_BMP_RLE_BYTES = 1 << 19
+
+JPEG_SOS = re.compile(b"\xff\xda")  # a scan's marker, which entropy-coded data cannot contain
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_INFLATED = frozenset({b"iCCP", b"zTXt", b"iTXt"})
+TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
 
 # A truncated file must fail, not decode into grey padding.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -30,12 +73,20 @@ def open_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     formats: frozenset[str] = DEFAULT_FORMATS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+    max_jpeg_scan_pixels: int | None = None,
 ) -> Image.Image:
-    """Read and check the header only (no pixels decoded): empty input, unrecognised bytes, format
-    allow-list, pixel cap, zero size. Returns the lazily opened Pillow image."""
+    """Read and check the header only (no pixels decoded): empty input, byte cap, unrecognised
+    bytes, format allow-list, pixel cap, zero size, decode work (module docstring). Returns the
+    lazily opened Pillow image. ``max_jpeg_scan_pixels`` None: ``JPEG_SCANS_AT_MAX_PIXELS`` x
+    ``max_pixels``."""
     if not data:
         raise EmptyInput("empty input: no image bytes")
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"image is {len(data)} bytes; the cap is {max_bytes}")
     parsers = _parsers(frozenset(formats))
+    _check_header_steps(data, parsers)
     try:
         # Only the allow-listed formats' plug-ins parse the bytes: every other plug-in's header
         # parser is attack surface we do not need. Pillow only warns between its own pixel limit
@@ -57,6 +108,9 @@ def open_image(
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the cap is {max_pixels}")
     if width == 0 or height == 0:
         raise InvalidImage("image has no pixels")
+    if max_jpeg_scan_pixels is None:
+        max_jpeg_scan_pixels = JPEG_SCANS_AT_MAX_PIXELS * max_pixels
+    _check_decode_work(image, data, max_jpeg_scans, max_jpeg_scan_pixels)
     return image
 
 
@@ -93,19 +147,202 @@ def _accepts(accept, prefix: bytes) -> bool:
         return False
 
 
-def decode_image(
-    data: bytes,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    formats: frozenset[str] = DEFAULT_FORMATS,
-    draft_size: int | None = None,
-) -> np.ndarray:
-    """Decode ``data`` to a C-contiguous ``uint8`` array of shape (H, W, 3).
+def decode_image(data: bytes, *, draft_size: int | None = None, **limits) -> np.ndarray:
+    """Decode ``data`` to a C-contiguous ``uint8`` array of shape (H, W, 3). ``limits``: the
+    keyword arguments of ``open_image`` (``max_pixels``, ``formats``, ``max_bytes``...).
 
     ``draft_size``: for JPEGs, let libjpeg decode at a reduced DCT scale whose result is still at
     least ``draft_size`` pixels on each side (much cheaper than a full decode then a resize).
     """
-    return decode_opened(open_image(data, max_pixels=max_pixels, formats=formats), draft_size=draft_size)
+    return decode_opened(open_image(data, **limits), draft_size=draft_size)
+
+
+def _check_header_steps(data: bytes, parsers: tuple[str, ...]) -> None:
+    """Refuse, before Pillow reads it, a header Pillow would walk in more than ``MAX_HEADER_STEPS``
+    Python steps. Each walk mirrors the plug-in's own loop, step for step, and stops at the cap."""
+    walk = None
+    if "JPEG" in parsers and data.startswith(b"\xff\xd8\xff"):
+        walk = _jpeg_header_steps
+    elif "PNG" in parsers and data.startswith(PNG_MAGIC):
+        walk = _png_steps
+    elif "GIF" in parsers and data[:6] in (b"GIF87a", b"GIF89a"):
+        walk = _gif_steps
+    elif "TIFF" in parsers and data[:2] in (b"II", b"MM") and len(data) >= 8:
+        walk = _tiff_steps
+    if walk is not None and walk(data, MAX_HEADER_STEPS) > MAX_HEADER_STEPS:
+        raise ImageTooComplex(
+            f"image header has more than {MAX_HEADER_STEPS} {walk.__doc__}; refused before decoding"
+        )
+
+
+def _jpeg_header_steps(data: bytes, limit: int) -> int:
+    """marker segments or padding bytes before the first scan"""
+    from PIL.JpegImagePlugin import MARKER
+
+    # JpegImageFile._open: one step per junk byte, fill byte, bare marker or segment, up to SOS
+    pos, steps, end = 2, 0, len(data)
+    while pos + 1 < end and steps <= limit:
+        steps += 1
+        if data[pos] != 0xFF:
+            pos += 1  # junk, skipped a byte at a time
+            continue
+        marker = 0xFF00 | data[pos + 1]
+        if marker in MARKER:
+            if marker == 0xFFDA:
+                break
+            if MARKER[marker][2] is None:  # no payload (RSTn, SOI, EOI, JPGn)
+                pos += 2
+            else:
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                pos += 4 + max(length - 2, 0)
+        elif marker in (0xFF00, 0xFFFF):
+            pos += 1 if marker == 0xFFFF else 2  # fill byte / escaped 0xFF
+        else:
+            break  # Pillow: "no marker found"
+    return steps
+
+
+def _png_steps(data: bytes, limit: int) -> int:
+    """chunks (or more than MAX_PNG_INFLATED_CHUNKS compressed metadata chunks)"""
+    # PngImageFile: every chunk up to IEND, one after another (_open, load_read, load_end)
+    pos, steps, inflated, end = len(PNG_MAGIC), 0, 0, len(data)
+    while pos + 8 <= end and steps <= limit:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        steps += 1
+        if kind in PNG_INFLATED:
+            inflated += 1
+            if inflated > MAX_PNG_INFLATED_CHUNKS:
+                return limit + 1
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return steps
+
+
+def _gif_steps(data: bytes, limit: int) -> int:
+    """blocks or stray bytes before the first picture"""
+    # GifImageFile._seek(0), step for step: extension sub-blocks, and any other byte one at a
+    # time, up to the first image descriptor; the picture's own data is read by the C decoder
+    end = len(data)
+
+    def sub_block(pos: int) -> tuple[int, int]:  # GifImageFile.data(): (size, next position)
+        size = data[pos] if pos < end else 0
+        return size, pos + 1 + size if pos < end else pos
+
+    flags = data[10] if end > 10 else 0
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    steps = 0
+    while pos < end and steps <= limit:
+        steps += 1
+        byte = data[pos]
+        if byte in b",;" or pos + 1 >= end:
+            break
+        if byte != 0x21:  # not "!": skipped a byte at a time
+            pos += 1
+            continue
+        label = data[pos + 1]
+        size, pos = sub_block(pos + 2)
+        block = data[pos - size : pos]
+        if label == 0xFE:  # comment: sub-blocks up to the empty one
+            while size and steps <= limit:
+                size, pos = sub_block(pos)
+                steps += 1
+            continue
+        if label == 0xFF and size and block.startswith(b"NETSCAPE2.0"):
+            size, pos = sub_block(pos)
+        # then sub-blocks up to an empty one, even when the first was already the empty one
+        while steps <= limit:
+            size, pos = sub_block(pos)
+            steps += 1
+            if not size:
+                break
+    return steps
+
+
+def _tiff_steps(data: bytes, limit: int) -> int:
+    """tags, or uncompressed strips or tiles, in the first directory"""
+    # TiffImageFile: one step per tag of the first IFD; uncompressed data, one tile per strip
+    # (or tile) offset; libtiff reads compressed strips in C
+    endian = "<" if data[:2] == b"II" else ">"
+    big = data[2] == 43  # BigTIFF, as Pillow decides it
+    try:
+        if big:
+            (ifd,) = struct.unpack_from(endian + "Q", data, 8)
+            (count,) = struct.unpack_from(endian + "Q", data, ifd)
+            entry, first, layout = 20, ifd + 8, "HHQ"
+        else:
+            (ifd,) = struct.unpack_from(endian + "L", data, 4)
+            (count,) = struct.unpack_from(endian + "H", data, ifd)
+            entry, first, layout = 12, ifd + 2, "HHL"
+    except struct.error:
+        return 0  # no directory to walk: Pillow fails on it
+    count = min(count, (len(data) - first) // entry)
+    if count > limit:
+        return count
+    # Pillow keeps a tag's first entry of a type it reads whose values fit in the file
+    tags: dict[int, tuple[int, int, int]] = {}
+    for i in range(count):
+        at = first + i * entry
+        tag, kind, n = struct.unpack_from(endian + layout, data, at)
+        if tag not in tags and kind in TIFF_TYPE_SIZES and n * TIFF_TYPE_SIZES[kind] <= len(data):
+            tags[tag] = (kind, n, at + entry - (8 if big else 4))  # the value field, left-justified
+    compression = 1
+    if 259 in tags and tags[259][0] in (3, 4) and tags[259][1] == 1:
+        kind, _, at = tags[259]
+        (compression,) = struct.unpack_from(endian + ("H" if kind == 3 else "L"), data, at)
+    if compression != 1:
+        return count
+    return count + max(tags.get(273, (0, 0))[1], tags.get(324, (0, 0))[1])
+
+
+def _check_decode_work(image: Image.Image, data: bytes, max_scans: int, max_scan_pixels: int) -> None:
+    """Refuse a file whose pixels would cost more to decode than the caps allow (module docstring)."""
+    width, height = image.size
+    if image.format in JPEG_FORMATS:
+        _check_scans(data, width * height, max_scans, max_scan_pixels, "JPEG")
+    elif image.format == "TIFF" and image.info.get("compression") in ("jpeg", "tiff_jpeg"):
+        tags = image.tag_v2
+        if image.info["compression"] == "tiff_jpeg":  # old-style: one JPEG stream may span the image
+            unit = width * height
+        elif 322 in tags and 323 in tags:
+            unit = _int(tags[322]) * _int(tags[323])
+        else:
+            unit = width * min(_int(tags.get(278, height)) or height, height)
+        # libtiff caps scans per strip or tile itself (100); the total is what costs
+        _check_scans(data, unit or width * height, None, max_scan_pixels, "JPEG-compressed TIFF")
+    elif image.format == "BMP" and image.tile and image.tile[0][0] == "bmp_rle":
+        if width * height > MAX_BMP_RLE_PIXELS or len(data) > MAX_BMP_RLE_BYTES:
+            raise ImageTooComplex(
+                f"RLE-compressed BMP of {width * height} pixels and {len(data)} bytes; the caps are "
+                f"{MAX_BMP_RLE_PIXELS} pixels and {MAX_BMP_RLE_BYTES} bytes (it decodes in Python)"
+            )
+
+
+def _check_scans(data: bytes, pixels: int, max_scans: int | None, max_scan_pixels: int, what: str) -> None:
+    """Every SOS marker in the file counts: libjpeg cannot see a scan whose marker is not there.
+    Counting stops at the first marker over a cap, so a body of nothing but markers is as quick."""
+    limit = max_scan_pixels // max(pixels, 1)
+    if max_scans is not None:
+        limit = min(limit, max_scans)
+    scans = 0
+    for scans, _ in enumerate(JPEG_SOS.finditer(data), 1):  # the regex engine's scan: ~0.5 ms a MiB
+        if scans > limit:
+            break
+    if max_scans is not None and scans > max_scans:
+        raise ImageTooComplex(
+            f"{what} has more than {max_scans} scans, the cap (decoding walks every block once per scan)"
+        )
+    if scans * pixels > max_scan_pixels:
+        raise ImageTooComplex(
+            f"{what} decoding would walk at least {scans} scans x {pixels} pixels; the cap is {max_scan_pixels}"
+        )
+
+
+def _int(value) -> int:
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def decode_opened(image: Image.Image, *, draft_size: int | None = None) -> np.ndarray:
