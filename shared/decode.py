@@ -4,7 +4,10 @@ Every check happens here, per image, before the image can join a batch:
 empty input, byte cap, unrecognised bytes, format allow-list (only allow-listed formats' Pillow
 plug-ins ever parse the bytes), pixel cap (read from the header, before the pixels are decoded),
 decode work (below), truncated/corrupt data (``load()`` inside the try), EXIF orientation, and
-every Pillow mode folded to 3-channel RGB.
+every Pillow mode folded to 3-channel RGB. The conversion runs a block of rows at a time straight
+into the one uint8 result, with integer arithmetic (16-bit scaling, compositing on white): beyond
+Pillow's decoded image it holds the result and a block's temporaries, never a full-size float,
+RGBA or transposed copy.
 
 Decode work is bounded before any pixel is decoded, from the bytes and the header alone:
 
@@ -35,7 +38,7 @@ import struct
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from shared.errors import EmptyInput, ImageTooComplex, ImageTooLarge, InvalidImage, UnsupportedFormat
 
@@ -62,6 +65,7 @@ MAX_BMP_RLE_BYTES = 1 << 19
 JPEG_SOS = re.compile(b"\xff\xda")  # a scan's marker, which entropy-coded data cannot contain
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_INFLATED = frozenset({b"iCCP", b"zTXt", b"iTXt"})
+BLOCK_PIXELS = 1 << 16  # converted at a time: under 2 MB of temporaries, whatever the image
 TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
 
 # A truncated file must fail, not decode into grey padding.
@@ -351,30 +355,115 @@ def decode_opened(image: Image.Image, *, draft_size: int | None = None) -> np.nd
         if draft_size and image.format in JPEG_FORMATS:
             image.draft("RGB", (draft_size, draft_size))
         image.load()  # first frame only for animated images
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb_array(image)
+        return _to_rgb_array(image, _orientation(image))
     except Exception as exc:
         raise InvalidImage(f"corrupt or truncated image: {exc}") from None
 
 
-def _to_rgb_array(image: Image.Image) -> np.ndarray:
+# As ImageOps.exif_transpose: EXIF orientation -> the transpose that makes the picture upright
+TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) as ``ImageOps.exif_transpose`` reads it; other values are 1."""
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return orientation if orientation in TRANSPOSES else 1
+
+
+def _to_rgb_array(image: Image.Image, orientation: int = 1) -> np.ndarray:
+    """Every mode to one C-contiguous uint8 (H, W, 3) array, upright. A block of rows at a time
+    is transposed (Pillow, in its own mode), converted, and written to its place in that array,
+    so beyond Pillow's decoded image and the result only a block's temporaries are ever held:
+    no full-size float, RGBA or transposed copy."""
+    width, height = image.size
+    method = TRANSPOSES.get(orientation)
+    across = orientation >= 5  # a block of rows lands as a band of columns
+    from_bottom = orientation in (3, 4, 6, 7)  # the first rows land last
+    out = np.empty((width, height, 3) if across else (height, width, 3), np.uint8)
+    convert = _block_converter(image)
+    rows = max(1, BLOCK_PIXELS // width)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        block = image.crop((0, top, width, bottom))
+        pixels = convert(block.transpose(method) if method is not None else block)
+        start, stop = (height - bottom, height - top) if from_bottom else (top, bottom)
+        if across:
+            out[:, start:stop] = pixels
+        else:
+            out[start:stop] = pixels
+    return out
+
+
+def _block_converter(image: Image.Image):
+    """A function: a row block (a Pillow image in ``image``'s mode) -> uint8 (rows, width, 3),
+    or (rows, width, 1) for grey, which broadcasts to the three channels."""
     mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16") or values.max(initial=0) > 255:
-            values = values / 257.0  # 16-bit range -> 8-bit
-        elif mode == "F" and values.max(initial=0) <= 1.0:
-            values = values * 255.0
-        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        # Transparent pixels become white, as a viewer would show them on a page.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.array(image, dtype=np.uint8)  # a writable, contiguous copy
+    if mode.startswith("I;16"):
+        return _sixteen_bit
+    if mode in ("I", "F"):
+        top = max(image.getextrema()[1], 0)  # as a whole-image max decides the scale
+        return (lambda block: _int_grey(block, top)) if mode == "I" else (lambda block: _float_grey(block, top))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        return _on_white
+    if mode == "L":
+        return lambda block: np.asarray(block)[:, :, None]
+    if mode == "RGB":
+        return _rgb
+    return lambda block: _rgb(block.convert("RGB"))
+
+
+def _rgb(block: Image.Image) -> np.ndarray:
+    return np.frombuffer(block.tobytes(), np.uint8).reshape(block.height, block.width, 3)
+
+
+def _on_white(block: Image.Image) -> np.ndarray:
+    """Transparent pixels become white, as a viewer would show them on a page: exactly Pillow's
+    ``alpha_composite`` over opaque white, round(c * a / 255 + 255 - a), in uint16."""
+    rgba = np.asarray(block if block.mode == "RGBA" else block.convert("RGBA"))
+    alpha = rgba[:, :, 3:].astype(np.uint16)
+    mixed = rgba[:, :, :3] * alpha  # at most 255 * 255 with the next line: fits in uint16
+    mixed += (255 - alpha) * 255
+    mixed += 128
+    mixed += mixed >> 8  # (v + 128 + ((v + 128) >> 8)) >> 8 == round(v / 255) for v <= 65025
+    mixed >>= 8
+    return mixed.astype(np.uint8)
+
+
+def _sixteen_bit(block: Image.Image) -> np.ndarray:
+    """16-bit grey -> 8-bit: round(v / 257) as integers (v / 257 is never a tie)."""
+    values = np.asarray(block).astype(np.uint32)
+    values += 128
+    values //= 257
+    return values.astype(np.uint8)[:, :, None]
+
+
+def _int_grey(block: Image.Image, top: int) -> np.ndarray:
+    """32-bit grey: the 16-bit scale when any value is over 255, else as is; clipped to 0-255
+    (clipping to 0-65535 before scaling changes nothing: both ends clip anyway)."""
+    values = np.clip(np.asarray(block), 0, 65535 if top > 255 else 255)
+    if top > 255:
+        values += 128
+        values //= 257
+    return values.astype(np.uint8)[:, :, None]
+
+
+def _float_grey(block: Image.Image, top: float) -> np.ndarray:
+    """Float grey: the 16-bit scale when any value is over 255, 0-1 scaled up when none is over
+    1, else as is; rounded, clipped to 0-255, NaN as 0 (float32, a block at a time)."""
+    values = np.array(block, dtype=np.float32)
+    if top > 255:
+        values /= 257
+    elif top <= 1.0:
+        values *= 255
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    values[np.isnan(values)] = 0
+    return values.astype(np.uint8)[:, :, None]
