@@ -163,16 +163,10 @@ def decode_image(data: bytes, *, draft_size: int | None = None, **limits) -> np.
 
 def _check_header_steps(data: bytes, parsers: tuple[str, ...]) -> None:
     """Refuse, before Pillow reads it, a header Pillow would walk in more than ``MAX_HEADER_STEPS``
-    Python steps. Each walk mirrors the plug-in's own loop, step for step, and stops at the cap."""
-    walk = None
-    if "JPEG" in parsers and data.startswith(b"\xff\xd8\xff"):
-        walk = _jpeg_header_steps
-    elif "PNG" in parsers and data.startswith(PNG_MAGIC):
-        walk = _png_steps
-    elif "GIF" in parsers and data[:6] in (b"GIF87a", b"GIF89a"):
-        walk = _gif_steps
-    elif "TIFF" in parsers and data[:2] in (b"II", b"MM") and len(data) >= 8:
-        walk = _tiff_steps
+    Python steps. The plug-in is picked as ``Image.open`` picks it (the first whose ``accept``
+    takes the prefix); each walk mirrors its loop, step for step, and stops at the cap."""
+    name = next((name for name in parsers if _accepts(Image.OPEN[name][1], data[:16])), None)
+    walk = HEADER_WALKS.get(name)
     if walk is not None and walk(data, MAX_HEADER_STEPS) > MAX_HEADER_STEPS:
         raise ImageTooComplex(
             f"image header has more than {MAX_HEADER_STEPS} {walk.__doc__}; refused before decoding"
@@ -268,7 +262,7 @@ def _tiff_steps(data: bytes, limit: int) -> int:
     # TiffImageFile: one step per tag of the first IFD; uncompressed data, one tile per strip
     # (or tile) offset; libtiff reads compressed strips in C
     endian = "<" if data[:2] == b"II" else ">"
-    big = data[2] == 43  # BigTIFF, as Pillow decides it
+    big = len(data) > 2 and data[2] == 43  # BigTIFF, as Pillow decides it
     try:
         if big:
             (ifd,) = struct.unpack_from(endian + "Q", data, 8)
@@ -297,6 +291,9 @@ def _tiff_steps(data: bytes, limit: int) -> int:
     if compression != 1:
         return count
     return count + max(tags.get(273, (0, 0))[1], tags.get(324, (0, 0))[1])
+
+
+HEADER_WALKS = {"JPEG": _jpeg_header_steps, "PNG": _png_steps, "GIF": _gif_steps, "TIFF": _tiff_steps}
 
 
 def _check_decode_work(image: Image.Image, data: bytes, max_scans: int, max_scan_pixels: int) -> None:

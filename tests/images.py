@@ -150,7 +150,8 @@ def tiff_around(strip: bytes, width: int, height: int, compression: int = 7) -> 
     out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(entries)))
     for tag, kind, count, value in entries:
         value = data_at if tag == 273 else value
-        out += struct.pack("<HHI", tag, kind, count) + struct.pack("<HH" if kind == 3 else "<I", *((value, 0) if kind == 3 else (value,)))
+        field = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + field
     return bytes(out + b"\x00" * 4 + strip)
 
 
@@ -165,8 +166,10 @@ def tiff_with_strips(strips: int, width: int = 8) -> bytes:
     out = bytearray(b"II*\x00" + struct.pack("<IH", 8, entries))
     for tag, kind, count, value in tags:
         short = kind == 3 and count == 1
-        out += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if short else struct.pack("<I", value))
-    out += b"\x00" * 4 + struct.pack(f"<{strips}I", *[pixels_at] * strips) + struct.pack(f"<{strips}H", *[width] * strips)
+        field = struct.pack("<HH", value, 0) if short else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + field
+    out += b"\x00" * 4 + struct.pack(f"<{strips}I", *[pixels_at] * strips)
+    out += struct.pack(f"<{strips}H", *[width] * strips)
     return bytes(out + bytes(range(width)))
 
 

@@ -201,7 +201,9 @@ def _in_mode_with_orientation(mode: str, orientation: int, size=(23, 17)) -> byt
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P", "P-transparent", "1", "I;16", "I", "I-small", "F", "CMYK"])
+@pytest.mark.parametrize(
+    "mode", ["RGB", "L", "LA", "RGBA", "P", "P-transparent", "1", "I;16", "I", "I-small", "F", "CMYK"]
+)
 def test_block_conversion_equals_the_whole_image_conversion(monkeypatch, mode, orientation):
     import shared.decode
 
