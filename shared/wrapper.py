@@ -60,9 +60,18 @@ class ImageLoader:
         self.task: Task = config.make_task()
         self._formats = frozenset(config.decode.formats)
         self._draft = self.spec.preprocess.draft_size if config.decode.draft else None  # None for detection
+        decode = config.decode
+        # every check open_image makes, on both paths: sizes, formats and decode work
+        self._limits = dict(
+            max_pixels=decode.max_pixels,
+            formats=self._formats,
+            max_bytes=decode.max_bytes,
+            max_jpeg_scans=decode.max_jpeg_scans,
+            max_jpeg_scan_pixels=decode.max_jpeg_scan_pixels,
+        )
 
     def decode(self, data: bytes) -> np.ndarray:
-        return decode_image(data, max_pixels=self.config.decode.max_pixels, formats=self._formats, draft_size=self._draft)
+        return decode_image(data, draft_size=self._draft, **self._limits)
 
     def prepare(self, image: np.ndarray) -> Prepared:
         return prepare_image(image, self.spec.preprocess)
@@ -72,7 +81,7 @@ class ImageLoader:
         device can decode comes back ``Encoded`` after the header checks alone."""
         if not self.config.decode.on_device:
             return self.prepare(self.decode(data))
-        image = open_image(data, max_pixels=self.config.decode.max_pixels, formats=self._formats)
+        image = open_image(data, **self._limits)
         return encoded_if_device_decodable(image, data) or self.prepare(decode_opened(image, draft_size=self._draft))
 
 
