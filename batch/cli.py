@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def register(subparsers) -> None:
     backfill.add_argument("--actors", dest="actor_pool_size", type=int, default=1, help="model actor pool size (1)")
     backfill.add_argument("--gpus-per-actor", dest="num_gpus_per_actor", type=float, default=0.0, help="0 on CPU (default)")
     backfill.add_argument("--cpus-per-actor", dest="num_cpus_per_actor", type=float, default=1.0, help="CPUs reserved per model actor (1)")
+    backfill.add_argument(
+        "--resources-per-actor", type=json.loads, default=None, metavar="JSON",
+        help='custom Ray resources per model actor, e.g. \'{"worker": 1}\': only nodes started with them run the actors',
+    )
     backfill.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs reserved per decode task (1)")
     backfill.add_argument("--decode-parallelism", type=int, default=None, help="most decode tasks at once (default: as resources allow)")
     backfill.add_argument("--read-blocks", type=int, default=None, help="override the number of read blocks")
@@ -110,6 +115,7 @@ def config_from_args(args) -> BackfillConfig:
         actor_pool_size=args.actor_pool_size,
         num_gpus_per_actor=args.num_gpus_per_actor,
         num_cpus_per_actor=args.num_cpus_per_actor,
+        resources_per_actor=args.resources_per_actor or {},
         decode_cpus=args.decode_cpus,
         decode_parallelism=args.decode_parallelism,
         read_blocks=args.read_blocks,

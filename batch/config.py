@@ -6,6 +6,8 @@ and adds what only a batch job has: where to read and write, and how Ray Data ru
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from shared.config import ModelConfig, StrictModel, check_gpu_request
@@ -29,6 +31,10 @@ class BackfillConfig(StrictModel):
     actor_pool_size: int = Field(1, ge=1, description="model actors (one model copy each)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="0 on CPU")
     num_cpus_per_actor: float = Field(1.0, gt=0)
+    resources_per_actor: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description='custom Ray resources per model actor, e.g. {"worker": 1} pins '
+        "the actors to nodes started with that resource (ray start --resources)",
+    )
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
     decode_parallelism: int | None = Field(None, ge=1, description="most decode tasks at once; None = as resources allow")
     read_blocks: int | None = Field(None, ge=1, description="override the number of read blocks (tests, tuning)")
@@ -54,6 +60,8 @@ class BackfillConfig(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> "BackfillConfig":
         check_gpu_request(self.model, self.num_gpus_per_actor)
+        if {"CPU", "GPU"} & set(self.resources_per_actor):
+            raise ValueError("resources_per_actor is for custom resources: use the CPU / GPU per-actor settings")
         if self.num_gpus_per_actor > 1 and not float(self.num_gpus_per_actor).is_integer():
             raise ValueError("num_gpus_per_actor above 1 must be a whole number")
         source, sink = parse_uri(self.input), parse_uri(self.output)

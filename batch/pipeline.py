@@ -70,6 +70,7 @@ def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str], di
         compute=ActorPoolStrategy(size=config.actor_pool_size),
         num_cpus=config.num_cpus_per_actor,
         num_gpus=config.num_gpus_per_actor,
+        resources=config.resources_per_actor or None,
     )
 
 

@@ -4,6 +4,7 @@ annotation). The model part is ``shared.config.ModelConfig``: the same vocabular
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from pydantic import Field, model_validator
 
@@ -34,6 +35,10 @@ class ModelDeploymentConfig(StrictModel):
     num_replicas: int = Field(1, ge=1)
     num_gpus: float = Field(0.0, ge=0.0, description="per replica; 0 on a CPU-only machine")
     num_cpus: float = Field(1.0, ge=0.0)
+    resources: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=dict, description='custom Ray resources per replica, e.g. {"worker": 1}: only nodes '
+        "started with them (ray start --resources) run this model",
+    )
     max_ongoing_requests: int = Field(128, ge=1)
     max_queued_requests: int = Field(256, ge=-1, description="beyond this, callers get 503 at once; -1 = no limit")
 
@@ -50,6 +55,8 @@ class ModelDeploymentConfig(StrictModel):
             )
         check_batches_can_fill(self.batching, self.max_ongoing_requests)
         check_gpu_request(self.model, self.num_gpus)
+        if {"CPU", "GPU"} & set(self.resources):
+            raise ValueError("resources is for custom resources: use num_cpus / num_gpus for CPU and GPU")
         if self.max_queued_requests == 0:
             raise ValueError("max_queued_requests must be -1 (no limit) or positive (Serve refuses 0)")
         return self
