@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from shared.config import ModelConfig
 from shared.registry import DEFAULT_MODEL
-from shared.wrapper import DEFAULT_TOP_K
+from shared.tasks import DEFAULT_TOP_K
 
 from batch.config import BackfillConfig
 from batch.uris import S3Options
@@ -29,7 +30,9 @@ def register(subparsers) -> None:
         help="YAML/JSON: a model mapping (as under `model:` in serve_config.yaml), or a Serve config "
         "file itself, whose entry for --model (or its one enabled model) is used",
     )
-    model.add_argument("--model", default=None, help=f"registry name (default {ModelConfig().name})")
+    model.add_argument("--model", default=None, help=f"model name (default {ModelConfig().name}); or torchvision:<builder>, hf:<id or dir>, timm:<name>")
+    model.add_argument("--task", default=None, choices=["auto", "classify", "detect", "embed"], help="auto = what the model's head does")
+    model.add_argument("--revision", default=None, help="hf: models: the hub revision to load")
     model.add_argument("--weights", default=None, help="default | pretrained | random | path to a state dict")
     model.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     model.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "bf16"])
@@ -41,13 +44,20 @@ def register(subparsers) -> None:
         help="decode.on_device: JPEGs decoded in batches on the GPU (nvJPEG); needs --device cuda",
     )
     backfill.add_argument("--input", required=True, help="s3://bucket/prefix, s3://anonymous@bucket/prefix or a local directory")
-    backfill.add_argument("--output", required=True, help="directory URI for the Parquet files (s3:// or local)")
+    backfill.add_argument(
+        "--output", required=True,
+        help="directory URI for the Parquet files (s3:// or local): new, empty, or an earlier output of the same model to resume",
+    )
     backfill.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"classification: predictions kept per image ({DEFAULT_TOP_K})")
     backfill.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
     backfill.add_argument("--rows-per-call", type=int, default=None, help="rows per model-actor call, run --batch-size at a time (max(batch size, 256))")
     backfill.add_argument("--actors", dest="actor_pool_size", type=int, default=1, help="model actor pool size (1)")
     backfill.add_argument("--gpus-per-actor", dest="num_gpus_per_actor", type=float, default=0.0, help="0 on CPU (default)")
     backfill.add_argument("--cpus-per-actor", dest="num_cpus_per_actor", type=float, default=1.0, help="CPUs reserved per model actor (1)")
+    backfill.add_argument(
+        "--resources-per-actor", type=json.loads, default=None, metavar="JSON",
+        help='custom Ray resources per model actor, e.g. \'{"worker": 1}\': only nodes started with them run the actors',
+    )
     backfill.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs reserved per decode task (1)")
     backfill.add_argument("--decode-parallelism", type=int, default=None, help="most decode tasks at once (default: as resources allow)")
     backfill.add_argument("--read-blocks", type=int, default=None, help="override the number of read blocks")
@@ -75,8 +85,11 @@ def _add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--s3-region", default=None)
     group.add_argument("--s3-scheme", default=None, choices=["http", "https"])
     group.add_argument("--s3-anonymous", action="store_true", help="unsigned requests (public buckets)")
-    group.add_argument("--s3-access-key", default=None)
-    group.add_argument("--s3-secret-key", default=None)
+    group.add_argument("--s3-access-key", default=None, help="prefer AWS_ACCESS_KEY_ID or ~/.aws/credentials (AWS_PROFILE)")
+    group.add_argument(
+        "--s3-secret-key", default=None,
+        help="prefer AWS_SECRET_ACCESS_KEY or ~/.aws/credentials: a flag shows in process listings and shell history",
+    )
 
 
 def _s3_options(args) -> dict:
@@ -102,6 +115,7 @@ def config_from_args(args) -> BackfillConfig:
         actor_pool_size=args.actor_pool_size,
         num_gpus_per_actor=args.num_gpus_per_actor,
         num_cpus_per_actor=args.num_cpus_per_actor,
+        resources_per_actor=args.resources_per_actor or {},
         decode_cpus=args.decode_cpus,
         decode_parallelism=args.decode_parallelism,
         read_blocks=args.read_blocks,
@@ -115,7 +129,7 @@ def config_from_args(args) -> BackfillConfig:
     )
 
 
-MODEL_FLAGS = {"model": "name", "weights": "weights", "device": "device", "precision": "precision",
+MODEL_FLAGS = {"model": "name", "task": "task", "revision": "revision", "weights": "weights", "device": "device", "precision": "precision",
                "compile": "compile", "cpu_threads": "cpu_threads", "score_threshold": "score_threshold"}
 
 
@@ -149,29 +163,47 @@ def read_model_config(path: str, name: str | None = None) -> dict:
     return found[0]
 
 
+def describe(exc: Exception) -> str:
+    """An error for the terminal. A ValidationError is listed without its input values (pydantic's
+    own text quotes them, the S3 secret key included)."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"  {where}: {error['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
 def _backfill(args) -> int:
+    from batch.ownership import OutputRefused
     from batch.pipeline import DecodeWouldStarve, run_backfill
 
     try:
         config = config_from_args(args)
     except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
-        print(f"twinfer backfill: invalid settings\n{exc}", file=sys.stderr)
+        print(f"twinfer backfill: invalid settings\n{describe(exc)}", file=sys.stderr)
         return 2
     try:
         run_backfill(config)
-    except DecodeWouldStarve as exc:
-        print(f"twinfer backfill: {exc}", file=sys.stderr)
+    except (DecodeWouldStarve, OutputRefused, FileNotFoundError, ValidationError) as exc:
+        print(f"twinfer backfill: {describe(exc)}", file=sys.stderr)
         return 2
     return 0
 
 
 def _evaluate(args) -> int:
     from batch.evaluate import run_evaluate
+    from batch.ownership import OutputRefused
 
     try:
         s3 = S3Options(**_s3_options(args))
     except ValidationError as exc:
-        print(f"twinfer evaluate: invalid S3 settings\n{exc}", file=sys.stderr)
+        print(f"twinfer evaluate: invalid S3 settings\n{describe(exc)}", file=sys.stderr)
         return 2
-    run_evaluate(args.predictions, args.output, s3)
+    try:
+        run_evaluate(args.predictions, args.output, s3)
+    except (OutputRefused, FileNotFoundError, ValueError) as exc:
+        print(f"twinfer evaluate: {describe(exc)}", file=sys.stderr)
+        return 2
     return 0

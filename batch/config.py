@@ -6,15 +6,19 @@ and adds what only a batch job has: where to read and write, and how Ray Data ru
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from shared.config import ModelConfig, StrictModel, check_gpu_request
-from shared.wrapper import DEFAULT_TOP_K, MAX_TOP_K
+from shared.tasks import DEFAULT_TOP_K, MAX_TOP_K, TASKS
 
-from batch.uris import S3Options, parse_uri
+from batch.uris import S3Options, is_within, parse_uri
 
 
 class BackfillConfig(StrictModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # the input holds the S3 secret key
+
     model: ModelConfig = ModelConfig()
     input: str = Field(description="s3://bucket/prefix, s3://anonymous@bucket/prefix, file:// or a local directory")
     output: str = Field(description="directory URI for the Parquet files")
@@ -27,6 +31,10 @@ class BackfillConfig(StrictModel):
     actor_pool_size: int = Field(1, ge=1, description="model actors (one model copy each)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="0 on CPU")
     num_cpus_per_actor: float = Field(1.0, gt=0)
+    resources_per_actor: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description='custom Ray resources per model actor, e.g. {"worker": 1} pins '
+        "the actors to nodes started with that resource (ray start --resources)",
+    )
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
     decode_parallelism: int | None = Field(None, ge=1, description="most decode tasks at once; None = as resources allow")
     read_blocks: int | None = Field(None, ge=1, description="override the number of read blocks (tests, tuning)")
@@ -42,22 +50,29 @@ class BackfillConfig(StrictModel):
     def actor_call_rows(self) -> int:
         return self.rows_per_call or max(self.batch_size, 256)
 
-    @field_validator("input", "output")
+    @field_validator("input", "output", "evaluation_output")
     @classmethod
-    def _parsable(cls, uri: str) -> str:
-        parse_uri(uri)
+    def _parsable(cls, uri: str | None) -> str | None:
+        if uri is not None:
+            parse_uri(uri)
         return uri
 
     @model_validator(mode="after")
     def _consistent(self) -> "BackfillConfig":
         check_gpu_request(self.model, self.num_gpus_per_actor)
+        if {"CPU", "GPU"} & set(self.resources_per_actor):
+            raise ValueError("resources_per_actor is for custom resources: use the CPU / GPU per-actor settings")
         if self.num_gpus_per_actor > 1 and not float(self.num_gpus_per_actor).is_integer():
             raise ValueError("num_gpus_per_actor above 1 must be a whole number")
         source, sink = parse_uri(self.input), parse_uri(self.output)
-        if source.scheme == sink.scheme and (sink.path == source.path or sink.path.startswith(source.path + "/")):
+        if is_within(sink, source):
             raise ValueError("output must not be inside the input: the next run would read its own Parquet files")
+        if is_within(source, sink):
+            raise ValueError("input must not be inside the output: the output folder holds only twinfer's files")
+        if self.evaluation_output is not None and is_within(parse_uri(self.evaluation_output), sink):
+            raise ValueError("evaluation_output must not be inside the output folder, which holds only twinfer's files")
         if self.rows_per_call is not None and self.rows_per_call < self.batch_size:
             raise ValueError(f"rows_per_call ({self.rows_per_call}) must be at least batch_size ({self.batch_size})")
-        if self.evaluate and self.model.task != "classify":
-            raise ValueError("evaluate needs a classification model")
+        if self.evaluate and not TASKS[self.model.resolved_task].evaluable:
+            raise ValueError(f"evaluate needs a classification model; task {self.model.resolved_task!r} has no top-k to score")
         return self

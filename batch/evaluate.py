@@ -3,6 +3,9 @@
 Labels are ImageNet wnids (``n01440764``) or class names, mapped to class indices through
 ``shared.labels.class_index_lookup``. Rows with an error, without a label, or with a label the
 lookup does not know are left out of the accuracy and counted apart.
+
+The JSON report carries ``"format": "twinfer-evaluation/1"``; an existing file at the report's
+location is replaced only if it carries that too (a user's file there is refused, unchanged).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import pyarrow.parquet as pq
 
 from shared.labels import class_index_lookup
 
+from batch.ownership import OutputRefused
 from batch.resume import output_files
-from batch.uris import S3Options, resolve
+from batch.uris import Resolved, S3Options, is_within, parse_uri, redact_uri, resolve
 
 TOP_KS = (1, 5)
+REPORT_FORMAT = "twinfer-evaluation/1"
+MAX_REPORT_BYTES = 16 * 1024 * 1024  # a 1000-class report is ~100 kB: larger is not ours
 
 
 def evaluate_table(table: pa.Table) -> dict:
@@ -70,7 +76,7 @@ def read_predictions(uri: str, s3: S3Options | None = None) -> pa.Table:
     else:
         files = output_files(where.filesystem, where.path)
     if not files:
-        raise FileNotFoundError(f"no Parquet files in {uri!r}")
+        raise FileNotFoundError(f"no Parquet files in {redact_uri(uri)!r}")
     return pa.concat_tables(pq.read_table(f, filesystem=where.filesystem) for f in files)
 
 
@@ -96,16 +102,38 @@ def format_report(report: dict) -> str:
 
 def run_evaluate(predictions: str, output: str | None = None, s3: S3Options | None = None) -> dict:
     """Evaluate ``predictions``, write the JSON report (default: beside them) and print the table."""
-    report = evaluate_table(read_predictions(predictions, s3))
     report_uri = output or default_report_uri(predictions)
     where = resolve(report_uri, s3)
+    if is_within(where.location, parse_uri(predictions)):
+        raise OutputRefused(f"the report {redact_uri(report_uri)} must not be inside the predictions folder {redact_uri(predictions)}")
+    check_report_target(where, report_uri)
+    report = {"format": REPORT_FORMAT, **evaluate_table(read_predictions(predictions, s3))}
     if where.location.scheme == "local":  # object stores have no directories to make
         where.filesystem.create_dir(posixpath.dirname(where.path), recursive=True)
     with where.filesystem.open_output_stream(where.path) as stream:
         stream.write(json.dumps(report, indent=2).encode())
     print(format_report(report))
-    print(f"evaluation: top-1 {_fmt(report['top1'])}, top-5 {_fmt(report['top5'])} over {report['count']} images -> {report_uri}")
-    return {**report, "report": report_uri}
+    print(f"evaluation: top-1 {_fmt(report['top1'])}, top-5 {_fmt(report['top5'])} over {report['count']} images -> {redact_uri(report_uri)}")
+    return {**report, "report": redact_uri(report_uri)}
+
+
+def check_report_target(where: Resolved, uri: str) -> None:
+    """Refuse a report location holding anything but a twinfer report (``OutputRefused``)."""
+    info = where.filesystem.get_file_info(where.path)
+    if info.type == pafs.FileType.NotFound:
+        return
+    content = None
+    if info.type == pafs.FileType.File and info.size is not None and info.size <= MAX_REPORT_BYTES:
+        with where.filesystem.open_input_stream(where.path) as stream:
+            try:
+                content = json.loads(stream.read())
+            except ValueError:
+                pass
+    if not isinstance(content, dict) or content.get("format") != REPORT_FORMAT:
+        raise OutputRefused(
+            f"{redact_uri(uri)} exists and is not a twinfer evaluation report; nothing was written. "
+            "Choose another report location (--evaluation-output / --output)"
+        )
 
 
 def _rate(hits: int, count: int, k: int, shortest_top: int | None) -> float | None:

@@ -1,34 +1,58 @@
-"""Which files a backfill reads, and the true label each one carries in its directory name.
+"""Which files a backfill reads, their listed sizes, and the true label each one carries in its
+directory name.
 
 Every regular, non-hidden file under the input root is an input (a text file among the images
 becomes an error row, not a silent gap), unless ``extensions`` narrows the set. A file laid out
 as ``<root>/<label>/.../<file>`` has label ``<label>`` (an ImageNet wnid or class name); a file
 directly under the root has none.
+
+Symbolic links in a local input: a link to a directory is never followed (no loops, no file
+listed twice; it is skipped with a logged warning), and a link to a file is an input only if
+its resolved target lies inside the resolved root (it keeps the link's path and label); a link
+pointing outside the root, or nowhere, is skipped with a logged warning. The root itself may be
+a link. The check is made when listing; a link changed while the job runs is not re-checked.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import posixpath
-from typing import Iterable
+import stat
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import pyarrow.fs as pafs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # filesystem path
+    size: int | None  # bytes as listed; None when the filesystem did not say
 
 
 def list_inputs(fs: pafs.FileSystem, root: str, extensions: Iterable[str] | None = None) -> list[str]:
     """Sorted filesystem paths of the input files under ``root`` (or ``root`` itself if a file)."""
+    return [f.path for f in list_input_files(fs, root, extensions)]
+
+
+def list_input_files(fs: pafs.FileSystem, root: str, extensions: Iterable[str] | None = None) -> list[InputFile]:
+    """``list_inputs`` with each file's listed size."""
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
-        return [root]
+        return [InputFile(root, info.size)]
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {root!r} does not exist")
     wanted = _normalise_extensions(extensions)
-    files = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    if isinstance(fs, pafs.LocalFileSystem):
+        found: Iterable[InputFile] = _walk_local(root)
+    else:
+        found = (InputFile(f.path, f.size) for f in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if f.type == pafs.FileType.File)
     return sorted(
-        f.path
-        for f in files
-        if f.type == pafs.FileType.File
-        and not _hidden(f.path, root)
-        and (wanted is None or _extension(f.path) in wanted)
+        (f for f in found if not _hidden(f.path, root) and (wanted is None or _extension(f.path) in wanted)),
+        key=lambda f: f.path,
     )
 
 
@@ -37,6 +61,44 @@ def label_for(path: str, root: str) -> str | None:
     relative = posixpath.relpath(path, root) if path != root else ""
     parts = relative.split("/")
     return parts[0] if len(parts) > 1 else None
+
+
+def _walk_local(root: str) -> Iterator[InputFile]:
+    """Regular files under ``root`` by the symlink rules of the module docstring. (pyarrow's
+    recursive selector follows directory links, loops included.)"""
+    real_root = os.path.realpath(root)
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue  # hidden: not an input, and its subtree is not walked
+                path = posixpath.join(directory, entry.name)
+                if entry.is_symlink():
+                    found = _linked_file(path, real_root)
+                    if found is not None:
+                        yield found
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield InputFile(path, entry.stat(follow_symlinks=False).st_size)
+
+
+def _linked_file(path: str, real_root: str) -> InputFile | None:
+    target = os.path.realpath(path)
+    try:
+        status = os.stat(target)
+    except OSError:
+        logger.warning("skipping %s: a symbolic link to nothing", path)
+        return None
+    if stat.S_ISDIR(status.st_mode):
+        logger.warning("skipping %s: links to directories are not followed", path)
+        return None
+    if not (target == real_root or target.startswith(real_root.rstrip("/") + "/")):
+        logger.warning("skipping %s: a symbolic link to a file outside the input root", path)
+        return None
+    return InputFile(path, status.st_size) if stat.S_ISREG(status.st_mode) else None
 
 
 def _hidden(path: str, root: str) -> bool:

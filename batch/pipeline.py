@@ -2,6 +2,11 @@
 
 ``run_backfill(config)`` is the one entry point (CLI, demo and benchmark call it); it returns a
 summary dict and prints one summary line.
+
+Before Ray starts, the output folder is checked (``batch.ownership``: a folder twinfer cannot
+prove is its own is refused, untouched) and, with ``evaluate``, so is the report's location.
+A file the listing already shows to be over ``model.decode.max_bytes`` is never read: the driver
+writes its ``image_too_large`` error row into the output itself, so a resume counts it as done.
 """
 
 from __future__ import annotations
@@ -10,17 +15,22 @@ import logging
 import time
 from contextlib import contextmanager
 
+import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset, TaskPoolStrategy
 
+from shared.errors import ImageTooLarge
+from shared.wrapper import planned_output_dim
+
 from batch.config import BackfillConfig
 from batch.decode_stage import decode_batch
-from batch.evaluate import run_evaluate
-from batch.listing import list_inputs
+from batch.evaluate import check_report_target, default_report_uri, run_evaluate
+from batch.listing import InputFile, label_for, list_input_files
+from batch.ownership import JobIdentity, claim_output
 from batch.predict_actor import Predictor, output_schema
-from batch.resume import done_paths
+from batch.resume import read_output
 from batch.sink import IdempotentParquetSink
-from batch.uris import Resolved, resolve
+from batch.uris import Resolved, redact_uri, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +42,9 @@ logger = logging.getLogger(__name__)
 DECODE_MAX_CALLS = 10_000
 
 
-def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str]) -> Dataset:
-    """The lazy Dataset for ``paths`` (filesystem paths under ``source``), ending before the write."""
+def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str], dim: int | None = None) -> Dataset:
+    """The lazy Dataset for ``paths`` (filesystem paths under ``source``), ending before the write.
+    ``dim``: the width of vector answers (embeddings) the output schema was planned with."""
     read_args = {"num_cpus": config.decode_cpus, "max_calls": DECODE_MAX_CALLS}
     ds = ray.data.read_binary_files(
         paths,
@@ -53,12 +64,13 @@ def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str]) ->
     )
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.batch_size},
+        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.batch_size, "dim": dim},
         batch_size=config.actor_call_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=config.actor_pool_size),
         num_cpus=config.num_cpus_per_actor,
         num_gpus=config.num_gpus_per_actor,
+        resources=config.resources_per_actor or None,
     )
 
 
@@ -69,33 +81,53 @@ def run_backfill(config: BackfillConfig) -> dict:
     run already wrote; ``img_per_s`` is rows over the whole call (listing and start-up included).
     """
     started = time.perf_counter()
+    shown = redact_uri(config.output)
     source = resolve(config.input, config.s3)
     target = resolve(config.output, config.s3)
-    inputs = list_inputs(source.filesystem, source.path, config.extensions)
-    done = done_paths(target.filesystem, target.path)
-    pending = [p for p in inputs if source.uri_for(p) not in done]
-    logger.info("%d input files, %d already in %s, %d to do", len(inputs), len(inputs) - len(pending), config.output, len(pending))
+    identity = JobIdentity(config.model.name, config.model.resolved_task)
+    if config.evaluate:
+        report_uri = config.evaluation_output or default_report_uri(config.output)
+        check_report_target(resolve(report_uri, config.s3), report_uri)
+    done, folder = read_output(target.filesystem, target.path, identity, shown)
+    inputs = list_input_files(source.filesystem, source.path, config.extensions)
+    pending = [f for f in inputs if source.uri_for(f.path) not in done]
+    cap = config.model.decode.max_bytes
+    too_large = [f for f in pending if f.size is not None and f.size > cap]
+    readable = [f.path for f in pending if f.size is None or f.size <= cap]
+    logger.info("%d input files, %d already in %s, %d to do (%d over the byte cap)",
+                len(inputs), len(inputs) - len(pending), shown, len(pending), len(too_large))
 
-    sink = IdempotentParquetSink(target.filesystem, target.path, output_schema(config.model.task), config.min_rows_per_file)
+    dim = planned_output_dim(config.model)
+    schema = output_schema(config.model, dim).with_metadata(identity.parquet_metadata())
+    sink = IdempotentParquetSink(target.filesystem, target.path, schema, config.min_rows_per_file)
+    written: list[dict] = []
     stats = ""
     if pending:
+        claim_output(target.filesystem, target.path, identity, folder)
+    if too_large:
+        chunk = config.min_rows_per_file or len(too_large)
+        for start in range(0, len(too_large), chunk):
+            rows = too_large_rows(config, source, too_large[start : start + chunk], schema)
+            written.append(sink.write_tables([rows]))
+    if readable:
         _ensure_ray(config.address)
         if not config.address:
             check_cpus_leave_room_for_decode(config, ray.cluster_resources().get("CPU", 0.0))
         with _progress_bars(config.progress):
-            ds = build_dataset(config, source, pending)
+            ds = build_dataset(config, source, readable, dim)
             ds.write_datasink(sink)
             stats = ds.stats()
+        written += sink.written
     seconds = time.perf_counter() - started
-    rows = sum(w["rows"] for w in sink.written)
+    rows = sum(w["rows"] for w in written)
     summary = {
-        "output": config.output,
+        "output": shown,
         "model": config.model.name,
         "inputs": len(inputs),
         "skipped": len(inputs) - len(pending),
         "rows": rows,
-        "errors": sum(w["errors"] for w in sink.written),
-        "files": sorted(w["file"] for w in sink.written),
+        "errors": sum(w["errors"] for w in written),
+        "files": sorted(w["file"] for w in written),
         "seconds": round(seconds, 3),
         "img_per_s": round(rows / seconds, 2) if seconds > 0 else 0.0,
         "stats": stats,
@@ -104,6 +136,22 @@ def run_backfill(config: BackfillConfig) -> dict:
     if config.evaluate:
         summary["evaluation"] = run_evaluate(config.output, config.evaluation_output, config.s3)
     return summary
+
+
+def too_large_rows(config: BackfillConfig, source: Resolved, files: list[InputFile], schema: pa.Schema) -> pa.Table:
+    """Output rows (``image_too_large``, no predictions) for files listed over the byte cap."""
+    cap = config.model.decode.max_bytes
+    columns = {
+        "path": [source.uri_for(f.path) for f in files],
+        "label": [label_for(f.path, source.path) for f in files],
+        "model": [config.model.name] * len(files),
+        "error": [ImageTooLarge.code] * len(files),
+        "error_message": [
+            str(ImageTooLarge(f"file is {f.size} bytes, over the {cap}-byte cap (model.decode.max_bytes); not read"))
+            for f in files
+        ],
+    }
+    return pa.table({name: columns.get(name, [None] * len(files)) for name in schema.names}, schema=schema)
 
 
 class DecodeWouldStarve(ValueError):

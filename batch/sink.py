@@ -8,11 +8,15 @@ the same file, and a retried write task overwrites instead of duplicating.
 
 A file appears complete or not at all: locally it is written under a hidden temporary name and
 renamed; on S3 an object only exists once its upload completes.
+
+``PART_NAME`` and ``TEMP_NAME`` are the only names this sink creates: ``batch.ownership`` treats
+anything else in an output folder as someone else's file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from typing import Iterable
 
@@ -27,6 +31,8 @@ from ray.data.datasource.datasink import WriteResult
 from batch.uris import join
 
 TEMP_PREFIX = ".tmp-"
+PART_NAME = re.compile(r"part-[0-9a-f]{32}\.parquet")  # file_name_for
+TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{32}")  # TEMP_PREFIX + uuid4().hex
 
 
 def file_name_for(paths: Iterable[str]) -> str:
@@ -35,6 +41,9 @@ def file_name_for(paths: Iterable[str]) -> str:
 
 
 class IdempotentParquetSink(Datasink[dict]):
+    """``schema`` (with its key-value metadata, which marks the files as twinfer's) is what every
+    file is written with."""
+
     def __init__(self, filesystem: pafs.FileSystem, directory: str, schema: pa.Schema, min_rows_per_file: int | None):
         self.filesystem = filesystem
         self.directory = directory
@@ -50,7 +59,10 @@ class IdempotentParquetSink(Datasink[dict]):
         self.filesystem.create_dir(self.directory, recursive=True)
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        return self.write_tables(BlockAccessor.for_block(b).to_arrow() for b in blocks)
+
+    def write_tables(self, tables: Iterable[pa.Table]) -> dict:
+        """One output file for these rows (also called on the driver, outside Ray Data)."""
         tables = [t.select(self.schema.names).cast(self.schema) for t in tables if t.num_rows]
         if not tables:
             return {"file": None, "rows": 0, "errors": 0}

@@ -5,6 +5,18 @@ S3 settings come, highest first, from the URI itself (``s3://anonymous@bucket/..
 environment variables (AWS_ENDPOINT_URL[_S3], AWS_REGION / AWS_DEFAULT_REGION,
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN).
 
+With no keys given anywhere, pyarrow's S3FileSystem falls back to the AWS SDK's default chain
+(``~/.aws/credentials`` and ``~/.aws/config``, AWS_PROFILE, then instance metadata) - the way to
+prefer over key flags, which show up in process listings and shell history.
+
+Secrets are ``SecretStr``: unwrapped only in ``s3_filesystem_kwargs``, the arguments of the
+filesystem constructor. Validation errors of these models never carry their input values, and
+a URI is shown (errors, logs, summaries) only through ``redact_uri``.
+
+An S3 key with ``.``, ``..`` or empty segments is refused: S3 keeps them literally, so
+``s3://b/x/../in`` is not ``s3://b/in`` to S3, yet reads as that to a person (and to any prefix
+check done on normalised paths).
+
 ``parse_uri`` and ``s3_filesystem_kwargs`` are pure (no network), so URI handling is unit-tested
 without a reachable S3.
 """
@@ -14,10 +26,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
-from pydantic import model_validator
+from pydantic import ConfigDict, SecretStr, model_validator
 
 from shared.config import StrictModel
 
@@ -28,13 +40,15 @@ _QUERY_KEYS = ("endpoint_override", "scheme", "region")
 class S3Options(StrictModel):
     """S3 connection settings; any field left unset falls back to the AWS environment variables."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # the input holds the secret key
+
     endpoint_override: str | None = None  # "host:port" or "http://host:port"
     scheme: Literal["http", "https"] | None = None
     region: str | None = None
     anonymous: bool = False
     access_key: str | None = None
-    secret_key: str | None = None
-    session_token: str | None = None
+    secret_key: SecretStr | None = None
+    session_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "S3Options":
@@ -93,29 +107,70 @@ class Resolved:
 
 
 def parse_uri(uri: str) -> Location:
-    """Split a URI into scheme, filesystem path and the S3 flags it carries. No I/O."""
+    """Split a URI into scheme, filesystem path and the S3 flags it carries. No I/O.
+
+    Error messages show the URI through ``redact_uri`` only."""
     if not uri or not uri.strip():
         raise ValueError("empty URI")
+    shown = redact_uri(uri)
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme in ("s3", "s3a"):
         user, _, bucket = parts.netloc.rpartition("@")
         if not bucket:
-            raise ValueError(f"S3 URI without a bucket: {uri!r}")
+            raise ValueError(f"S3 URI without a bucket: {shown!r}")
         if user and user != "anonymous":
-            raise ValueError(f"only 'anonymous@' may precede the bucket in an S3 URI; pass keys as options: {uri!r}")
+            raise ValueError(
+                f"only 'anonymous@' may precede the bucket in an S3 URI ({shown!r}); pass keys through the "
+                "AWS environment variables or ~/.aws/credentials, not in a URI"
+            )
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unknown = set(query) - set(_QUERY_KEYS)
         if unknown:
             raise ValueError(f"unknown S3 URI parameters {sorted(unknown)}; known: {list(_QUERY_KEYS)}")
-        path = f"{bucket}/{parts.path.strip('/')}".rstrip("/")
+        key = parts.path.strip("/")
+        if key and any(segment in ("", ".", "..") for segment in key.split("/")):
+            raise ValueError(f"S3 key with an empty, '.' or '..' segment in {shown!r}: S3 does not resolve them; spell the key plainly")
+        path = f"{bucket}/{key}".rstrip("/")
         return Location("s3", path, anonymous=user == "anonymous", query=query)
     if scheme in ("", "file", "local"):
         if scheme and parts.netloc not in ("", "localhost"):
-            raise ValueError(f"{uri!r} names host {parts.netloc!r}; write file:///absolute/path or a plain path")
+            host = parts.netloc.rpartition("@")[2]
+            raise ValueError(f"{shown!r} names host {host!r}; write file:///absolute/path or a plain path")
         raw = parts.path if scheme else uri
         return Location("local", os.path.abspath(os.path.expanduser(raw)))
-    raise ValueError(f"unsupported URI scheme {parts.scheme!r} in {uri!r}; use s3://, file:// or a local path")
+    raise ValueError(f"unsupported URI scheme {parts.scheme!r}; use s3://, file:// or a local path")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit for errors and logs: user-info other than ``anonymous`` becomes ``***``, and so
+    do the values of query parameters twinfer does not know. A plain local path is left as is."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparsable URI>"
+    if not parts.scheme or len(parts.scheme) == 1:  # a plain path (or a Windows drive letter)
+        return uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user if user == 'anonymous' else '***'}@{host}"
+    query = "&".join(
+        f"{key}={value if key in _QUERY_KEYS else '***'}" for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def is_within(inner: Location, outer: Location) -> bool:
+    """Whether ``inner`` is ``outer`` or lies below it: on resolved paths locally (symlinks and
+    ``..`` followed, as the OS would), on the keys for S3 (``parse_uri`` refused ``..`` there)."""
+    if inner.scheme != outer.scheme:
+        return False
+    if inner.scheme == "local":
+        a, b = os.path.realpath(inner.path), os.path.realpath(outer.path)
+    else:
+        a, b = inner.path, outer.path
+    return a == b or a.startswith(b.rstrip("/") + "/")
 
 
 def s3_filesystem_kwargs(location: Location, options: S3Options | None = None, env: Mapping[str, str] | None = None) -> dict:
@@ -139,9 +194,9 @@ def s3_filesystem_kwargs(location: Location, options: S3Options | None = None, e
     if location.anonymous or options.anonymous:
         kwargs["anonymous"] = True
     elif options.access_key:
-        kwargs.update(access_key=options.access_key, secret_key=options.secret_key)
+        kwargs.update(access_key=options.access_key, secret_key=options.secret_key.get_secret_value())
         if options.session_token:
-            kwargs["session_token"] = options.session_token
+            kwargs["session_token"] = options.session_token.get_secret_value()
     return kwargs
 
 

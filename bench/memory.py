@@ -1,4 +1,5 @@
-"""Memory while a benchmark block runs: host (whole machine) and GPU (whole device, nvidia-smi).
+"""Memory while a benchmark block runs: host (whole machine) and GPU (whole device, nvidia-smi);
+with it, how busy the CPUs (/proc/stat) and the GPU (nvidia-smi's utilization) were on average.
 
 Reports the peak above the start and the growth: the median of the last tenth of the samples
 minus the median of the samples from 20 % to 30 % of the run (past start-up and warm-up). A
@@ -22,7 +23,10 @@ class MemorySampler:
         self.interval_s = interval_s
         self.host: list[int] = []
         self.gpu: list[int] = []
+        self.gpu_util: list[int] = []  # % of the sample period a kernel ran, per nvidia-smi
         self._nvidia_smi = shutil.which("nvidia-smi")
+        self._cpu_first: tuple[int, int] | None = None
+        self._cpu_last: tuple[int, int] | None = None
 
     def __enter__(self) -> "MemorySampler":
         self._sample_once()
@@ -42,19 +46,27 @@ class MemorySampler:
 
     def _sample_once(self) -> None:
         self.host.append(host_used_bytes())
+        self._cpu_last = cpu_times()
+        self._cpu_first = self._cpu_first or self._cpu_last
         if self._nvidia_smi:
-            used = gpu_used_bytes(self._nvidia_smi)
-            if used is not None:
-                self.gpu.append(used)
+            sample = gpu_sample(self._nvidia_smi)
+            if sample is not None:
+                self.gpu.append(sample[0])
+                self.gpu_util.append(sample[1])
 
     def summary(self) -> dict:
-        """GiB: ``host_mem_gib`` (peak above start), ``host_growth_gib``, and the same for the GPU
-        (None without nvidia-smi); growth is None with fewer than 10 samples."""
+        """GiB: ``host_mem_gib`` (peak above start), ``host_growth_gib``, and for the GPU its peak,
+        growth, and the first and last samples (None without nvidia-smi); growth is None with
+        fewer than 10 samples."""
         return {
             "host_mem_gib": _peak_above_start(self.host),
             "host_growth_gib": growth(self.host),
             "gpu_mem_peak_gib": round(max(self.gpu) / GIB, 2) if self.gpu else None,
             "gpu_growth_gib": growth(self.gpu),
+            "gpu_start_gib": round(self.gpu[0] / GIB, 2) if self.gpu else None,
+            "gpu_end_gib": round(self.gpu[-1] / GIB, 2) if self.gpu else None,
+            "gpu_util_pct": round(statistics.mean(self.gpu_util), 1) if self.gpu_util else None,
+            "cpu_busy_pct": _busy_pct(self._cpu_first, self._cpu_last),
         }
 
 
@@ -80,11 +92,35 @@ def host_used_bytes() -> int:
 
 def gpu_used_bytes(nvidia_smi: str) -> int | None:
     """Memory in use on GPU 0 (all processes), or None if nvidia-smi does not answer."""
+    sample = gpu_sample(nvidia_smi)
+    return sample[0] if sample else None
+
+
+def gpu_sample(nvidia_smi: str) -> tuple[int, int] | None:
+    """(bytes in use, utilization %) of GPU 0, all processes; None if nvidia-smi does not answer."""
     try:
         out = subprocess.run(
-            [nvidia_smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id=0"],
+            [nvidia_smi, "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits", "--id=0"],
             capture_output=True, text=True, timeout=5, check=True,
         )
-        return int(out.stdout.strip().splitlines()[0]) * 2**20  # MiB
+        used, util = out.stdout.strip().splitlines()[0].split(",")
+        return int(used) * 2**20, int(util)  # MiB, %
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat; None where there is none."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _busy_pct(first: tuple[int, int] | None, last: tuple[int, int] | None) -> float | None:
+    """How busy all CPUs were between two ``cpu_times`` (the whole machine, not this process)."""
+    if not first or not last or last[1] <= first[1]:
+        return None
+    return round(100 * (last[0] - first[0]) / (last[1] - first[1]), 1)

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,21 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_batch(args, data_dir: Path, work: Path, config) -> dict:
     import pyarrow.parquet as pq
 
-    from batch.config import BackfillConfig
-    from batch.pipeline import run_backfill
     from bench.baselines import BASELINES
 
     results = {}
-    with MemorySampler() as mem:
-        started = time.perf_counter()
-        summary = run_backfill(
-            BackfillConfig(
-                model=config, input=str(data_dir), output=str(work / "twinfer"), top_k=5, batch_size=args.batch_size,
-                actor_pool_size=args.actors, num_gpus_per_actor=args.num_gpus,
-            )
-        )
-        seconds = time.perf_counter() - started
-    results["twinfer_backfill"] = {"images": summary["rows"], "seconds": round(seconds, 2), "img_s": round(summary["rows"] / seconds, 1), **mem.summary()}
+    results["twinfer_backfill"] = timed_backfill(
+        config, data_dir, work / "twinfer", batch_size=args.batch_size, actor_pool_size=args.actors, num_gpus_per_actor=args.num_gpus,
+    )
     with MemorySampler() as mem:
         started = time.perf_counter()
         baseline = BASELINES[args.baseline]
@@ -53,6 +45,29 @@ def run_batch(args, data_dir: Path, work: Path, config) -> dict:
     results["speedup"] = round(results["twinfer_backfill"]["img_s"] / results["baseline"]["img_s"], 2)
     results["top1_agreement_vs_fp32_cpu"] = top1_agreement(pq.read_table(work / "twinfer").to_pylist(), config, args.agreement_sample)
     return results
+
+
+def timed_backfill(config, data_dir: Path, output: Path, **backfill) -> dict:
+    """One ``run_backfill`` of ``data_dir`` into ``output`` (``backfill``: more ``BackfillConfig``
+    fields), timed end to end, with host and GPU memory sampled throughout."""
+    from batch.config import BackfillConfig
+    from batch.pipeline import run_backfill
+
+    with MemorySampler() as mem:
+        started = time.perf_counter()
+        summary = run_backfill(BackfillConfig(model=config, input=str(data_dir), output=str(output), top_k=5, **backfill))
+        seconds = time.perf_counter() - started
+    return {
+        "images": summary["rows"], "errors": summary["errors"], "seconds": round(seconds, 2), "img_s": round(summary["rows"] / seconds, 1),
+        "ray_data_rows_s": ray_data_throughput(summary["stats"]), **mem.summary(),
+    }
+
+
+def ray_data_throughput(stats: str) -> float | None:
+    """The "Dataset throughput" Ray Data's stats report (rows over the span from the first block's
+    start to the last one's end: listing and Ray start-up excluded), or None if absent."""
+    match = re.search(r"Dataset throughput:\s*\n\s*\* Ray Data throughput: ([0-9.]+) rows/s", stats or "")
+    return round(float(match.group(1)), 1) if match else None
 
 
 def top1_agreement(rows: list[dict], config, sample: int) -> dict:
@@ -73,45 +88,66 @@ def run_online(args, data_dir: Path, config) -> dict:
         config = config.model_copy(update={"cpu_threads": args.online_cpu_threads})
 
     from bench.baselines import docs_style_app
-    from deployments.app import build
-    from deployments.config import AppArgs
 
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    twinfer = AppArgs.model_validate(
-        {
-            "ingress": {"num_replicas": args.ingress_replicas, "num_cpus": 0.5, "decode_threads": args.decode_threads},
-            "models": [
-                {
-                    "model": config.model_dump(), "num_gpus": args.num_gpus, "num_cpus": 0.5,
-                    "max_ongoing_requests": max(128, args.online_batch * 2), "max_queued_requests": 1024,
-                    "batching": {"max_batch_size": args.online_batch, "batch_wait_timeout_s": 0.005, "max_concurrent_batches": 2},
-                }
-            ],
-        }
-    )
+    port = start_serve()
     systems = {
-        "twinfer": (build(twinfer), f"/v1/models/{config.name}/classify"),
+        "twinfer": (
+            twinfer_app(config, num_gpus=args.num_gpus, max_batch_size=args.online_batch, ingress_replicas=args.ingress_replicas,
+                        decode_threads=args.decode_threads),
+            f"/v1/models/{config.name}/classify",
+        ),
         "docs_style": (docs_style_app(config, args.num_gpus, 0.5), ""),
     }
     results = {}
     for name, (app, path) in systems.items():
         serve.run(app, name=name, route_prefix=f"/{name}")
         url = f"http://127.0.0.1:{port}/{name}{path}"
-        results[name] = []
-        for clients in args.clients:
-            with MemorySampler() as mem:
-                out = subprocess.run(
-                    [sys.executable, "-m", "bench.load", "--url", url, "--files", str(data_dir), "--clients", str(clients),
-                     "--duration", str(args.duration), "--warmup", str(args.warmup)],
-                    cwd=ROOT, capture_output=True, text=True, timeout=args.duration + args.warmup + 120, check=True,
-                )
-            row = json.loads(out.stdout.strip().splitlines()[-1]) | mem.summary()
-            results[name].append(row)
+        results[name] = [closed_loop_load(url, data_dir, clients, args.duration, args.warmup) for clients in args.clients]
         serve.delete(name)
     by_clients = {r["clients"]: r["req_s"] for r in results["docs_style"]}
     results["speedup"] = {c: round(r["req_s"] / by_clients[c], 2) if by_clients.get(c) else None for r in results["twinfer"] for c in [r["clients"]]}
     return results
+
+
+def start_serve() -> int:
+    """Serve's HTTP proxy on a free loopback port (Ray must be running); returns the port."""
+    from ray import serve
+
+    port = free_loopback_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+def twinfer_app(config, *, num_gpus: float, max_batch_size: int, ingress_replicas: int, ingress_cpus: float = 0.5, decode_threads: int = 2):
+    """The twinfer application serving ``config`` alone, batched up to ``max_batch_size``."""
+    from deployments.app import build
+    from deployments.config import AppArgs
+
+    return build(
+        AppArgs.model_validate(
+            {
+                "ingress": {"num_replicas": ingress_replicas, "num_cpus": ingress_cpus, "decode_threads": decode_threads},
+                "models": [
+                    {
+                        "model": config.model_dump(), "num_gpus": num_gpus, "num_cpus": 0.5,
+                        "max_ongoing_requests": max(128, max_batch_size * 2), "max_queued_requests": 1024,
+                        "batching": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.005, "max_concurrent_batches": 2},
+                    }
+                ],
+            }
+        )
+    )
+
+
+def closed_loop_load(url: str, data_dir: Path, clients: int, duration: float, warmup: float) -> dict:
+    """``bench.load`` in its own process against ``url``, with memory sampled meanwhile: its JSON row."""
+    with MemorySampler() as mem:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.load", "--url", url, "--files", str(data_dir), "--clients", str(clients),
+             "--duration", str(duration), "--warmup", str(warmup)],
+            cwd=ROOT, capture_output=True, text=True, timeout=duration + warmup + 120, check=True,
+        )
+    return json.loads(out.stdout.strip().splitlines()[-1]) | mem.summary()
 
 
 def print_tables(result: dict) -> None:

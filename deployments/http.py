@@ -2,17 +2,81 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from shared.errors import BodyTooLarge, EmptyInput, InvalidImage, TwinferError, UnsupportedMediaType
+from deployments.config import IngressConfig
+from shared.errors import BodyTooLarge, EmptyInput, InvalidImage, TwinferError, Unauthorized, UnsupportedMediaType
 
 RAW_TYPES = ("application/octet-stream",)
+MIN_KEY_LENGTH = 16
 
 
 def error_response(error: TwinferError) -> JSONResponse:
-    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status)
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="twinfer"'
+    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status, headers=headers)
+
+
+def load_api_keys(settings: IngressConfig) -> tuple[bytes, ...]:
+    """The API keys from ``api_keys_env`` and/or ``api_keys_file`` (both: their union); () when neither is set.
+
+    Each source that is set must exist and hold at least one key, or the replica refuses to start:
+    a typo must not silently serve without keys. Messages never contain a key.
+    """
+    keys: list[str] = []
+    if settings.api_keys_env is not None:
+        value = os.environ.get(settings.api_keys_env)
+        if value is None:
+            raise ValueError(
+                f"ingress.api_keys_env: environment variable {settings.api_keys_env} is not set in the ingress "
+                f"replica's environment (export it where `ray start` / `serve run` runs)"
+            )
+        found = [k.strip() for k in value.split(",") if k.strip()]
+        if not found:
+            raise ValueError(f"ingress.api_keys_env: environment variable {settings.api_keys_env} holds no key")
+        keys += found
+    if settings.api_keys_file is not None:
+        path = Path(settings.api_keys_file).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(f"ingress.api_keys_file: cannot read {path}: {exc.strerror or exc}") from None
+        found = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        if not found:
+            raise ValueError(f"ingress.api_keys_file: {path} holds no key (one per line; '#' starts a comment)")
+        keys += found
+    for number, key in enumerate(keys, 1):
+        if len(key) < MIN_KEY_LENGTH or any(c.isspace() or not c.isprintable() for c in key):
+            raise ValueError(
+                f"API key #{number} is shorter than {MIN_KEY_LENGTH} characters or holds whitespace/control "
+                f"characters; generate keys with e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+    # digests: compare_digest then always compares equal lengths, so timing tells nothing about a key's length
+    return tuple(hashlib.sha256(key.encode()).digest() for key in dict.fromkeys(keys))
+
+
+def check_bearer(request: Request, key_digests: tuple[bytes, ...]) -> None:
+    """Raise ``Unauthorized`` unless ``Authorization: Bearer <key>`` names one of the keys."""
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("this API needs an API key: send the header 'Authorization: Bearer <key>'")
+    presented = hashlib.sha256(token.encode()).digest()
+    match = False
+    for digest in key_digests:  # every key, no early exit: the time taken does not depend on which key matched
+        match |= hmac.compare_digest(presented, digest)
+    if not match:
+        raise Unauthorized("the API key is not valid")
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -13,8 +13,15 @@ class IngressMetrics:
             "twinfer_decode_seconds", description="decode + prepare time per image", boundaries=_LATENCY_BOUNDARIES,
             tag_keys=("model",),
         )
+        # `model` is a served model's name, "unknown" for any other name in a URL, "-" for routes
+        # without a model: never free text from the request, so the number of series stays bounded
         self.errors = Counter(
             "twinfer_errors_total", description="requests answered with an error, by code", tag_keys=("model", "code")
+        )
+        self.retries = Counter(
+            "twinfer_model_retries_total",
+            description="model calls re-sent because the replica died or was unreachable, by exception class",
+            tag_keys=("model", "reason"),
         )
 
 

@@ -25,11 +25,13 @@ from shared.wrapper import Item, bucket_sizes
 
 
 class ModelServer:
-    def __init__(self, model_config: ModelConfig, max_ongoing_requests: int | None = None):
+    def __init__(self, model_config: ModelConfig, max_ongoing_requests: int | None = None, name: str | None = None):
+        """``name``: what clients call the model (the deployment entry's ``served_name``)."""
         self.config = ModelConfig.model_validate(model_config)
+        self.name = name or self.config.name
         self.max_ongoing_requests = max_ongoing_requests
         self.wrapper = ModelWrapper(self.config, batch_sizes=())  # reconfigure warms the batcher's sizes
-        self.metrics = ModelMetrics(self.config.name)
+        self.metrics = ModelMetrics(self.name)
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # debug view of batching
         self.batching: BatchingConfig | None = None
         self._apply(BatchingConfig())  # Serve then calls reconfigure(user_config) before any request
@@ -78,8 +80,10 @@ class ModelServer:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "name": self.config.name,
-            "task": self.wrapper.spec.task,
+            "name": self.name,
+            "model": self.config.name,
+            "task": self.wrapper.task.name,
+            "dim": self.wrapper.output_dim,
             "labels": len(self.wrapper.labels),
             "device": str(self.wrapper.device),
             "precision": str(self.wrapper.dtype).removeprefix("torch."),

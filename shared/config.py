@@ -6,7 +6,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.decode import DEFAULT_FORMATS, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from shared.decode import (
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_JPEG_SCANS,
+    DEFAULT_MAX_PIXELS,
+    JPEG_SCANS_AT_MAX_PIXELS,
+)
 from shared.errors import ModelNotFound
 from shared.registry import DEFAULT_MODEL, ModelSpec, get_spec
 from shared.tasks import TASKS, Task
@@ -20,6 +26,21 @@ class StrictModel(BaseModel):
 class DecodeConfig(StrictModel):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="pixel cap, checked from the header")
     max_bytes: int = Field(DEFAULT_MAX_BYTES, gt=0, description="encoded-size cap per image (both paths)")
+    max_jpeg_scans: int = Field(
+        DEFAULT_MAX_JPEG_SCANS,
+        gt=0,
+        description="most SOS markers (scans) a JPEG/MPO may hold, counted in the bytes before decoding: "
+        "libjpeg walks every block once per scan. Real encoders write 1 (baseline) or 6-18 (libjpeg's "
+        "progressive scripts: grey 6, colour 10, CMYK 18; optimising encoders stay in the tens); thumbnails "
+        "and an MPO's later pictures count too. Over it: image_too_complex (413)",
+    )
+    max_jpeg_scan_pixels: int | None = Field(
+        None,
+        gt=0,
+        description=f"cap on JPEG decode work, scans x pixels (JPEG-compressed TIFF: scans x strip/tile "
+        f"pixels); None = {JPEG_SCANS_AT_MAX_PIXELS} x max_pixels (960M by default: ~1-2.5 s of "
+        f"libjpeg-turbo at worst; a real 40 Mpx progressive photo takes ~0.9 s). Over it: image_too_complex (413)",
+    )
     formats: tuple[str, ...] = tuple(sorted(DEFAULT_FORMATS))
     draft: bool = Field(True, description="let libjpeg decode JPEGs at a reduced scale (Pillow draft)")
     on_device: bool = Field(

@@ -29,6 +29,7 @@ class Task:
     head: ClassVar[str]  # the model head it needs: "classify" or "detect"
     fixed_size: ClassVar[bool]  # every input has the model's size: batched in one tensor, padded, compiled
     evaluable: ClassVar[bool] = False  # `evaluate` (top-1 / top-5 against folder labels) applies
+    vector_output: ClassVar[bool] = False  # each answer is a vector whose width comes from the model
 
     def __init__(self, labels: Sequence[str], score_threshold: float = 0.5, top_k: int = DEFAULT_TOP_K):
         self.labels = labels
@@ -194,6 +195,7 @@ class EmbedTask(Task):
     name = "embed"
     head = "classify"
     fixed_size = True
+    vector_output = True
     response_key = "embedding"
 
     def adapt_model(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -40,7 +40,7 @@ from shared.errors import InvalidImage, TwinferError
 from shared.prepare import Prepared, prepare_image, prepare_tensor, stack
 from shared.registry import ModelSpec
 from shared.rwlock import ReadWriteLock
-from shared.tasks import DEFAULT_TOP_K, MAX_TOP_K, Task, validate_score_threshold, validate_top_k  # noqa: F401
+from shared.tasks import DEFAULT_TOP_K, Task
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,18 @@ class ImageLoader:
         self.task: Task = config.make_task()
         self._formats = frozenset(config.decode.formats)
         self._draft = self.spec.preprocess.draft_size if config.decode.draft else None  # None for detection
+        decode = config.decode
+        # every check open_image makes, on both paths: sizes, formats and decode work
+        self._limits = dict(
+            max_pixels=decode.max_pixels,
+            formats=self._formats,
+            max_bytes=decode.max_bytes,
+            max_jpeg_scans=decode.max_jpeg_scans,
+            max_jpeg_scan_pixels=decode.max_jpeg_scan_pixels,
+        )
 
     def decode(self, data: bytes) -> np.ndarray:
-        return decode_image(data, max_pixels=self.config.decode.max_pixels, formats=self._formats, draft_size=self._draft)
+        return decode_image(data, draft_size=self._draft, **self._limits)
 
     def prepare(self, image: np.ndarray) -> Prepared:
         return prepare_image(image, self.spec.preprocess)
@@ -72,7 +81,7 @@ class ImageLoader:
         device can decode comes back ``Encoded`` after the header checks alone."""
         if not self.config.decode.on_device:
             return self.prepare(self.decode(data))
-        image = open_image(data, max_pixels=self.config.decode.max_pixels, formats=self._formats)
+        image = open_image(data, **self._limits)
         return encoded_if_device_decodable(image, data) or self.prepare(decode_opened(image, draft_size=self._draft))
 
 
@@ -314,6 +323,16 @@ class ModelWrapper(ImageLoader):
         tiny op and waits for it, taking the device lock like any batch would."""
         with self._exclusive_device(()):
             _device_probe(self.device)
+
+
+def planned_output_dim(config: ModelConfig) -> int | None:
+    """The width of each answer vector (embeddings) without loading weights or touching a device:
+    the architecture is built on torch's meta device, where tensors have shapes but no data."""
+    task = config.make_task(labels=())
+    if not task.vector_output:
+        return None
+    with torch.device("meta"):
+        return task.output_dim(task.adapt_model(config.spec.build("random", config.options)))
 
 
 COMPILE_BACKEND = "inductor"  # tests swap in a cheaper backend; dynamo's rules are the same

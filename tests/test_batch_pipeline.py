@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -24,7 +25,7 @@ from PIL import Image
 from batch.config import BackfillConfig
 from batch.evaluate import read_predictions
 from batch.pipeline import run_backfill
-from batch.predict_actor import CLASSIFY_SCHEMA, DETECT_SCHEMA
+from batch.predict_actor import output_schema
 from batch.uris import S3Options
 from shared import ModelConfig
 from shared.labels import class_index_lookup, coco_categories, imagenet_categories, imagenet_wnids
@@ -101,15 +102,17 @@ def local_run(ray_session, planted, tmp_path_factory):
 # ---- local -> local --------------------------------------------------------------------------
 def test_local_backfill_writes_one_row_per_input_with_the_schema(local_run, planted):
     summary, output, table = local_run
-    assert table.schema == CLASSIFY_SCHEMA
+    assert table.schema == output_schema(ModelConfig())
     paths = table.column("path").to_pylist()
     assert sorted(paths) == sorted(str(planted.root / rel) for rel in planted.files)
     assert set(table.column("model").to_pylist()) == {"efficientnet_lite0"}
     labels = {Path(row["path"]).relative_to(planted.root).as_posix(): row["label"] for row in table.to_pylist()}
     assert all(label == (rel.split("/")[0] if "/" in rel else None) for rel, label in labels.items())
-    written = sorted(p.name for p in output.iterdir())
+    written = sorted(p.name for p in output.glob("*.parquet"))
     assert summary["rows"] == len(planted.files) and summary["errors"] == len(BROKEN) and summary["skipped"] == 0
     assert summary["files"] == written and len(written) > 1
+    assert sorted(p.name for p in output.iterdir()) == ["_twinfer.json", *written]  # the job marker and its files only
+    assert all(pq.read_schema(output / name).metadata[b"twinfer"] for name in written)
     assert summary["img_per_s"] > 0 and summary["output"] == str(output)
 
 
@@ -150,6 +153,34 @@ def test_rerun_writes_zero_rows(local_run, planted):
     assert summary["rows"] == 0 and summary["skipped"] == len(planted.files) and summary["files"] == []
     assert {p.name: p.stat().st_mtime_ns for p in output.iterdir()} == before
     assert pq.read_table(output).num_rows == table.num_rows
+
+
+def test_files_over_the_byte_cap_are_never_read_and_land_in_the_same_output(ray_session, tmp_path, monkeypatch):
+    import batch.pipeline
+
+    small = {f"n01/small{i}.jpg": images.small_jpeg(SAMPLE_NAMES[i], 40) for i in range(3)}
+    cap = max(len(data) for data in small.values())  # at the cap is still read
+    large = {"n01/large.jpg": images.small_jpeg("astronaut", 200), "large-top.jpg": images.small_jpeg("rocket", 160)}
+    assert min(len(data) for data in large.values()) > cap
+    write_tree(tmp_path / "in", {**small, **large})
+    handed: list[str] = []  # what reaches Ray Data's reader
+    real_build = batch.pipeline.build_dataset
+    monkeypatch.setattr(batch.pipeline, "build_dataset", lambda c, s, paths: handed.extend(paths) or real_build(c, s, paths))
+    config = backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=ModelConfig(decode={"max_bytes": cap}))
+    summary = run_backfill(config)
+    assert sorted(handed) == sorted(str(tmp_path / "in" / rel) for rel in small)
+    assert summary["rows"] == 5 and summary["errors"] == 2
+    rows = {Path(row["path"]).relative_to(tmp_path / "in").as_posix(): row for row in pq.read_table(tmp_path / "out").to_pylist()}
+    assert sorted(rows) == sorted([*small, *large])
+    for rel, data in large.items():
+        row = rows[rel]
+        assert row["error"] == "image_too_large" and row["top_labels"] is None and row["model"] == "efficientnet_lite0"
+        assert f"{len(data)} bytes" in row["error_message"] and f"{cap}-byte cap" in row["error_message"]
+    assert rows["n01/large.jpg"]["label"] == "n01" and rows["large-top.jpg"]["label"] is None
+    assert all(rows[rel]["error"] is None and rows[rel]["top_labels"] for rel in small)
+    handed.clear()
+    again = run_backfill(config)
+    assert again["rows"] == 0 and again["skipped"] == 5 and handed == []
 
 
 # ---- evaluate --------------------------------------------------------------------------------
@@ -201,7 +232,7 @@ def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_
     summary = run_backfill(config)
     options = S3Options(**s3_server.options)
     table = read_predictions("s3://results/run1", options)
-    assert table.schema == CLASSIFY_SCHEMA
+    assert table.schema == output_schema(ModelConfig())
     assert sorted(table.column("path").to_pylist()) == sorted(f"s3://images/val/{rel}" for rel in planted.files)
     rows = {row["path"]: row for row in table.to_pylist()}
     for rel, (_, code) in BROKEN.items():
@@ -228,7 +259,7 @@ def test_detection_backfill_writes_boxes_in_original_pixels(ray_session, tmp_pat
     model = ModelConfig(name="fasterrcnn_v2", weights="random", options={"min_size": 128, "max_size": 160}, score_threshold=0.0)
     summary = run_backfill(backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=model))
     table = pq.read_table(tmp_path / "out")
-    assert table.schema == DETECT_SCHEMA and table.num_rows == 4 and summary["errors"] == 1
+    assert table.schema == output_schema(model) and table.num_rows == 4 and summary["errors"] == 1
     rows = {Path(row["path"]).name: row for row in table.to_pylist()}
     assert rows["corrupt.jpg"]["error"] == "invalid_image" and rows["corrupt.jpg"]["boxes"] is None
     for name, (width, height) in sizes.items():
@@ -239,6 +270,28 @@ def test_detection_backfill_writes_boxes_in_original_pixels(ray_session, tmp_pat
         assert row["labels"] == [coco_categories()[i] for i in row["label_indices"]]
         for x1, y1, x2, y2 in row["boxes"]:
             assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+
+
+# ---- embeddings ------------------------------------------------------------------------------
+def test_embedding_backfill_writes_a_vector_column_equal_to_the_direct_wrappers(ray_session, tmp_path):
+    from shared import ModelWrapper
+
+    files = {f"{name}.jpg": images.small_jpeg(name) for name in ("chelsea", "coffee")}
+    files["corrupt.jpg"] = images.corrupt_jpeg()
+    write_tree(tmp_path / "in", files)
+    model = ModelConfig(task="embed")
+    summary = run_backfill(backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=model))
+    table = pq.read_table(tmp_path / "out")
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 1280)  # a fixed-size vector column
+    assert summary["errors"] == 1 and table.num_rows == 3
+    rows = {Path(row["path"]).name: row for row in table.to_pylist()}
+    assert rows["corrupt.jpg"]["embedding"] is None and rows["corrupt.jpg"]["error"] == "invalid_image"
+    direct = ModelWrapper(model)
+    for name in ("chelsea.jpg", "coffee.jpg"):
+        (want,) = direct.predict_batch([direct.load(files[name])])
+        assert np.allclose(rows[name]["embedding"], want, atol=1e-5, rtol=0)
+    vectors = table.to_pandas()["embedding"]  # pandas reads each row as one float32 array
+    assert vectors.iloc[0] is None or vectors.dropna().map(len).eq(1280).all()
 
 
 # ---- kill and resume -------------------------------------------------------------------------

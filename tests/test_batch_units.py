@@ -15,7 +15,7 @@ from batch.config import BackfillConfig
 from batch.decode_stage import DECODED_SCHEMA, decode_batch, item_from_row
 from batch.evaluate import evaluate_table, format_report
 from batch.listing import label_for, list_inputs
-from batch.predict_actor import CLASSIFY_SCHEMA, Predictor
+from batch.predict_actor import Predictor, output_schema
 from batch.resume import done_paths, output_files
 from batch.sink import TEMP_PREFIX, file_name_for
 from batch.uris import S3Options, parse_uri, resolve, s3_filesystem_kwargs
@@ -142,7 +142,7 @@ def test_predictor_predicts_good_rows_and_passes_error_rows_through(embedded_wra
              "coffee.jpg": images.small_jpeg("coffee"), "empty.jpg": b"", "astronaut.jpg": images.small_jpeg("astronaut")}
     decoded = decode_batch(_read_rows(files), model=ModelConfig(), input_location=parse_uri("/data"))
     out = Predictor(ModelConfig(), top_k=3, batch_size=2)(decoded)  # 6 rows, 4 good: two model calls of 2
-    assert out.schema == CLASSIFY_SCHEMA
+    assert out.schema == output_schema(ModelConfig())
     assert [p.rsplit("/", 1)[1] for p in out.column("path").to_pylist()] == list(files)  # row order kept
     rows = {row["path"].rsplit("/", 1)[1]: row for row in out.to_pylist()}
     assert rows["bad.jpg"]["error"] == "invalid_image" and rows["bad.jpg"]["top_labels"] is None
@@ -220,16 +220,31 @@ def test_file_names_depend_only_on_the_set_of_paths():
     assert file_name_for(["b", "a"]) == file_name_for(["a", "b"]) != file_name_for(["a", "c"])
 
 
+IDENTITY_ARGS = ("efficientnet_lite0", "classify")
+
+
+def _twinfer_part(out: str, table: pa.Table) -> str:
+    """A part file as the sink writes it: twinfer's name and schema metadata."""
+    from batch.ownership import JobIdentity
+
+    name = file_name_for(table.column("path").to_pylist())
+    pq.write_table(table.replace_schema_metadata(JobIdentity(*IDENTITY_ARGS).parquet_metadata()), f"{out}/{name}")
+    return name
+
+
 def test_resume_reads_done_paths_and_cleans_up_what_a_kill_left(tmp_path):
+    from batch.ownership import JobIdentity, OutputFolder, claim_output
+
+    identity = JobIdentity(*IDENTITY_ARGS)
     fs, out = pafs.LocalFileSystem(), str(tmp_path / "out")
-    assert done_paths(fs, out) == set()  # no output yet
-    (tmp_path / "out").mkdir()
-    pq.write_table(pa.table({"path": ["s3://b/1.jpg", "s3://b/2.jpg"], "error": [None, "invalid_image"]}), f"{out}/part-a.parquet")
-    (tmp_path / "out" / "part-b.parquet").write_bytes(b"PAR1 cut short")
-    (tmp_path / "out" / f"{TEMP_PREFIX}123").write_bytes(b"half a file")
-    assert done_paths(fs, out) == {"s3://b/1.jpg", "s3://b/2.jpg"}  # error rows count as done
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-a.parquet"]
-    assert output_files(fs, out) == [f"{out}/part-a.parquet"]
+    assert done_paths(fs, out, identity) == set()  # no output yet
+    claim_output(fs, out, identity, OutputFolder(marked=False))
+    good = _twinfer_part(out, pa.table({"path": ["s3://b/1.jpg", "s3://b/2.jpg"], "error": [None, "invalid_image"]}))
+    (tmp_path / "out" / file_name_for(["s3://b/3.jpg"])).write_bytes(b"PAR1 cut short")
+    (tmp_path / "out" / f"{TEMP_PREFIX}{'0' * 32}").write_bytes(b"half a file")
+    assert done_paths(fs, out, identity) == {"s3://b/1.jpg", "s3://b/2.jpg"}  # error rows count as done
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_twinfer.json", good]
+    assert output_files(fs, out) == [f"{out}/{good}"]
 
 
 def test_model_actors_that_would_starve_decoding_are_refused(tmp_path):
@@ -310,26 +325,23 @@ def test_default_report_uri_keeps_the_query_string():
     )
 
 
-def test_resume_deletes_only_a_cut_short_local_file(tmp_path):
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
+def test_resume_deletes_nothing_in_a_folder_without_the_marker(tmp_path):
+    from batch.ownership import JobIdentity, OutputRefused
 
-    from batch.resume import done_paths
-
-    pq.write_table(pa.table({"path": ["/a.jpg"]}), tmp_path / "part-good.parquet")
-    (tmp_path / "part-cut.parquet").write_bytes(b"PAR1 cut short")
-    assert done_paths(pafs.LocalFileSystem(), str(tmp_path)) == {"/a.jpg"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-good.parquet"]
+    good = _twinfer_part(str(tmp_path), pa.table({"path": ["/a.jpg"]}))
+    cut = file_name_for(["/b.jpg"])
+    (tmp_path / cut).write_bytes(b"PAR1 cut short")
+    with pytest.raises(OutputRefused, match="_twinfer.json"):
+        done_paths(pafs.LocalFileSystem(), str(tmp_path), JobIdentity(*IDENTITY_ARGS))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good, cut])
 
 
-def test_output_row_round_trips_to_the_wrappers_predictions():
-    from batch.predict_actor import CLASSIFY_COLUMNS, DETECT_COLUMNS, predictions_from_row
-
-    predictions = [{"label": "espresso", "index": 967, "score": 0.9}, {"label": "cup", "index": 968, "score": 0.05}]
-    row = {column: [p[key] for p in predictions] for column, key in CLASSIFY_COLUMNS.items()}
-    assert predictions_from_row(row) == predictions
-    assert predictions_from_row({column: None for column in CLASSIFY_COLUMNS}) is None
-    boxes = [{"box": [1.0, 2.0, 3.0, 4.0], "label": "car", "index": 3, "score": 0.8}]
-    row = {column: [b[key] for b in boxes] for column, key in DETECT_COLUMNS.items()}
-    assert predictions_from_row(row, "detect") == boxes
+def test_output_rows_read_back_as_the_answers_the_wrapper_gave(embedded_wrapper):
+    """Each task writes its answers as columns and reads them back (the demo and parity checks do)."""
+    data = images.small_jpeg("coffee")
+    answers = embedded_wrapper.predict_batch([embedded_wrapper.load(data)], [{"top_k": 3}]) + [None]
+    task = embedded_wrapper.task
+    table = pa.table(task.columns(answers))
+    assert table.schema.names == output_schema(ModelConfig()).names[5:]
+    rows = table.to_pylist()
+    assert task.answer_from_row(rows[0]) == answers[0] and task.answer_from_row(rows[1]) is None

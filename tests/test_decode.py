@@ -144,3 +144,73 @@ def test_max_side_keeps_the_aspect_and_never_upscales():
     assert big.original_size == (150, 300)
     small = prepare_image(image, PreprocessSpec("max_side", 800))
     assert (small.pixels == image.transpose(2, 0, 1)).all()  # already inside the limit: untouched
+
+
+def _whole_image_reference(data: bytes) -> np.ndarray:
+    """The straightforward conversion, whole-image and in float64: what ``decode_image`` must
+    equal (within 1 for float images), however it gets there."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values / 257.0
+        elif mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _in_mode_with_orientation(mode: str, orientation: int, size=(23, 17)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(len(mode) * 10 + orientation)
+    w, h = size
+    rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    if mode in ("I", "F", "I;16"):
+        wide = rng.integers(0, 65536, (h, w)).astype(np.int32)
+        values = {"I;16": wide.astype(np.uint16), "I": wide, "F": wide.astype(np.float32) / 65535}[mode]
+        image = Image.fromarray(values, mode if mode != "I;16" else None)
+        image.save(buffer, "TIFF", exif=exif)
+    elif mode == "I-small":  # 32-bit values all within 0-255: taken as they are
+        Image.fromarray(rgba[:, :, 0].astype(np.int32), "I").save(buffer, "TIFF", exif=exif)
+    elif mode == "P-transparent":
+        Image.fromarray(rgba[:, :, 0] // 8, "P").save(buffer, "PNG", transparency=3, exif=exif)
+    elif mode == "CMYK":
+        Image.fromarray(rgba, "CMYK").save(buffer, "TIFF", exif=exif)
+    elif mode == "P":  # no transparent entry
+        Image.fromarray(rgba[:, :, :3]).convert("P").save(buffer, "PNG", exif=exif)
+    else:
+        Image.fromarray(rgba, "RGBA").convert(mode).save(buffer, "PNG", exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(
+    "mode", ["RGB", "L", "LA", "RGBA", "P", "P-transparent", "1", "I;16", "I", "I-small", "F", "CMYK"]
+)
+def test_block_conversion_equals_the_whole_image_conversion(monkeypatch, mode, orientation):
+    import shared.decode
+
+    monkeypatch.setattr(shared.decode, "BLOCK_PIXELS", 23 * 5)  # 5-row blocks, the last one short
+    data = _in_mode_with_orientation(mode, orientation)
+    out, expected = decode_image(data), _whole_image_reference(data)
+    assert out.shape == expected.shape == ((23, 17, 3) if orientation >= 5 else (17, 23, 3))
+    assert out.dtype == np.uint8 and out.flags.c_contiguous and out.flags.writeable
+    tolerance = 1 if mode == "F" else 0  # float32 blocks against float64: a rounding apart at most
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= tolerance

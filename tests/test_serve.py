@@ -32,6 +32,13 @@ def app_args(max_batch_size: int = 8, wait: float = 0.2) -> AppArgs:
                     "batching": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait, "max_concurrent_batches": 1},
                 },
                 {
+                    "name": "lite0-embed",  # the same model served a second time, as an embedder
+                    "model": {"name": "efficientnet_lite0", "task": "embed"},
+                    "num_cpus": 0.25,
+                    "max_ongoing_requests": 8,
+                    "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1},
+                },
+                {
                     "model": {"name": "fasterrcnn_v2", "weights": "random", "options": SMALL_DETECTOR},
                     "num_cpus": 0.5,
                     "max_ongoing_requests": 4,
@@ -101,6 +108,26 @@ def test_detect_returns_boxes_inside_the_image(client):
         assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
 
 
+@pytest.fixture(scope="module")
+def embedder():
+    from shared import ModelConfig, ModelWrapper
+
+    return ModelWrapper(ModelConfig(task="embed"))
+
+
+def test_embed_answers_the_direct_wrappers_normalised_vector(client, embedder):
+    for name in ("chelsea", "rocket"):
+        data = encode(sample_array(name))
+        response = client.post("/v1/models/lite0-embed/embed", content=data, headers={"content-type": "image/jpeg"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"model", "dim", "embedding"} and body["model"] == "lite0-embed"
+        (direct,) = embedder.predict_batch([embedder.load(data)])
+        assert body["dim"] == len(body["embedding"]) == len(direct) == 1280
+        assert np.allclose(body["embedding"], direct, atol=1e-5, rtol=0)
+        assert np.linalg.norm(body["embedding"]) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_concurrent_requests_are_batched(client):
     handle = serve.get_deployment_handle(model_deployment_name("efficientnet_lite0"), APP)
     before = handle.batch_stats.remote().result()
@@ -133,6 +160,8 @@ ERROR_CASES = [
     ("unknown_model", "POST", "/v1/models/alexnet/classify", {}, images.small_jpeg(), "image/jpeg", 404, "model_not_found"),
     ("detect_on_classifier", "POST", "/v1/models/efficientnet_lite0/detect", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
     ("classify_on_detector", "POST", "/v1/models/fasterrcnn_v2/classify", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
+    ("embed_on_classifier", "POST", "/v1/models/efficientnet_lite0/embed", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
+    ("classify_on_embedder", "POST", "/v1/models/lite0-embed/classify", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
     ("unknown_route", "GET", "/v2/whatever", {}, b"", None, 404, "not_found"),
     ("wrong_method", "GET", "/v1/models/efficientnet_lite0/classify", {}, b"", None, 405, "method_not_allowed"),
     ("body_over_cap", "POST", "/v1/models/efficientnet_lite0/classify", {}, b"\xff" * (BODY_CAP + 1), "image/jpeg", 413, "body_too_large"),
@@ -163,6 +192,8 @@ def test_list_models_and_health(client):
     models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     assert models["efficientnet_lite0"]["task"] == "classify" and models["efficientnet_lite0"]["labels"] == 1000
     assert models["fasterrcnn_v2"]["task"] == "detect" and models["fasterrcnn_v2"]["labels"] == 91
+    assert models["lite0-embed"]["task"] == "embed" and models["lite0-embed"]["dim"] == 1280
+    assert models["lite0-embed"]["model"] == "efficientnet_lite0"
     assert models["efficientnet_lite0"]["device"] == "cpu"
     assert models["efficientnet_lite0"]["batching"]["max_batch_size"] == 8
     health = client.get("/healthz")

@@ -93,7 +93,9 @@ def test_requests_beyond_ongoing_plus_queued_get_503_without_waiting(serve_url):
             # so), never late: at most ongoing + queued get in, everything else is a 503.
             assert ongoing <= admitted <= ongoing + queued, statuses
             assert statuses.count(503) == len(statuses) - admitted
-            assert all(f.result().json()["error"]["code"] == "overloaded" for f in futures if f.result().status_code == 503)
+            refused = [f.result() for f in futures if f.result().status_code == 503]
+            assert all(r.json()["error"]["code"] == "overloaded" for r in refused)
+            assert all(r.headers.get("retry-after") == "1" for r in refused)
             assert ray.get(gate.waiters.remote()) == admitted  # each admitted request went through the model
     finally:
         gate.open.remote()

@@ -71,7 +71,6 @@ def offline(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dic
     import pyarrow.parquet as pq
 
     from batch.config import BackfillConfig
-    from batch.predict_actor import predictions_from_row
     from batch.pipeline import run_backfill
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +81,8 @@ def offline(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dic
         run_backfill(BackfillConfig(model=config, input=str(source), output=str(output), top_k=5))
         table = pq.read_table(output).to_pylist()
     rows = {Path(row["path"]).stem: row for row in table}
-    return {name: predictions_from_row(rows[name]) for name in images}
+    task = config.make_task()
+    return {name: task.answer_from_row(rows[name]) for name in images}
 
 
 def run_demo(args) -> int:

@@ -1,0 +1,100 @@
+"""deploy/kuberay/rayservice.yaml stays in step with serve_config.yaml and with what Serve accepts.
+
+The RayService's ``serveConfigV2`` must hold the very applications (and proxy / HTTP options) that
+``serve run serve_config.yaml`` deploys, so editing one file without the other fails here. The
+cluster it describes must be able to hold those applications.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.config import AppArgs
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
+SERVE_CONFIG = ROOT / "serve_config.yaml"
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    documents = list(yaml.safe_load_all(MANIFEST.read_text()))
+    assert len(documents) == 1, "one RayService, no other objects (the token Secret is made with kubectl)"
+    return documents[0]
+
+
+@pytest.fixture(scope="module")
+def serve_config_v2(manifest) -> dict:
+    text = manifest["spec"]["serveConfigV2"]
+    assert isinstance(text, str), "serveConfigV2 is a YAML string (a `|` block), not a mapping"
+    return yaml.safe_load(text)
+
+
+@pytest.fixture(scope="module")
+def serve_config() -> dict:
+    return yaml.safe_load(SERVE_CONFIG.read_text())
+
+
+def containers(group: dict) -> list[dict]:
+    return group["template"]["spec"]["containers"]
+
+
+def cpus(quantity) -> float:
+    """A Kubernetes CPU quantity ("2", "500m", 2) in CPUs."""
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_it_is_a_rayservice_with_token_auth(manifest):
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"]["mode"] == "token"
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no replica on the head
+    (cpu_group,) = [g for g in cluster["workerGroupSpecs"] if g["groupName"] == "cpu"]
+    assert all("nvidia.com/gpu" not in c["resources"]["limits"] for c in containers(cpu_group))
+
+
+def test_serve_config_v2_is_serve_config_yaml(serve_config_v2, serve_config):
+    assert serve_config_v2["applications"] == serve_config["applications"]
+    for key in ("proxy_location", "http_options", "grpc_options", "logging_config"):
+        assert serve_config_v2.get(key) == serve_config.get(key), key
+
+
+def test_serve_config_v2_is_what_serve_accepts(serve_config_v2):
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(serve_config_v2)  # what the dashboard checks when KubeRay submits it
+    for app in serve_config_v2["applications"]:
+        assert app["import_path"] == "deployments.app:build_app"
+        AppArgs.model_validate(app["args"])  # what build_app checks when the app starts
+
+
+def test_ray_version_and_ports_match(manifest, serve_config_v2):
+    import ray
+
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"].split(".")[:2] == ray.__version__.split(".")[:2]
+    port = serve_config_v2["http_options"]["port"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:  # KubeRay's Serve service and health checks use the container port named "serve"
+        ports = {p["name"]: p["containerPort"] for c in containers(group) for p in c.get("ports", [])}
+        assert ports.get("serve") == port, group.get("groupName", "head")
+    head_ports = {p["name"]: p["containerPort"] for c in containers(cluster["headGroupSpec"]) for p in c["ports"]}
+    assert head_ports["dashboard"] == 8265  # where KubeRay submits serveConfigV2
+
+
+def test_the_worker_group_holds_the_enabled_deployments(manifest, serve_config_v2):
+    groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+
+    def total(resource: str) -> float:
+        return sum(cpus(c["resources"]["limits"].get(resource, 0)) * g["replicas"] for g in groups for c in containers(g))
+
+    cpu, gpu = total("cpu"), total("nvidia.com/gpu")
+    apps = [AppArgs.model_validate(app["args"]) for app in serve_config_v2["applications"]]
+    needed_cpu = sum(a.ingress.num_cpus * a.ingress.num_replicas + sum(m.num_cpus * m.num_replicas for m in a.enabled_models) for a in apps)
+    needed_gpu = sum(m.num_gpus * m.num_replicas for a in apps for m in a.enabled_models)
+    assert needed_cpu <= cpu, f"the applications need {needed_cpu} CPUs; the worker groups start with {cpu}"
+    assert needed_gpu <= gpu, f"the applications need {needed_gpu} GPUs; the worker groups start with {gpu} (the gpu group?)"
