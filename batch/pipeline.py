@@ -64,7 +64,7 @@ def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str], di
     )
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.batch_size, "dim": dim},
+        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.resolved_batch_size, "dim": dim},
         batch_size=config.actor_call_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=config.actor_pool_size),
@@ -109,10 +109,13 @@ def run_backfill(config: BackfillConfig) -> dict:
         for start in range(0, len(too_large), chunk):
             rows = too_large_rows(config, source, too_large[start : start + chunk], schema)
             written.append(sink.write_tables([rows]))
+    config = config.resolved(len(readable), None)  # what runs: no model build may see an auto value
     if readable:
         _ensure_ray(config.address)
         if not config.address:
-            check_cpus_leave_room_for_decode(config, ray.cluster_resources().get("CPU", 0.0))
+            cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
+            check_cpus_leave_room_for_decode(config, cluster_cpus)
+            config = config.resolved(len(readable), cluster_cpus)
         with _progress_bars(config.progress):
             ds = build_dataset(config, source, readable, dim)
             ds.write_datasink(sink)
@@ -130,6 +133,7 @@ def run_backfill(config: BackfillConfig) -> dict:
         "files": sorted(w["file"] for w in written),
         "seconds": round(seconds, 3),
         "img_per_s": round(rows / seconds, 2) if seconds > 0 else 0.0,
+        "settings": config.settings(),
         "stats": stats,
     }
     print(summary_line(summary), flush=True)
@@ -172,10 +176,12 @@ def check_cpus_leave_room_for_decode(config: BackfillConfig, cluster_cpus: float
 
 
 def summary_line(summary: dict) -> str:
+    settings = summary["settings"]
     return (
         f"backfill: {summary['rows']} rows written ({summary['errors']} errors, "
         f"{summary['skipped']} of {summary['inputs']} inputs already done) in {summary['seconds']:.1f} s, "
-        f"{summary['img_per_s']:.1f} img/s -> {summary['output']}"
+        f"{summary['img_per_s']:.1f} img/s -> {summary['output']} [{settings['device']}, batch {settings['batch_size']}, "
+        f"compile {'on' if settings['compile'] else 'off'}, torch threads {settings['cpu_threads']}, {settings['actors']} actor(s)]"
     )
 
 

@@ -35,7 +35,7 @@ def build(
             max_ongoing_requests=entry.max_ongoing_requests,
             max_queued_requests=entry.max_queued_requests,
             ray_actor_options={"num_cpus": entry.num_cpus, "num_gpus": entry.num_gpus, "resources": dict(entry.resources)},
-            user_config=entry.batching.model_dump(),
+            user_config=entry.resolved_batching.model_dump(),
         )
         handles[name] = deployment.bind(entry.model.model_dump(), entry.max_ongoing_requests, name)
         configs[name] = entry.model.model_dump()

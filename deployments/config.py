@@ -4,18 +4,29 @@ annotation). The model part is ``shared.config.ModelConfig``: the same vocabular
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from shared import auto
 from shared.config import ModelConfig, StrictModel, check_gpu_request
+from shared.devices import planned_device_type
+from shared.tasks import TASKS
 from shared.decode import DEFAULT_MAX_BYTES
 
 
 class BatchingConfig(StrictModel):
     """``@serve.batch`` settings; also the deployment's ``user_config`` (changeable at run time)."""
 
-    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto", description="auto = small on a CPU, large on a GPU (shared/auto.py)"
+    )
+
+    def resolved(self, model: ModelConfig, device_type: str) -> "BatchingConfig":
+        """This batching with ``max_batch_size: auto`` settled for ``model`` on ``device_type``."""
+        if self.max_batch_size != "auto":
+            return self
+        return self.model_copy(update={"max_batch_size": auto.batch_size(TASKS[model.resolved_task], device_type, online=True)})
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
     max_concurrent_batches: int = Field(2, ge=1, le=16)
 
@@ -46,6 +57,11 @@ class ModelDeploymentConfig(StrictModel):
     def served_name(self) -> str:
         return self.name or self.model.name
 
+    @property
+    def resolved_batching(self) -> BatchingConfig:
+        """``batching`` with ``auto`` settled for the device the replicas will run on (from the reservation)."""
+        return self.batching.resolved(self.model, planned_device_type(self.model.device, self.num_gpus))
+
     @model_validator(mode="after")
     def _consistent(self) -> "ModelDeploymentConfig":
         if not re.match(SERVED_NAME, self.served_name):
@@ -53,7 +69,7 @@ class ModelDeploymentConfig(StrictModel):
                 f"{self.served_name!r} cannot be one URL path segment: give this entry a name "
                 "(letters, digits, '_', '.', ':', '-'), e.g. name: my-model"
             )
-        check_batches_can_fill(self.batching, self.max_ongoing_requests)
+        check_batches_can_fill(self.resolved_batching, self.max_ongoing_requests)
         check_gpu_request(self.model, self.num_gpus)
         if {"CPU", "GPU"} & set(self.resources):
             raise ValueError("resources is for custom resources: use num_cpus / num_gpus for CPU and GPU")

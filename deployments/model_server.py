@@ -15,6 +15,7 @@ import collections
 import time
 from typing import Any
 
+import torch
 from ray import serve
 
 from deployments.config import BatchingConfig, check_batches_can_fill
@@ -34,12 +35,13 @@ class ModelServer:
         self.metrics = ModelMetrics(self.name)
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # debug view of batching
         self.batching: BatchingConfig | None = None
-        self._apply(BatchingConfig())  # Serve then calls reconfigure(user_config) before any request
+        self._apply(BatchingConfig().resolved(self.config, self.wrapper.device.type))  # Serve then calls reconfigure(user_config)
 
     def reconfigure(self, user_config: dict) -> None:
         """``user_config`` = BatchingConfig; applied after ``__init__`` and on every update. A
         partial update keeps the other settings; the start-up invariant is checked again."""
         batching = BatchingConfig.model_validate({**self.batching.model_dump(), **user_config})
+        batching = batching.resolved(self.config, self.wrapper.device.type)
         if self.max_ongoing_requests is not None:
             check_batches_can_fill(batching, self.max_ongoing_requests)
         # every batch size the batcher may send, warmed before it may send it (with compile, no
@@ -87,6 +89,8 @@ class ModelServer:
             "labels": len(self.wrapper.labels),
             "device": str(self.wrapper.device),
             "precision": str(self.wrapper.dtype).removeprefix("torch."),
+            "compile": self.wrapper.compiled,
+            "cpu_threads": torch.get_num_threads() if self.wrapper.device.type == "cpu" else None,
             "weights": self.config.weights,
             "batching": self.batching.model_dump(),
             "replica": serve.get_replica_context().replica_id.unique_id,

@@ -82,18 +82,23 @@ class ModelConfig(StrictModel):
         "default", description="default | pretrained | random | a local path (| a torchvision weights name, e.g. IMAGENET1K_V2)"
     )
     revision: str | None = Field(None, description="hf: models: the hub revision (commit, tag or branch) to load")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = cuda where the process reserves a GPU (Ray) or sees one (outside Ray), else cpu"
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto = fp16 on CUDA, fp32 on CPU; bf16 also runs on CPUs with AVX-512 BF16/AMX"
     )
-    channels_last: bool = True
-    cpu_threads: int | None = Field(
-        None, ge=1, le=256, description="torch intra-op threads on CPU (Ray sets OMP_NUM_THREADS=num_cpus)"
+    channels_last: bool = Field(True, description="NHWC memory format for classification and embedding models")
+    cpu_threads: int | Literal["auto"] = Field(
+        "auto",
+        description="torch intra-op threads on CPU; auto = a backfill's model actors share the node's cores, "
+        "a Serve replica keeps the threads Ray gives its CPU reservation",
     )
-    compile: bool = Field(
-        False,
-        description="classification: torch.compile (static shapes, frozen weights), every batch size warmed "
-        "at replica/actor start; batches are padded to a warmed size. On CPU it needs a C++ compiler",
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile (static shapes, frozen weights) for classification and embedding, every batch "
+        "size warmed at replica/actor start and batches padded to a warmed size; needs a C++ compiler on CPU. "
+        "auto = on for CPU servers, and for CPU backfills large enough to pay back the start-up; off on CUDA",
     )
     cudnn_benchmark: bool = Field(
         True,
@@ -119,7 +124,7 @@ class ModelConfig(StrictModel):
             raise ValueError(
                 f"architecture options {sorted(changes_weights)} change the model; use them with weights 'random' or a path"
             )
-        if self.compile and not task.fixed_size:
+        if self.compile is True and not task.fixed_size:
             raise ValueError(f"compile is for classification and embedding (fixed-size inputs); task {task.name!r} takes any size")
         if self.decode.on_device and (self.device != "cuda" or not task.fixed_size):
             # on a CPU the model process would decode serially, the very thing the CPU workers are for

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from shared import device_decode
+from shared import auto, device_decode
 from shared.config import ModelConfig
 from shared.decode import decode_image, decode_opened, open_image
 from shared.device_decode import (
@@ -102,8 +102,8 @@ class ModelWrapper(ImageLoader):
         model = self.task.adapt_model(self.spec.build(config.weights, config.options).eval())
         self.output_dim = self.task.output_dim(model)
         model = model.to(self.device, dtype=self.dtype)
-        if config.cpu_threads and self.device.type == "cpu":
-            torch.set_num_threads(config.cpu_threads)
+        if isinstance(config.cpu_threads, int) and self.device.type == "cpu":
+            torch.set_num_threads(config.cpu_threads)  # auto: what Ray set from the reservation (OMP_NUM_THREADS)
         # channels_last pays on CPU too for the embedded model (bench/RESULTS.md)
         self.channels_last = config.channels_last and self.task.fixed_size
         if self.channels_last:
@@ -112,7 +112,8 @@ class ModelWrapper(ImageLoader):
             # autotuned per input shape, so only ever at the warmed (padded-to) batch sizes, at start-up;
             # detection inputs vary in size and would autotune on user requests
             torch.backends.cudnn.benchmark = True
-        self.model = _compile(model) if config.compile else model
+        self.compiled = config.compile if isinstance(config.compile, bool) else auto.compiles(self.task, self.device.type)
+        self.model = _compile(model) if self.compiled else model
         # batch sizes run once before any request
         self.warmed_batch_sizes: tuple[int, ...] = ()
         pre = self.spec.preprocess
@@ -128,7 +129,7 @@ class ModelWrapper(ImageLoader):
     def pads_batches(self) -> bool:
         """Compiled graphs are static and cuDNN autotunes per shape: such batches are zero-padded
         (or split) to the warmed sizes, so neither a compile nor an autotune lands on a request."""
-        return self.task.fixed_size and (self.config.compile or self.device.type == "cuda")
+        return self.task.fixed_size and (self.compiled or self.device.type == "cuda")
 
     def warmup(self, batch_sizes: Sequence[int]) -> None:
         """Run dummy batches of these sizes, so compilation and cuDNN autotune never land on a user
@@ -139,10 +140,10 @@ class ModelWrapper(ImageLoader):
         dummy = Prepared(np.zeros((3, size, size), np.uint8), (size, size))
         with SERVING.exclusive():
             new = sorted(set(batch_sizes) - set(self.warmed_batch_sizes))
-            if self.config.compile:
+            if self.compiled:
                 _allow_compiled_graphs(len(new))
             # eager on CPU has nothing to warm (no compile, no CUDA context or cuDNN autotune)
-            for n in new if (self.config.compile or self.device.type == "cuda") else ():
+            for n in new if (self.compiled or self.device.type == "cuda") else ():
                 # at exactly size n, not padded to a size warmed before; through the device
                 # decoder when it is on, so its first (slow) call is here too
                 items = [blank_jpeg(size)] * n if self.config.decode.on_device else [dummy] * n
@@ -155,7 +156,7 @@ class ModelWrapper(ImageLoader):
                         with self._exclusive_device(items):
                             self.predict(items)
             self.warmed_batch_sizes = tuple(sorted({*self.warmed_batch_sizes, *new}))
-            if self.config.compile:
+            if self.compiled:
                 # from here on a new shape is an error, never a silent compile on a request thread
                 torch.compiler.set_stance("fail_on_recompile")
 

@@ -2,6 +2,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# compile: auto would compile every CPU model the tests build (seconds per batch size); tests that
+# test compiling ask for it explicitly
+os.environ.setdefault("TWINFER_AUTO_COMPILE", "0")
 
 import pytest  # noqa: E402
 

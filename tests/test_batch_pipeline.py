@@ -114,6 +114,8 @@ def test_local_backfill_writes_one_row_per_input_with_the_schema(local_run, plan
     assert sorted(p.name for p in output.iterdir()) == ["_twinfer.json", *written]  # the job marker and its files only
     assert all(pq.read_schema(output / name).metadata[b"twinfer"] for name in written)
     assert summary["img_per_s"] > 0 and summary["output"] == str(output)
+    # what auto chose (compile is off for tests: TWINFER_AUTO_COMPILE=0); the test session's Ray has 4 CPUs
+    assert summary["settings"] == {"device": "cpu", "batch_size": 4, "compile": False, "cpu_threads": 4, "actors": 1}
 
 
 def test_broken_files_give_error_rows_and_every_other_file_predicts(local_run, planted):

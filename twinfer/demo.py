@@ -86,7 +86,8 @@ def offline(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dic
 
 
 def run_demo(args) -> int:
-    config = ModelConfig(name=args.model, weights=args.weights)
+    # five photos: compiling (compile: auto on a CPU server) would take longer than it saves
+    config = ModelConfig(name=args.model, weights=args.weights, compile=False)
     images = sample_jpegs()
     wrapper = ModelWrapper(config)
     direct = {name: wrapper.classify_bytes(data, top_k=5) for name, data in images.items()}
