@@ -60,7 +60,7 @@ def pil_first_transform(config: ModelConfig):
 
 
 def _model(config: ModelConfig, device: str) -> torch.nn.Module:
-    if config.cpu_threads and device == "cpu":  # same thread budget as twinfer gets
+    if isinstance(config.cpu_threads, int) and device == "cpu":  # an explicit thread budget applies to both
         torch.set_num_threads(config.cpu_threads)
     return config.spec.build(config.weights, config.options).eval().to(device)
 

@@ -28,23 +28,49 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_batch(args, data_dir: Path, work: Path, config) -> dict:
+    """twinfer's backfill as a user runs it (no tuning flags: every ``auto`` settles itself), the same
+    with ``--tuned`` settings if given, and the baseline pipeline, one after the other on the same files."""
     import pyarrow.parquet as pq
 
     from bench.baselines import BASELINES
 
-    results = {}
-    results["twinfer_backfill"] = timed_backfill(
-        config, data_dir, work / "twinfer", batch_size=args.batch_size, actor_pool_size=args.actors, num_gpus_per_actor=args.num_gpus,
-    )
+    placement = {"actor_pool_size": args.actors, "num_gpus_per_actor": args.num_gpus}
+    results = {"twinfer": timed_backfill(config, data_dir, work / "twinfer", **placement, **_given(batch_size=args.batch_size))}
+    if args.tuned:
+        model, backfill = tuned_settings(args.tuned)
+        tuned_config = config.model_copy(update=model)
+        results["twinfer_tuned"] = timed_backfill(tuned_config, data_dir, work / "tuned", **{**placement, **backfill})
+        results["defaults_vs_tuned"] = round(results["twinfer"]["img_s"] / results["twinfer_tuned"]["img_s"], 3)
     with MemorySampler() as mem:
         started = time.perf_counter()
-        baseline = BASELINES[args.baseline]
-        rows = baseline(str(data_dir), str(work / "baseline"), config, args.actors, args.seed_batch_size or args.batch_size, args.num_gpus)
+        rows = BASELINES[args.baseline](str(data_dir), str(work / "baseline"), config, args.actors, args.seed_batch_size, args.num_gpus)
         seconds = time.perf_counter() - started
     results["baseline"] = {"name": args.baseline, "images": rows, "seconds": round(seconds, 2), "img_s": round(rows / seconds, 1), **mem.summary()}
-    results["speedup"] = round(results["twinfer_backfill"]["img_s"] / results["baseline"]["img_s"], 2)
+    results["speedup"] = round(results["twinfer"]["img_s"] / results["baseline"]["img_s"], 2)
     results["top1_agreement_vs_fp32_cpu"] = top1_agreement(pq.read_table(work / "twinfer").to_pylist(), config, args.agreement_sample)
     return results
+
+
+def tuned_settings(text: str) -> tuple[dict, dict]:
+    """``batch_size=4,cpu_threads=2,compile=true`` -> (ModelConfig updates, BackfillConfig fields)."""
+    from batch.config import BackfillConfig
+    from shared import ModelConfig
+
+    model, backfill = {}, {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        parsed = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
+        if key in ModelConfig.model_fields:
+            model[key] = parsed
+        elif key in BackfillConfig.model_fields:
+            backfill[key] = parsed
+        else:
+            raise SystemExit(f"--tuned: {key!r} is neither a ModelConfig nor a BackfillConfig field")
+    return model, backfill
+
+
+def _given(**settings) -> dict:
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def timed_backfill(config, data_dir: Path, output: Path, **backfill) -> dict:
@@ -59,7 +85,7 @@ def timed_backfill(config, data_dir: Path, output: Path, **backfill) -> dict:
         seconds = time.perf_counter() - started
     return {
         "images": summary["rows"], "errors": summary["errors"], "seconds": round(seconds, 2), "img_s": round(summary["rows"] / seconds, 1),
-        "ray_data_rows_s": ray_data_throughput(summary["stats"]), **mem.summary(),
+        "ray_data_rows_s": ray_data_throughput(summary["stats"]), "settings": summary["settings"], **mem.summary(),
     }
 
 
@@ -84,18 +110,16 @@ def top1_agreement(rows: list[dict], config, sample: int) -> dict:
 def run_online(args, data_dir: Path, config) -> dict:
     from ray import serve
 
-    if config.cpu_threads:
-        config = config.model_copy(update={"cpu_threads": args.online_cpu_threads})
-
     from bench.baselines import docs_style_app
 
     port = start_serve()
+    if args.online_app == "shipped":
+        app = shipped_app()
+    else:
+        app = twinfer_app(config, num_gpus=args.num_gpus, max_batch_size=args.online_batch or 4, ingress_replicas=args.ingress_replicas,
+                          decode_threads=args.decode_threads)
     systems = {
-        "twinfer": (
-            twinfer_app(config, num_gpus=args.num_gpus, max_batch_size=args.online_batch, ingress_replicas=args.ingress_replicas,
-                        decode_threads=args.decode_threads),
-            f"/v1/models/{config.name}/classify",
-        ),
+        "twinfer": (app, f"/v1/models/{config.name}/classify"),
         "docs_style": (docs_style_app(config, args.num_gpus, 0.5), ""),
     }
     results = {}
@@ -107,6 +131,16 @@ def run_online(args, data_dir: Path, config) -> dict:
     by_clients = {r["clients"]: r["req_s"] for r in results["docs_style"]}
     results["speedup"] = {c: round(r["req_s"] / by_clients[c], 2) if by_clients.get(c) else None for r in results["twinfer"] for c in [r["clients"]]}
     return results
+
+
+def shipped_app():
+    """The application ``serve run serve_config.yaml`` deploys, from that file's own args."""
+    import yaml
+
+    from deployments.app import build_app
+
+    (application,) = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"]
+    return build_app(application["args"])
 
 
 def start_serve() -> int:
@@ -155,13 +189,20 @@ def print_tables(result: dict) -> None:
     if "batch" in result:
         b = result["batch"]
         print(f"{'batch':<20}{'img/s':>10}{'seconds':>10}{'host GiB':>10}{'growth':>8}{'GPU GiB':>9}{'growth':>8}")
-        for name in ("twinfer_backfill", "baseline"):
+        for name in ("twinfer", "twinfer_tuned", "baseline"):
+            if name not in b:
+                continue
             r = b[name]
             name = r.get("name", name)
             print(f"{name:<20}{r['img_s']:>10}{r['seconds']:>10}{r['host_mem_gib']:>10}{_gib(r['host_growth_gib']):>8}"
                   f"{_gib(r['gpu_mem_peak_gib']):>9}{_gib(r['gpu_growth_gib']):>8}")
+        for name in ("twinfer", "twinfer_tuned"):
+            if name in b:
+                print(f"{name} ran with {b[name]['settings']}")
+        if "defaults_vs_tuned" in b:
+            print(f"defaults / tuned: {b['defaults_vs_tuned']}")
         agreement = b["top1_agreement_vs_fp32_cpu"]
-        print(f"speed-up x{b['speedup']}; top-1 agreement with fp32 CPU: {agreement['agree']}/{agreement['images']} ({agreement['fraction']:.2%})")
+        print(f"speed-up x{b['speedup']} over {b['baseline']['name']}; top-1 agreement with fp32 CPU: {agreement['agree']}/{agreement['images']} ({agreement['fraction']:.2%})")
     if "online" in result:
         print(f"\n{'online':<12}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'GPU GiB':>9}")
         for name in ("twinfer", "docs_style"):
@@ -180,21 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="reuse/generate the dataset here (default: a temp dir)")
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--weights", default="default")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--precision", default=None, help="default: the product's (auto)")
+    parser.add_argument("--compile", default=None, choices=["auto", "true", "false"], help="default: the product's (auto)")
     parser.add_argument("--decode-on-device", action="store_true", help="decode.on_device: JPEGs decoded by nvJPEG in the model process (CUDA)")
     parser.add_argument("--num-gpus", type=float, default=0.0)
     parser.add_argument("--actors", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="twinfer's backfill batch size (default: the product's, auto)")
+    parser.add_argument("--tuned", default=None, metavar="K=V,...",
+                        help="also run twinfer with these settings (ModelConfig/BackfillConfig fields), e.g. batch_size=4,cpu_threads=2")
     parser.add_argument("--baseline", choices=["seed-faithful", "pil-first"], default="seed-faithful",
                         help="the batch baseline: the seeds' pipeline as written, or with PIL resizing first (bench/baselines.py)")
-    parser.add_argument("--seed-batch-size", type=int, default=None, help="the baseline pipeline's batch size (default: --batch-size)")
-    parser.add_argument("--online-batch", type=int, default=4, help="4 is best for the embedded model on CPU")
-    parser.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="batch: torch threads per model actor, both systems")
-    parser.add_argument(
-        "--online-cpu-threads", type=int, default=1,
-        help="online: torch threads per model replica, both systems (1: what Ray gives a 1-CPU replica, as serve_config.yaml ships)",
-    )
+    parser.add_argument("--seed-batch-size", type=int, default=32, help="the baseline pipeline's batch size (the seeds use 32)")
+    parser.add_argument("--online-app", choices=["shipped", "custom"], default="shipped",
+                        help="shipped: the app serve_config.yaml deploys, as it is; custom: --online-batch, --ingress-replicas, ...")
+    parser.add_argument("--online-batch", type=int, default=None, help="custom app: max_batch_size")
+    parser.add_argument("--cpu-threads", default=None, help="twinfer: torch threads per model process (default: the product's, auto)")
     parser.add_argument("--ingress-replicas", type=int, default=1)
     parser.add_argument("--decode-threads", type=int, default=2)
     parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 16, 128])
@@ -214,10 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench.dataset import make_dataset
     from shared import ModelConfig
 
+    compile_setting = {"true": True, "false": False, "auto": "auto"}.get(args.compile) if args.compile else None
+    threads = int(args.cpu_threads) if args.cpu_threads and args.cpu_threads.isdigit() else args.cpu_threads
     config = ModelConfig(
-        name=args.model, weights=args.weights, precision=args.precision, compile=args.compile,
-        cpu_threads=args.cpu_threads if args.num_gpus == 0 else None,
-        device="cuda" if args.decode_on_device else "auto", decode={"on_device": args.decode_on_device},
+        name=args.model, weights=args.weights, device="cuda" if args.decode_on_device else "auto",
+        decode={"on_device": args.decode_on_device},
+        **_given(precision=args.precision, compile=compile_setting, cpu_threads=threads),
     )
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data or Path(tmp) / "images"
