@@ -115,7 +115,8 @@ def read_processor(source: str, revision: str | None, where: str):
             raise
         raise ModelNotFound(
             f"{where} has no image processor (preprocessor_config.json), so its preprocessing is unknown; "
-            f"save the processor it was trained with next to it: AutoImageProcessor.from_pretrained(<base>).save_pretrained(<dir>)"
+            f"save the processor it was trained with next to it: "
+            f"AutoImageProcessor.from_pretrained(<base>).save_pretrained(<dir>)"
         ) from None
 
 
@@ -165,7 +166,9 @@ def _builder(source: str, revision: str | None, where: str):
         elif weights != "random" and Path(weights).expanduser().is_dir():  # another save_pretrained() of it
             model = hub_call(lambda: Auto.from_pretrained(weights, trust_remote_code=False, **options), weights)
         else:
-            config = hub_call(lambda: AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=False, **options), where)
+            config = hub_call(
+                lambda: AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=False, **options), where
+            )
             model = Auto.from_config(config)
             if weights != "random":
                 load_into(model, weights)
@@ -201,7 +204,10 @@ def processor_preprocess(processor) -> tuple[PreprocessSpec, list[str]]:
         edge = size.get("shortest_edge")
         if not edge:
             raise refuse(f"has size {size} without shortest_edge")
-        keep_aspect, target, crop = (True, int(edge / crop_pct), {"height": edge, "width": edge}) if edge < 384 else (False, edge, {})
+        if edge < 384:
+            keep_aspect, target, crop = True, int(edge / crop_pct), {"height": edge, "width": edge}
+        else:
+            keep_aspect, target, crop = False, edge, {}
     elif "shortest_edge" in size:
         keep_aspect, target = True, size["shortest_edge"]
         if kind == "Levit":
@@ -225,11 +231,8 @@ def processor_preprocess(processor) -> tuple[PreprocessSpec, list[str]]:
         raise refuse("keeps the aspect ratio without a crop, so its inputs differ in shape")
     interpolation, notes = _interpolation(processor)
     mean, std = _normalisation(processor, kind)
-    if keep_aspect:
-        spec = PreprocessSpec("resize_crop", side, resize=target, mean=mean, std=std, interpolation=interpolation)
-    else:
-        spec = PreprocessSpec("resize_exact", side, resize=target if target != side else None, mean=mean, std=std, interpolation=interpolation)
-    return spec, notes
+    mode, resize = ("resize_crop", target) if keep_aspect else ("resize_exact", target if target != side else None)
+    return PreprocessSpec(mode, side, resize=resize, mean=mean, std=std, interpolation=interpolation), notes
 
 
 def _size(size) -> dict:

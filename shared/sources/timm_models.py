@@ -103,8 +103,10 @@ def data_config_preprocess(data: dict, what: str) -> PreprocessSpec:
     resize = math.floor(height / crop_pct)
     mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
     if crop_mode == "squash":
-        return PreprocessSpec("resize_exact", height, resize=None if resize == height else resize, mean=mean, std=std, interpolation=interpolation)
-    return PreprocessSpec("resize_crop", height, resize=resize, mean=mean, std=std, interpolation=interpolation)
+        mode, resize = "resize_exact", None if resize == height else resize
+    else:
+        mode = "resize_crop"
+    return PreprocessSpec(mode, height, resize=resize, mean=mean, std=std, interpolation=interpolation)
 
 
 @lru_cache(maxsize=8)
