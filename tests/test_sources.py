@@ -556,3 +556,20 @@ def test_specs_are_cached_per_name_and_weights():
     assert get_spec("torchvision:resnet18") is get_spec("torchvision:resnet18")
     assert get_spec("torchvision:resnet18", weights="random") is not get_spec("torchvision:resnet18")
     assert "resnet18" in get_spec("torchvision:resnet18").description
+
+
+def test_a_distilled_timm_model_embeds_both_heads_inputs_averaged():
+    """Two heads averaged (DeiT distilled): taking off the last Linear would leave one head in place;
+    timm's own reset_classifier gives the features both heads read."""
+    import timm
+
+    wrapper = ModelWrapper(ModelConfig(name="timm:deit_tiny_distilled_patch16_224", weights="random", task="embed"))
+    reference = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False).eval()
+    reference.load_state_dict(wrapper.model.state_dict(), strict=False)  # the heads are gone from the wrapper's
+    item = wrapper.load(small_jpeg("coffee"))
+    (embedding,) = wrapper.predict_batch([item])
+    with torch.inference_mode():
+        x = normalised(item.pixels, wrapper.spec.preprocess)[None]
+        expected = torch.nn.functional.normalize(reference.forward_head(reference.forward_features(x), pre_logits=True), dim=1)[0]
+    assert wrapper.output_dim == reference.num_features == len(embedding)
+    assert torch.allclose(torch.tensor(embedding), expected, atol=1e-5)

@@ -59,11 +59,19 @@ def spec_for(rest: str, *, revision: str | None = None, weights: str = "default"
         name=f"timm:{rest}",
         task="classify",
         build=_builder(rest, config),
+        embed_head=_pooled_features,
         preprocess=preprocess,
         labels=lambda: class_names(num_classes, tuple(config.get("label_names") or ())),
         description=f"timm {config.get('architecture', rest)}.{config.get('tag') or 'default'} "
         f"({num_classes} classes, {weights} weights)",
     )
+
+
+def _pooled_features(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """timm's own way to a feature extractor: no classifier, the pooled features out (for distilled
+    models, the average of both heads' inputs, as their classifier averages their outputs)."""
+    model.reset_classifier(0)
+    return model, int(model.num_features)
 
 
 def pretrained_config(timm, rest: str) -> dict:
