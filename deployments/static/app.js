@@ -5,6 +5,7 @@
 {
   const $ = (id) => document.getElementById(id);
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const LABEL_PX = 13; // box labels' size on screen, whatever the photo's scale
 
   const state = {
     apiKey: "", // memory only: never stored, gone on reload
@@ -255,12 +256,12 @@
       // so boxes in original pixels land where they belong at any displayed size
       const [width, height] = state.size;
       svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-      const font = Math.max(8, Math.round(Math.max(width, height) / 40));
+      const font = LABEL_PX * (width / Math.max($("photo").clientWidth, 1)); // in image pixels
       for (const d of shown) svg.append(box(d, font));
     }
     svg.dataset.count = String(state.size ? shown.length : 0);
     svg.setAttribute("aria-label", `${shown.length} detection boxes drawn over the image`);
-    $("detections").tBodies[0].replaceChildren(
+    $("detections").querySelector("tbody").replaceChildren(
       ...shown.map((d) => {
         const row = document.createElement("tr");
         row.append(cell(d.label), cell(d.score.toFixed(3), "num"), cell(`[${d.box.map((v) => Math.round(v)).join(", ")}]`));
@@ -268,6 +269,7 @@
       }),
     );
     $("caption").textContent = `${shown.length} of ${state.detections.length} detections score at least ${threshold.toFixed(2)}.`;
+    $("detections-summary").textContent = `The ${shown.length} detection${shown.length === 1 ? "" : "s"} as a table`;
   }
 
   function box(d, font) {
@@ -347,6 +349,7 @@
   $("model").addEventListener("change", modelChanged);
   $("top-k").addEventListener("change", run);
   $("threshold").addEventListener("input", drawDetections);
+  new ResizeObserver(drawDetections).observe($("photo")); // labels keep their size on screen
   $("file").addEventListener("change", () => chooseFile($("file").files[0]));
 
   const drop = $("drop");
