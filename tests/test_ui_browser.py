@@ -197,21 +197,28 @@ def browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser():
+@pytest.fixture(scope="session")  # session-scoped: decided before Ray starts, so it is told at once
+def chromium() -> str:
     missing = browser_missing()
     if missing:
         if os.environ.get("TWINFER_REQUIRE_BROWSER"):
             pytest.fail(f"TWINFER_REQUIRE_BROWSER is set, but {missing}")
         pytest.skip(f"browser tests: {missing}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """Module-scoped: while Playwright's sync API is open, its event loop counts as running in this
+    thread (asyncio.run() would refuse), so it is closed when this file's tests end."""
     from playwright.sync_api import expect as playwright_expect
     from playwright.sync_api import sync_playwright
 
     playwright_expect.set_options(timeout=120_000)  # a loaded CI machine: model answers can take a while
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture
