@@ -52,7 +52,7 @@ class Asset:
     etag: str
 
     @classmethod
-    def of(cls, body: bytes, media_type: str) -> "Asset":
+    def of(cls, body: bytes, media_type: str) -> Asset:
         return cls(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
 
 
