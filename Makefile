@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,33 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The page's browser tests (tests/test_ui_browser.py) drive the system Chromium with Playwright; no
+# browser is downloaded. When it is missing, this installs Debian's chromium with apt (as root, or
+# with passwordless sudo). If that is impossible the browser tests skip, saying why, unless
+# TWINFER_REQUIRE_BROWSER is set (.ci/run sets it): then this step fails the run.
+CHROMIUM ?= $(or $(TWINFER_CHROMIUM),/usr/bin/chromium)
+APT := env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0
+
+browser:
+	@if [ ! -x "$(CHROMIUM)" ] && command -v apt-get >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then as=""; elif sudo -n true 2>/dev/null; then as="sudo -n"; else as=none; fi; \
+	  if [ "$$as" != none ]; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    $$as $(APT) update && $$as $(APT) install --no-install-recommends chromium fonts-liberation; \
+	  fi; \
+	fi; \
+	if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if [ -n "$$TWINFER_REQUIRE_BROWSER" ]; then \
+	  echo "error: no Chromium at $(CHROMIUM) and it could not be installed (apt-get install chromium); TWINFER_REQUIRE_BROWSER is set" >&2; \
+	  exit 1; \
+	fi; \
+	echo "warning: no Chromium at $(CHROMIUM): the browser tests will be skipped (apt-get install chromium)" >&2
+
 demo: $(STAMP)
 	$(BIN)/twinfer demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+test: $(STAMP) browser
+	TWINFER_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --n 2000 --precision fp32 --compile --batch-size 4 --online-batch 4

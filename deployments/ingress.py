@@ -5,9 +5,10 @@ answered with its own 4xx and never reaches (or fails) a model batch. With ``dec
 only a JPEG's header is checked here (``twinfer_decode_seconds`` then times that check); a JPEG
 that no decoder can read comes back from the model as its own ``TwinferError``, answered the same way.
 
-Every answer is JSON: a model call that cannot finish (its replica died, none is reachable) is
-retried within the call's deadline and otherwise answered 503 ``unavailable``; anything
-unexpected is a 500 ``internal``, logged with its traceback, never Serve's bare 500.
+Every answer is JSON (but the web page's files, ``deployments/page.py``): a model call that
+cannot finish (its replica died, none is reachable) is retried within the call's deadline and
+otherwise answered 503 ``unavailable``; anything unexpected is a 500 ``internal``, logged with its
+traceback, never Serve's bare 500.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from starlette.responses import JSONResponse, Response
 from deployments.config import IngressConfig
 from deployments.http import check_bearer, error_response, image_bytes, load_api_keys
 from deployments.metrics import IngressMetrics
+from deployments.openapi import build_openapi
+from deployments.page import Site
 from shared import ImageLoader, ModelConfig
 from shared.errors import (
     MethodNotAllowed,
@@ -60,8 +63,12 @@ class Ingress:
         self.api_keys = load_api_keys(self.settings)  # refuses to start when a configured source has no key
         self.pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
         self.metrics = IngressMetrics()
+        self.site = Site(build_openapi(self.settings))  # GET /, its files, /openapi.json: open, like /healthz
         if self.settings.api_keys_enabled:
-            logger.info("API keys on: %d key(s); every route but /healthz needs 'Authorization: Bearer'", len(self.api_keys))
+            logger.info(
+                "API keys on: %d key(s); every route but /healthz, the page and /openapi.json needs 'Authorization: Bearer'",
+                len(self.api_keys),
+            )
 
     async def __call__(self, request: Request) -> Response:
         model_tag = NO_MODEL
@@ -69,6 +76,10 @@ class Ingress:
             parts = _route_parts(request)
             if parts == ["healthz"]:
                 return await self._healthz(request)
+            asset = self.site.get(parts)
+            if asset is not None:
+                _require(request, "GET")
+                return self.site.answer(request, asset)
             if self.settings.api_keys_enabled:
                 check_bearer(request, self.api_keys)
             if parts[:2] == ["v1", "models"] and len(parts) == 2:

@@ -23,7 +23,9 @@ class PreprocessSpec:
 
     mode: Literal["resize_crop", "resize_exact", "max_side"]
     size: int  # crop side / exact side / longest side
-    resize: int | None = None  # resize_crop: shorter side before the centre crop
+    # resize_crop: shorter side before the centre crop; resize_exact: the square side the image is
+    # squashed to before a centre crop of ``size`` (None: squash straight to ``size``)
+    resize: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN  # in [0, 1] units; used on the device
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # what the weights were trained with
@@ -59,7 +61,11 @@ def prepare_tensor(chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
         chw = _bound_aspect(chw, MAX_ASPECT)
         return F.center_crop(F.resize(chw, spec.resize or spec.size, interpolation=mode, antialias=True), spec.size)
     if spec.mode == "resize_exact":
-        return F.resize(chw, [spec.size, spec.size], interpolation=mode, antialias=True)
+        # squash, then crop: how Hugging Face processors with a height/width size and a crop_size
+        # (DeiT) and timm's crop_mode "squash" with crop_pct < 1 prepare images
+        side = spec.resize or spec.size
+        chw = F.resize(chw, [side, side], interpolation=mode, antialias=True)
+        return chw if side == spec.size else F.center_crop(chw, spec.size)
     if spec.mode == "max_side":
         scale = spec.size / max(height, width)
         if scale < 1:

@@ -40,6 +40,9 @@ class ModelSpec:
     default_weights: Literal["embedded", "pretrained"] = "pretrained"
     pretrained_options: frozenset[str] = field(default_factory=frozenset)  # options that keep pretrained weights valid
     revisioned: bool = False  # whether ``revision`` means something (Hugging Face hub ids)
+    # how this family takes off its classifier for embeddings: module -> (feature module, width);
+    # None = the last Linear layer becomes the identity (shared.tasks.EmbedTask)
+    embed_head: Callable[[torch.nn.Module], tuple[torch.nn.Module, int]] | None = None
 
 
 def curated_builder(module: str) -> Builder:

@@ -42,8 +42,9 @@ class Task:
         return {}
 
     # ---- the model ----------------------------------------------------------------------------------
-    def adapt_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module to run for this task (a classifier's head may come off)."""
+    def adapt_model(self, model: torch.nn.Module, embed_head=None) -> torch.nn.Module:
+        """The module to run for this task (a classifier's head may come off; ``embed_head``: the
+        model family's own way to do that, from its spec)."""
         return model
 
     def output_dim(self, model: torch.nn.Module) -> int | None:
@@ -198,10 +199,14 @@ class EmbedTask(Task):
     vector_output = True
     response_key = "embedding"
 
-    def adapt_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        parent, attribute, linear = _last_linear(model)
-        setattr(parent, attribute, torch.nn.Identity())
-        model.twinfer_embedding_dim = linear.in_features  # what the identity now passes on
+    def adapt_model(self, model: torch.nn.Module, embed_head=None) -> torch.nn.Module:
+        if embed_head is not None:
+            model, dim = embed_head(model)
+        else:
+            parent, attribute, linear = _last_linear(model)
+            setattr(parent, attribute, torch.nn.Identity())
+            dim = linear.in_features  # what the identity now passes on
+        model.twinfer_embedding_dim = dim
         return model
 
     def output_dim(self, model: torch.nn.Module) -> int:

@@ -99,7 +99,7 @@ class ModelWrapper(ImageLoader):
         self.dtype = _resolve_dtype(config.precision, self.device)
         if not self.task.fixed_size:
             self.dtype = torch.float32  # torchvision's detection heads are fp32 code
-        model = self.task.adapt_model(self.spec.build(config.weights, config.options).eval())
+        model = self.task.adapt_model(self.spec.build(config.weights, config.options).eval(), self.spec.embed_head)
         self.output_dim = self.task.output_dim(model)
         model = model.to(self.device, dtype=self.dtype)
         if isinstance(config.cpu_threads, int) and self.device.type == "cpu":
@@ -333,7 +333,7 @@ def planned_output_dim(config: ModelConfig) -> int | None:
     if not task.vector_output:
         return None
     with torch.device("meta"):
-        return task.output_dim(task.adapt_model(config.spec.build("random", config.options)))
+        return task.output_dim(task.adapt_model(config.spec.build("random", config.options), config.spec.embed_head))
 
 
 COMPILE_BACKEND = "inductor"  # tests swap in a cheaper backend; dynamo's rules are the same

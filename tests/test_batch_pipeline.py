@@ -167,7 +167,7 @@ def test_files_over_the_byte_cap_are_never_read_and_land_in_the_same_output(ray_
     write_tree(tmp_path / "in", {**small, **large})
     handed: list[str] = []  # what reaches Ray Data's reader
     real_build = batch.pipeline.build_dataset
-    monkeypatch.setattr(batch.pipeline, "build_dataset", lambda c, s, paths: handed.extend(paths) or real_build(c, s, paths))
+    monkeypatch.setattr(batch.pipeline, "build_dataset", lambda c, s, paths, *rest: handed.extend(paths) or real_build(c, s, paths, *rest))
     config = backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=ModelConfig(decode={"max_bytes": cap}))
     summary = run_backfill(config)
     assert sorted(handed) == sorted(str(tmp_path / "in" / rel) for rel in small)
