@@ -107,12 +107,13 @@ class RssSampler:
     """Resident set size of groups of processes, e.g. {"proxy": [pid], "model": [pid, pid]}, every
     ``interval_s``; ``groups`` is called again every ``refresh_s`` (replicas come and go). A
     process's children count with it (HAProxy under Serve's proxy actor); group ``total`` sums them.
-    ``mark()`` starts the measured window: ``summary()`` reports growth over the samples after it."""
+    ``mark()`` and ``mark_end()`` bound the measured window that ``summary()`` reports on."""
 
     def __init__(self, groups: Callable[[], dict[str, list[int]]], interval_s: float = 0.5, refresh_s: float = 5.0):
         self.groups_fn, self.interval_s, self.refresh_s = groups, interval_s, refresh_s
         self.samples: dict[str, list[int]] = {}
         self.marked: dict[str, int] = {}  # group -> index of its first sample in the measured window
+        self.ended: dict[str, int] = {}  # group -> index past its last sample in the window (default: all)
 
     def __enter__(self) -> "RssSampler":
         self._groups, self._refreshed = self.groups_fn(), time.monotonic()
@@ -129,6 +130,9 @@ class RssSampler:
 
     def mark(self) -> None:
         self.marked = {group: len(values) for group, values in self.samples.items()}
+
+    def mark_end(self) -> None:
+        self.ended = {group: len(values) for group, values in self.samples.items()}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -149,17 +153,17 @@ class RssSampler:
         self.samples.setdefault(TOTAL, []).append(total)
 
     def summary(self) -> dict[str, dict]:
-        """Per group, MiB: ``before`` (first sample of the window), ``after`` (last), ``peak``, and
+        """Per group, MiB: ``start`` (first sample), ``before`` / ``after`` (first / last of the window), ``peak``, and
         ``growth_pct`` (``growth_window`` over the window, relative to its early median)."""
         out = {}
         for group, values in self.samples.items():
-            window = values[self.marked.get(group, 0) :] or values
+            window = values[self.marked.get(group, 0) : self.ended.get(group, len(values))] or values
             early_late = growth_window(window)
             growth_pct = None
             if early_late and early_late[0] > 0:
                 growth_pct = round(100 * (early_late[1] - early_late[0]) / early_late[0], 2)
             out[group] = {
-                "before_mib": _mib(window[0]), "after_mib": _mib(window[-1]), "peak_mib": _mib(max(values)),
+                "start_mib": _mib(values[0]), "before_mib": _mib(window[0]), "after_mib": _mib(window[-1]), "peak_mib": _mib(max(values)),
                 "growth_pct": growth_pct, "samples": len(window),
             }
         return out
