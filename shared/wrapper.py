@@ -27,6 +27,7 @@ import torch
 from shared import auto, device_decode
 from shared.config import ModelConfig
 from shared.decode import decode_image, decode_opened, open_image
+from shared.memory import RELEASE_FROM_PIXELS, release_freed_memory
 from shared.device_decode import (
     CUDA_DECODE_LOCK,
     Encoded,
@@ -79,10 +80,18 @@ class ImageLoader:
     def load(self, data: bytes) -> Item:
         """Every check, then the pixels at the model's size; with ``decode.on_device`` a JPEG the
         device can decode comes back ``Encoded`` after the header checks alone."""
-        if not self.config.decode.on_device:
-            return self.prepare(self.decode(data))
-        image = open_image(data, **self._limits)
-        return encoded_if_device_decodable(image, data) or self.prepare(decode_opened(image, draft_size=self._draft))
+        image = open_image(data, **self._limits)  # the header checks: nothing decoded yet
+        large = image.width * image.height >= RELEASE_FROM_PIXELS
+        try:
+            if self.config.decode.on_device:
+                encoded = encoded_if_device_decodable(image, data)
+                if encoded is not None:
+                    return encoded
+            return self.prepare(decode_opened(image, draft_size=self._draft))
+        finally:
+            if large:
+                image = None  # the full-size pixels go now, then what malloc kept of them
+                release_freed_memory()
 
 
 class ModelWrapper(ImageLoader):
