@@ -305,11 +305,13 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
     command = [sys.executable, "-m", "twinfer.cli", "backfill", "--input", str(source), "--output", str(output),
                "--batch-size", "2", "--rows-per-call", "2", "--rows-per-file", "2", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as sink:
+        driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while not list(output.glob("*.parquet")):
-            assert driver.poll() is None, f"the backfill exited ({driver.returncode}) before writing a file"
+            assert driver.poll() is None, f"the backfill exited ({driver.returncode}) before writing a file:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no output file appeared"
             time.sleep(0.02)
     finally:
