@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test bench clean
+.PHONY: install browser demo lint test bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +39,19 @@ browser:
 demo: $(STAMP)
 	$(BIN)/twinfer demo
 
-test: $(STAMP) browser
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) browser lint
 	TWINFER_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
+# twinfer as a user runs it (every setting at its default) against the seeds' pipeline and a docs-style deployment
 bench: $(STAMP)
-	$(BIN)/python -m bench.run --n 2000 --precision fp32 --compile --batch-size 4 --online-batch 4
+	$(BIN)/python -m bench.run --n 2000 --clients 1,16
+
+# the GPU matrix (refuses without CUDA): bench/gpu.py's docstring has the commands for 10-minute slots
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.gpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info
