@@ -36,11 +36,13 @@ def run_batch(args, data_dir: Path, work: Path, config) -> dict:
 
     placement = {"actor_pool_size": args.actors, "num_gpus_per_actor": args.num_gpus}
     results = {"twinfer": timed_backfill(config, data_dir, work / "twinfer", **placement, **_given(batch_size=args.batch_size))}
-    if args.tuned:
-        model, backfill = tuned_settings(args.tuned)
-        tuned_config = config.model_copy(update=model)
-        results["twinfer_tuned"] = timed_backfill(tuned_config, data_dir, work / "tuned", **{**placement, **backfill})
-        results["defaults_vs_tuned"] = round(results["twinfer"]["img_s"] / results["twinfer_tuned"]["img_s"], 3)
+    for i, text in enumerate(args.tuned or []):
+        model, backfill = tuned_settings(text)
+        row = timed_backfill(config.model_copy(update=model), data_dir, work / f"tuned-{i}", **{**placement, **backfill})
+        results.setdefault("tuned", []).append({"name": f"tuned: {text}", **row})
+    if results.get("tuned"):
+        best = max(results["tuned"], key=lambda row: row["img_s"])
+        results["defaults_vs_best_tuned"] = {"best": best["name"], "ratio": round(results["twinfer"]["img_s"] / best["img_s"], 3)}
     with MemorySampler() as mem:
         started = time.perf_counter()
         rows = BASELINES[args.baseline](str(data_dir), str(work / "baseline"), config, args.actors, args.seed_batch_size, args.num_gpus)
@@ -188,19 +190,16 @@ def print_tables(result: dict) -> None:
     print(f"\n== {result['model']} on {result['machine']}, {result['images']} images, ingress {result['ingress']} ==")
     if "batch" in result:
         b = result["batch"]
-        print(f"{'batch':<20}{'img/s':>10}{'seconds':>10}{'host GiB':>10}{'growth':>8}{'GPU GiB':>9}{'growth':>8}")
-        for name in ("twinfer", "twinfer_tuned", "baseline"):
-            if name not in b:
-                continue
-            r = b[name]
-            name = r.get("name", name)
-            print(f"{name:<20}{r['img_s']:>10}{r['seconds']:>10}{r['host_mem_gib']:>10}{_gib(r['host_growth_gib']):>8}"
+        print(f"{'batch':<40}{'img/s':>10}{'seconds':>10}{'host GiB':>10}{'growth':>8}{'GPU GiB':>9}{'growth':>8}")
+        for r in [{"name": "twinfer (defaults)", **b["twinfer"]}, *b.get("tuned", []), b["baseline"]]:
+            name = r["name"]
+            print(f"{name:<40}{r['img_s']:>10}{r['seconds']:>10}{r['host_mem_gib']:>10}{_gib(r['host_growth_gib']):>8}"
                   f"{_gib(r['gpu_mem_peak_gib']):>9}{_gib(r['gpu_growth_gib']):>8}")
-        for name in ("twinfer", "twinfer_tuned"):
-            if name in b:
-                print(f"{name} ran with {b[name]['settings']}")
-        if "defaults_vs_tuned" in b:
-            print(f"defaults / tuned: {b['defaults_vs_tuned']}")
+        for r in [{"name": "twinfer (defaults)", **b["twinfer"]}, *b.get("tuned", [])]:
+            print(f"{r['name']} ran with {r['settings']}")
+        if "defaults_vs_best_tuned" in b:
+            best = b["defaults_vs_best_tuned"]
+            print(f"defaults / best tuned ({best['best']}): {best['ratio']}")
         agreement = b["top1_agreement_vs_fp32_cpu"]
         print(f"speed-up x{b['speedup']} over {b['baseline']['name']}; top-1 agreement with fp32 CPU: {agreement['agree']}/{agreement['images']} ({agreement['fraction']:.2%})")
     if "online" in result:
@@ -227,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-gpus", type=float, default=0.0)
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=None, help="twinfer's backfill batch size (default: the product's, auto)")
-    parser.add_argument("--tuned", default=None, metavar="K=V,...",
-                        help="also run twinfer with these settings (ModelConfig/BackfillConfig fields), e.g. batch_size=4,cpu_threads=2")
+    parser.add_argument("--tuned", action="append", metavar="K=V,...",
+                        help="also run twinfer with these settings (ModelConfig/BackfillConfig fields), e.g. batch_size=4,cpu_threads=2; "
+                        "repeat for more variants")
     parser.add_argument("--baseline", choices=["seed-faithful", "pil-first"], default="seed-faithful",
                         help="the batch baseline: the seeds' pipeline as written, or with PIL resizing first (bench/baselines.py)")
     parser.add_argument("--seed-batch-size", type=int, default=32, help="the baseline pipeline's batch size (the seeds use 32)")
