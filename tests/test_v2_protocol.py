@@ -320,3 +320,89 @@ def test_embed_tensor():
     task = EmbedTask(LABELS)
     tensors = task.v2_tensors([[0.6, 0.8], [1.0, 0.0]], task.v2_requested(None), {})
     assert tensors["embedding"].dtype == np.float32 and tensors["embedding"].shape == (2, 2)
+
+
+# ---- the ingress side: routes and API keys, with a stand-in ingress -------------------------------------
+KEY = "a-test-key-of-enough-length"
+
+
+class FakeContext:
+    """What Serve hands a gRPC method: the call's metadata, and a code and details to set."""
+
+    def __init__(self, metadata=()):
+        self.metadata, self.code, self.details = list(metadata), None, None
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    def set_code(self, code):
+        self.code = code
+
+    def set_details(self, details):
+        self.details = details
+
+
+class FakeMetrics:
+    def __init__(self):
+        self.counted = []
+        self.errors = self.decode_seconds = self
+
+    def inc(self, tags):
+        self.counted.append(tags)
+
+
+@pytest.fixture
+def ingress(monkeypatch):
+    import hashlib
+    from types import SimpleNamespace
+
+    from deployments.v2.protocol import OpenInferenceProtocol
+
+    class Ingress(OpenInferenceProtocol):
+        def __init__(self):
+            self.settings = SimpleNamespace(api_keys_enabled=True, max_body_bytes=1000)
+            self.api_keys = (hashlib.sha256(KEY.encode()).digest(),)
+            self.handles, self.loaders, self.metrics = {}, {}, FakeMetrics()
+
+        async def _v2_server_ready(self):
+            return True
+
+    monkeypatch.setattr(grpc_service, "messages", lambda: service_pb2)  # tritonclient's: see the module docstring
+    return Ingress()
+
+
+def http_call(ingress, method: str, path: str, headers=()):
+    import asyncio
+
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": method, "path": path, "headers": [(k.encode(), v.encode()) for k, v in headers], "query_string": b""}
+    return asyncio.run(ingress.v2_http(Request(scope), [p for p in path.split("/") if p][1:]))
+
+
+def test_http_health_is_open_the_rest_needs_the_key(ingress):
+    assert http_call(ingress, "GET", "/v2/health/live").status_code == 200
+    assert http_call(ingress, "GET", "/v2/health/ready").status_code == 200
+    refused = http_call(ingress, "GET", "/v2")
+    assert refused.status_code == 401 and json.loads(refused.body)["error"].startswith("unauthorized: ")
+    answered = http_call(ingress, "GET", "/v2", [("authorization", f"Bearer {KEY}")])
+    assert answered.status_code == 200 and json.loads(answered.body)["name"] == "twinfer"
+    unknown = http_call(ingress, "GET", "/v2/models/alexnet", [("authorization", f"Bearer {KEY}")])
+    assert unknown.status_code == 404 and json.loads(unknown.body)["error"].startswith("model_not_found: ")
+    assert http_call(ingress, "POST", "/v2/health/live").status_code == 405
+    assert {"model": "unknown", "code": "model_not_found"} in ingress.metrics.counted
+
+
+def test_grpc_needs_the_key_in_metadata(ingress):
+    import asyncio
+
+    refused = FakeContext()
+    message = asyncio.run(ingress.ServerMetadata(service_pb2.ServerMetadataRequest(), grpc_context=refused))
+    assert refused.code == grpc.StatusCode.UNAUTHENTICATED and refused.details.startswith("unauthorized: ") and not message.name
+    allowed = FakeContext([("authorization", f"Bearer {KEY}")])
+    message = asyncio.run(ingress.ServerMetadata(service_pb2.ServerMetadataRequest(), grpc_context=allowed))
+    assert allowed.code is None and message.name == "twinfer" and "binary_tensor_data" in message.extensions
+    unknown = FakeContext([("authorization", f"Bearer {KEY}")])
+    asyncio.run(ingress.ModelInfer(service_pb2.ModelInferRequest(model_name="alexnet"), grpc_context=unknown))
+    assert unknown.code == grpc.StatusCode.NOT_FOUND and unknown.details.startswith("model_not_found: ")
+    assert asyncio.run(ingress.ServerLive(service_pb2.ServerLiveRequest(), grpc_context=FakeContext())).live

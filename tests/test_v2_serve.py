@@ -151,9 +151,11 @@ def test_http_model_metadata_comes_from_the_task_and_the_model(triton_http):
 
 def test_http_binary_classification_equals_v1(triton_http, http):
     data = encode(sample_array("chelsea"))
-    result = triton_http.infer(
-        CLASSIFIER, [image_input(httpclient, [data])], outputs=[httpclient.InferRequestedOutput("probabilities", class_count=5)]
+    result = triton_http.infer(  # /v2/models/{m}/versions/1/infer
+        CLASSIFIER, [image_input(httpclient, [data])], model_version="1",
+        outputs=[httpclient.InferRequestedOutput("probabilities", class_count=5)],
     )
+    assert result.get_response()["model_version"] == "1"
     strings = result.as_numpy("probabilities")
     assert strings.shape == (1, 5)
     assert_same_top(classifications(strings)[0], v1_top(http, data))
