@@ -4,7 +4,8 @@
 
 One Serve instance (HTTP + the v2 gRPC service), one twinfer app (the embedded model, as
 ``bench.run`` deploys it online), then rounds of closed-loop load (``bench.load``), the protocols
-in turn within each round so that a machine whose speed drifts drifts for all of them:
+in turn within each round, each round starting with the next one, so that a machine whose speed
+drifts drifts for all of them:
 ``v1`` (POST the JPEG), ``v2`` (tritonclient's binary request, top 5 by the classification
 extension, binary answer) and, unless ``--skip-grpc``, ``grpc`` (the same as ``ModelInfer``).
 Prints and writes (``--out``) each run, the medians, v2/v1, and the 1-minute load average before
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         urls = {"v1": f"{base}/v1/models/efficientnet_lite0/classify", "v2": f"{base}/v2/models/efficientnet_lite0/infer", "grpc": f"127.0.0.1:{grpc_port}"}
         runs = []
         for round_ in range(args.rounds):
-            for protocol in protocols:
+            # each round starts with the next protocol: whichever goes first does not always get
+            # the machine as it is at the start of a round
+            for protocol in protocols[round_ % len(protocols) :] + protocols[: round_ % len(protocols)]:
                 before = os.getloadavg()[0]
                 out = subprocess.run(
                     [sys.executable, "-m", "bench.load", "--url", urls[protocol], "--files", str(data_dir), "--clients", str(args.clients),
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
 
-    medians = {p: statistics.median(r["req_s"] for r in runs if r["protocol"] == p) for p in protocols}
+    medians = {p: round(statistics.median(r["req_s"] for r in runs if r["protocol"] == p), 2) for p in protocols}
     per_round = [
         round(next(r["req_s"] for r in runs if r["round"] == i and r["protocol"] == "v2") / max(1e-9, next(r["req_s"] for r in runs if r["round"] == i and r["protocol"] == "v1")), 3)
         for i in range(args.rounds)
