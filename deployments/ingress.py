@@ -27,9 +27,10 @@ from starlette.responses import JSONResponse, Response
 
 from deployments.config import IngressConfig
 from deployments.http import check_bearer, error_response, image_bytes, load_api_keys
-from deployments.metrics import IngressMetrics
+from deployments.metrics import NO_MODEL, UNKNOWN_MODEL, IngressMetrics
 from deployments.openapi import build_openapi
 from deployments.page import Site
+from deployments.v2.protocol import OpenInferenceProtocol
 from shared import ImageLoader, ModelConfig
 from shared.errors import (
     MethodNotAllowed,
@@ -44,9 +45,6 @@ from shared.tasks import TASKS
 
 logger = logging.getLogger("ray.serve")
 
-UNKNOWN_MODEL = "unknown"  # the metrics' model tag for names not served: a bounded set of time series
-NO_MODEL = "-"  # ... and for routes that name no model
-
 # What a handle call raises when its replica died mid-request (ActorDiedError) or could not be
 # reached (ActorUnavailableError; both RayActorError), or Serve gave up on a chosen replica.
 # Serve's router has already dropped a dead replica from its set, so a re-send goes elsewhere or
@@ -55,7 +53,7 @@ RETRYABLE = (RayActorError, ReplicaUnavailableError)
 RETRY_BACKOFF_S = (0.05, 0.25)
 
 
-class Ingress:
+class Ingress(OpenInferenceProtocol):  # + /v2/... and gRPC: the Open Inference Protocol (deployments/v2)
     def __init__(self, models: dict[str, DeploymentHandle], model_configs: dict[str, dict], ingress: dict):
         self.handles = models
         self.loaders = {name: ImageLoader(ModelConfig.model_validate(cfg)) for name, cfg in model_configs.items()}
@@ -76,6 +74,8 @@ class Ingress:
             parts = _route_parts(request)
             if parts == ["healthz"]:
                 return await self._healthz(request)
+            if parts[:1] == ["v2"]:  # answers every error itself, in the protocol's format
+                return await self.v2_http(request, parts[1:])
             asset = self.site.get(parts)
             if asset is not None:
                 _require(request, "GET")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Histogram
 
+UNKNOWN_MODEL = "unknown"  # the model tag for names not served: a bounded set of time series
+NO_MODEL = "-"  # ... and for routes that name no model
+
 _LATENCY_BOUNDARIES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 
 

@@ -162,7 +162,7 @@ ERROR_CASES = [
     ("classify_on_detector", "POST", "/v1/models/fasterrcnn_v2/classify", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
     ("embed_on_classifier", "POST", "/v1/models/efficientnet_lite0/embed", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
     ("classify_on_embedder", "POST", "/v1/models/lite0-embed/classify", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
-    ("unknown_route", "GET", "/v2/whatever", {}, b"", None, 404, "not_found"),
+    ("unknown_route", "GET", "/v0/whatever", {}, b"", None, 404, "not_found"),
     ("wrong_method", "GET", "/v1/models/efficientnet_lite0/classify", {}, b"", None, 405, "method_not_allowed"),
     ("body_over_cap", "POST", "/v1/models/efficientnet_lite0/classify", {}, b"\xff" * (BODY_CAP + 1), "image/jpeg", 413, "body_too_large"),
     ("pixel_bomb", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.pixel_bomb(), "image/png", 413, "image_too_large"),

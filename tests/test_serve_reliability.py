@@ -109,6 +109,8 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     port = free_loopback_port()
     config["http_options"].update(host="127.0.0.1", port=port)
+    grpc_port = free_loopback_port()
+    config["grpc_options"]["port"] = grpc_port
     (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, RAY_ADDRESS="local")  # its own Ray, not the test session's
     serve_bin = Path(sys.executable).parent / "serve"
@@ -135,6 +137,11 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
             assert [p["label"] for p in response.json()["predictions"]] == [
                 p["label"] for p in embedded_wrapper.classify_bytes(data)
             ]
+        # the config's gRPC ingress; one application, so calls need no `application` metadata
+        import tritonclient.grpc as grpcclient
+
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as triton:
+            assert triton.is_server_live() and triton.is_model_ready("efficientnet_lite0")
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=90) == 0
     finally:
