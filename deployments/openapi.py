@@ -59,6 +59,7 @@ NOT_PER_OPERATION = {
     errors.NotFound: "a path that is not a route",
     errors.MethodNotAllowed: "a route called with another method",
     errors.WeightsUnavailable: "at start-up: the model's deployment fails, requests then get `unavailable`",
+    errors.InvalidRequest: "the Open Inference Protocol's routes (/v2, gRPC), not described here",
 }
 EVERY_ROUTE = (errors.TwinferError, errors.Overloaded, errors.Unavailable)  # TwinferError itself: 500 internal
 

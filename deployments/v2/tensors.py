@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import TwinferError
+from shared.errors import InvalidRequest, TwinferError
 
 IMAGE_INPUT = "image"
 MAX_IMAGES = 256  # per request: each image is one model call, and they all wait in one model's queue
@@ -25,13 +25,6 @@ EXTENSIONS = ("binary_tensor_data", "classification")
 _RAW_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
 _DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(object): "BYTES"}
 _LENGTH = struct.Struct("<I")  # a BYTES element: its length, 4 bytes little-endian, then its bytes
-
-
-class InvalidRequest(TwinferError):
-    """A v2 request that does not follow the protocol (malformed JSON or binary data, wrong input)."""
-
-    code = "invalid_request"
-    http_status = 400
 
 
 @dataclass
