@@ -8,12 +8,10 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from shared.registry import DEFAULT_MODEL
-
 from batch import flags
 from batch.config import BackfillConfig
 from batch.uris import S3Options
-
+from shared.registry import DEFAULT_MODEL
 
 # flag names kept from before the flags were generated, or shorter than the field's
 BACKFILL_RENAMES = {
@@ -32,27 +30,42 @@ _EVALUATE_FLAGS: dict[str, tuple[str, ...]] = {}
 
 def register(subparsers) -> None:
     backfill = subparsers.add_parser(
-        "backfill", help="classify, detect or embed every image under a URI with Ray Data, writing Parquet",
+        "backfill",
+        help="classify, detect or embed every image under a URI with Ray Data, writing Parquet",
         description="Every option below is a field of BackfillConfig / ModelConfig (the vocabulary of "
         "serve_config.yaml); an option not given keeps the config's default.",
     )
     backfill.add_argument(
-        "--model-config", default=None, metavar="FILE",
+        "--model-config",
+        default=None,
+        metavar="FILE",
         help="YAML/JSON: a model mapping (as under `model:` in serve_config.yaml), or a Serve config "
         "file itself, whose entry for --model (or its one enabled model) is used; model flags override it",
     )
-    _BACKFILL_FLAGS.update(flags.add_flags(
-        backfill, BackfillConfig, renames=BACKFILL_RENAMES, flatten=("model",),
-        group_titles={"model": "model (ModelConfig)", "model.decode": "decoding (ModelConfig.decode)", "s3": S3_TITLE},
-    ))
+    _BACKFILL_FLAGS.update(
+        flags.add_flags(
+            backfill,
+            BackfillConfig,
+            renames=BACKFILL_RENAMES,
+            flatten=("model",),
+            group_titles={
+                "model": "model (ModelConfig)",
+                "model.decode": "decoding (ModelConfig.decode)",
+                "s3": S3_TITLE,
+            },
+        )
+    )
     backfill.set_defaults(handler=_backfill)
 
     evaluate = subparsers.add_parser(
-        "evaluate", help="top-1 / top-5 / per-class accuracy of a backfill's predictions",
+        "evaluate",
+        help="top-1 / top-5 / per-class accuracy of a backfill's predictions",
     )
     evaluate.add_argument("--predictions", required=True, help="the backfill's output URI")
     evaluate.add_argument("--output", default=None, help="JSON report URI (default: <predictions>.evaluation.json)")
-    _EVALUATE_FLAGS.update(flags.add_flags(evaluate.add_argument_group(S3_TITLE), S3Options, prefix="s3-", renames=S3_RENAMES))
+    _EVALUATE_FLAGS.update(
+        flags.add_flags(evaluate.add_argument_group(S3_TITLE), S3Options, prefix="s3-", renames=S3_RENAMES)
+    )
     evaluate.set_defaults(handler=_evaluate)
 
 

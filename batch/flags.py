@@ -73,7 +73,9 @@ def values(args: argparse.Namespace, targets: dict[str, tuple[str, ...]]) -> dic
 
 def _add(parser, flag: str, dest: str, field, annotation) -> None:
     required = field.is_required()
-    help_text = " ".join(filter(None, [field.description, "(required)" if required else f"(default: {_shown_default(field)})"]))
+    help_text = " ".join(
+        filter(None, [field.description, "(required)" if required else f"(default: {_shown_default(field)})"])
+    )
     metavar = "N" if annotation in (int, float) else flag.rsplit("-", 1)[-1].upper()
     options = {"metavar": metavar, **_arg_options(annotation)}
     if required:
@@ -81,7 +83,9 @@ def _add(parser, flag: str, dest: str, field, annotation) -> None:
     if options.get("type") is not None and _allows_bool(annotation):  # --compile alone means on
         options.update(nargs="?", const=True)
     if options.get("action") is argparse.BooleanOptionalAction:
-        parser.add_argument(f"--{flag}", dest=dest, default=UNSET, help=help_text, action=argparse.BooleanOptionalAction)
+        parser.add_argument(
+            f"--{flag}", dest=dest, default=UNSET, help=help_text, action=argparse.BooleanOptionalAction
+        )
         return
     if "choices" in options:
         options.pop("metavar")
@@ -117,7 +121,9 @@ def _arg_options(annotation) -> dict:
 
 def _union_parser(members: list):
     """A flag value for ``int | Literal["auto"]`` and the like: a literal, else the first type it parses as."""
-    literals = [value for member in members if typing.get_origin(member) is Literal for value in typing.get_args(member)]
+    literals = [
+        value for member in members if typing.get_origin(member) is Literal for value in typing.get_args(member)
+    ]
     types_ = [member for member in members if member in (bool, int, float, str)]
 
     def parse(text: str):

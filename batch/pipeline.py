@@ -19,9 +19,6 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset, TaskPoolStrategy
 
-from shared.errors import ImageTooLarge
-from shared.wrapper import planned_output_dim
-
 from batch.config import BackfillConfig
 from batch.decode_stage import decode_batch
 from batch.evaluate import check_report_target, default_report_uri, run_evaluate
@@ -31,6 +28,8 @@ from batch.predict_actor import Predictor, output_schema
 from batch.resume import read_output
 from batch.sink import IdempotentParquetSink
 from batch.uris import Resolved, redact_uri, resolve
+from shared.errors import ImageTooLarge
+from shared.wrapper import planned_output_dim
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +63,12 @@ def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str], di
     )
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.resolved_batch_size, "dim": dim},
+        fn_constructor_kwargs={
+            "model": config.model,
+            "top_k": config.top_k,
+            "batch_size": config.resolved_batch_size,
+            "dim": dim,
+        },
         batch_size=config.actor_call_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=config.actor_pool_size),
@@ -94,8 +98,14 @@ def run_backfill(config: BackfillConfig) -> dict:
     cap = config.model.decode.max_bytes
     too_large = [f for f in pending if f.size is not None and f.size > cap]
     readable = [f.path for f in pending if f.size is None or f.size <= cap]
-    logger.info("%d input files, %d already in %s, %d to do (%d over the byte cap)",
-                len(inputs), len(inputs) - len(pending), shown, len(pending), len(too_large))
+    logger.info(
+        "%d input files, %d already in %s, %d to do (%d over the byte cap)",
+        len(inputs),
+        len(inputs) - len(pending),
+        shown,
+        len(pending),
+        len(too_large),
+    )
 
     dim = planned_output_dim(config.model)
     schema = output_schema(config.model, dim).with_metadata(identity.parquet_metadata())

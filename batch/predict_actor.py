@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from batch.decode_stage import item_from_row, pixel_views
 from shared.config import ModelConfig
 from shared.errors import TwinferError
 from shared.tasks import DEFAULT_TOP_K
 from shared.wrapper import ModelWrapper
-
-from batch.decode_stage import item_from_row, pixel_views
 
 COMMON_FIELDS = [
     pa.field("path", pa.string()),
@@ -42,7 +41,9 @@ class Predictor:
         # the model sees batch_size (a last, short chunk: padded up when compiled)
         self.wrapper = ModelWrapper(model, batch_sizes=(batch_size,))
         if self.wrapper.output_dim != dim:
-            raise RuntimeError(f"{model.name} answers vectors of {self.wrapper.output_dim}, the output was planned for {dim}")
+            raise RuntimeError(
+                f"{model.name} answers vectors of {self.wrapper.output_dim}, the output was planned for {dim}"
+            )
         self.batch_size = batch_size
         self.model_name = model.name
         self.task = self.wrapper.task

@@ -29,9 +29,7 @@ def output_files(fs: pafs.FileSystem, directory: str) -> list[str]:
         return []
     infos = fs.get_file_info(pafs.FileSelector(directory, recursive=False))
     return sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not _hidden(i.path)
+        i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not _hidden(i.path)
     )
 
 

@@ -35,7 +35,10 @@ def weights_transform(config: ModelConfig):
     if pre.mode != "resize_crop":
         raise ValueError(f"the seed pipelines resize then crop; {config.name} preprocesses with {pre.mode}")
     return ImageClassification(
-        crop_size=pre.size, resize_size=pre.resize or pre.size, mean=pre.mean, std=pre.std,
+        crop_size=pre.size,
+        resize_size=pre.resize or pre.size,
+        mean=pre.mean,
+        std=pre.std,
         interpolation=InterpolationMode(pre.interpolation),
     )
 
@@ -53,10 +56,14 @@ def pil_first_transform(config: ModelConfig):
 
     pre = config.spec.preprocess
     interpolation = transforms.InterpolationMode(pre.interpolation)
-    return transforms.Compose([
-        transforms.Resize(pre.resize or pre.size, interpolation=interpolation), transforms.CenterCrop(pre.size),
-        transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(pre.resize or pre.size, interpolation=interpolation),
+            transforms.CenterCrop(pre.size),
+            transforms.ToTensor(),
+            transforms.Normalize(pre.mean, pre.std),
+        ]
+    )
 
 
 def _model(config: ModelConfig, device: str) -> torch.nn.Module:
@@ -79,23 +86,31 @@ class SeedPredictor:
         return {"path": batch["path"], "top_indices": indices.cpu().numpy(), "top_scores": scores.cpu().numpy()}
 
 
-def seed_faithful_batch(input_dir: str, output_dir: str, config: ModelConfig, actors: int, batch_size: int, num_gpus: float) -> int:
+def seed_faithful_batch(
+    input_dir: str, output_dir: str, config: ModelConfig, actors: int, batch_size: int, num_gpus: float
+) -> int:
     """The seed notebooks' pipeline; returns the rows written."""
     return _row_map_batch(seed_transform(config), input_dir, output_dir, config, actors, batch_size, num_gpus)
 
 
-def pil_first_batch(input_dir: str, output_dir: str, config: ModelConfig, actors: int, batch_size: int, num_gpus: float) -> int:
+def pil_first_batch(
+    input_dir: str, output_dir: str, config: ModelConfig, actors: int, batch_size: int, num_gpus: float
+) -> int:
     """The seed pipeline with PIL resizing first (a kinder baseline); returns the rows written."""
     from PIL import Image
 
     transform = pil_first_transform(config)
-    return _row_map_batch(lambda array: transform(Image.fromarray(array)), input_dir, output_dir, config, actors, batch_size, num_gpus)
+    return _row_map_batch(
+        lambda array: transform(Image.fromarray(array)), input_dir, output_dir, config, actors, batch_size, num_gpus
+    )
 
 
 BASELINES = {"seed-faithful": seed_faithful_batch, "pil-first": pil_first_batch}
 
 
-def _row_map_batch(transform, input_dir: str, output_dir: str, config: ModelConfig, actors: int, batch_size: int, num_gpus: float) -> int:
+def _row_map_batch(
+    transform, input_dir: str, output_dir: str, config: ModelConfig, actors: int, batch_size: int, num_gpus: float
+) -> int:
     import ray
 
     def preprocess(row: dict) -> dict:
@@ -103,8 +118,11 @@ def _row_map_batch(transform, input_dir: str, output_dir: str, config: ModelConf
 
     ds = ray.data.read_images(input_dir, mode="RGB", include_paths=True).map(preprocess)
     ds = ds.map_batches(
-        SeedPredictor, fn_constructor_kwargs={"config": config.model_dump()}, batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=num_gpus,
+        SeedPredictor,
+        fn_constructor_kwargs={"config": config.model_dump()},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=num_gpus,
     )
     ds.write_parquet(output_dir)
     return sum(1 for _ in ray.data.read_parquet(output_dir).iter_rows())

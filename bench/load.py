@@ -44,16 +44,27 @@ def default_client() -> str:
 def v2_request(image: bytes) -> tuple[bytes, dict[str, str]]:
     """One image as tritonclient.http sends it: JSON header, then the BYTES element (4-byte LE length + bytes)."""
     header = json.dumps(
-        {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(image) + 4}}],
-         "outputs": V2_OUTPUTS}
+        {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(image) + 4}}
+            ],
+            "outputs": V2_OUTPUTS,
+        }
     ).encode()
     headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
     return header + struct.pack("<I", len(image)) + image, headers
 
 
 async def closed_loop(
-    url: str, bodies: list[bytes], clients: int, duration: float, warmup: float, client: str | None = None,
-    protocol: str = "v1", model: str = "", application: str = "",
+    url: str,
+    bodies: list[bytes],
+    clients: int,
+    duration: float,
+    warmup: float,
+    client: str | None = None,
+    protocol: str = "v1",
+    model: str = "",
+    application: str = "",
 ) -> dict:
     if protocol == "grpc":
         return await grpc_closed_loop(url, bodies, clients, duration, warmup, model, application)
@@ -82,8 +93,12 @@ async def closed_loop(
     ok = statuses.get(200, 0)
     lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {
-        "clients": clients, "requests": len(latencies), "ok": ok, "errors": len(latencies) - ok,
-        "req_s": round(ok / duration, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "clients": clients,
+        "requests": len(latencies),
+        "ok": ok,
+        "errors": len(latencies) - ok,
+        "req_s": round(ok / duration, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
         "p99_ms": round(float(np.percentile(lat, 99)), 1),
         "first50_p99_ms": round(float(np.percentile(np.array(first) * 1000, 99)), 1) if first else None,
         "client": client,
@@ -136,7 +151,9 @@ async def _stdlib_poster(clients: int):
         if connection is None:
             connection = local.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         try:
-            connection.request("POST", parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
+            connection.request(
+                "POST", parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers
+            )
             response = connection.getresponse()
             response.read()
             return response.status
@@ -201,8 +218,12 @@ def _summary(latencies: list[float], statuses: dict, ok_status, clients: int, du
     ok = statuses.get(ok_status, 0)
     lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {
-        "clients": clients, "requests": len(latencies), "ok": ok, "errors": len(latencies) - ok,
-        "req_s": round(ok / duration, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "clients": clients,
+        "requests": len(latencies),
+        "ok": ok,
+        "errors": len(latencies) - ok,
+        "req_s": round(ok / duration, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
         "p99_ms": round(float(np.percentile(lat, 99)), 1),
     }
 
@@ -217,13 +238,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--client", choices=CLIENTS, default=None, help="HTTP client library (default: the first installed)")
+    parser.add_argument(
+        "--client", choices=CLIENTS, default=None, help="HTTP client library (default: the first installed)"
+    )
     parser.add_argument("--protocol", choices=("v1", "v2", "grpc"), default="v1")
     parser.add_argument("--model", default="efficientnet_lite0", help="grpc: the model to call")
     parser.add_argument("--application", default="", help="grpc: Serve's application name (when several run)")
     args = parser.parse_args(argv)
     bodies = [p.read_bytes() for p in sorted(Path(args.files).rglob("*.jpg"))[:512]]
-    result = closed_loop(args.url, bodies, args.clients, args.duration, args.warmup, args.client, args.protocol, args.model, args.application)
+    result = closed_loop(
+        args.url,
+        bodies,
+        args.clients,
+        args.duration,
+        args.warmup,
+        args.client,
+        args.protocol,
+        args.model,
+        args.application,
+    )
     print(json.dumps(asyncio.run(result)))
 
 

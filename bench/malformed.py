@@ -104,7 +104,14 @@ def bit_flips(files: dict[str, bytes], rng: random.Random) -> list[Case]:
             for bit in bits:
                 flipped[bit // 8] ^= 1 << (bit % 8)
             label = "header" if i < 2 else "any"
-            cases.append(Case(f"bitflip/{fmt}/{label}/{'.'.join(map(str, bits))}", "bitflip", bytes(flipped), expect=DECODE_OR_REFUSE))
+            cases.append(
+                Case(
+                    f"bitflip/{fmt}/{label}/{'.'.join(map(str, bits))}",
+                    "bitflip",
+                    bytes(flipped),
+                    expect=DECODE_OR_REFUSE,
+                )
+            )
     return cases
 
 
@@ -126,19 +133,42 @@ def random_bodies(rng: random.Random) -> list[Case]:
     for fmt, signature in SIGNATURES.items():
         for size in (16, 4096):
             body = signature + rng.randbytes(size)
-            cases.append(Case(f"random/{fmt}-signature+{size}B", "random", body, content_type=f"image/{fmt}", expect=(400, 413, 415)))
-    cases.append(Case("random/text", "random", b"this is a plain text file, not an image\n" * 4, content_type="image/jpeg"))
+            cases.append(
+                Case(
+                    f"random/{fmt}-signature+{size}B",
+                    "random",
+                    body,
+                    content_type=f"image/{fmt}",
+                    expect=(400, 413, 415),
+                )
+            )
+    cases.append(
+        Case("random/text", "random", b"this is a plain text file, not an image\n" * 4, content_type="image/jpeg")
+    )
     cases.append(Case("random/zeros-64k", "random", bytes(65536), content_type="image/png"))
     return cases
 
 
 def content_types(files: dict[str, bytes]) -> list[Case]:
     jpeg = files["jpeg"]
-    accepted = ["image/jpeg", "image/png", "IMAGE/JPEG; charset=utf-8", "application/octet-stream", "image/x-anything", "image/"]
+    accepted = [
+        "image/jpeg",
+        "image/png",
+        "IMAGE/JPEG; charset=utf-8",
+        "application/octet-stream",
+        "image/x-anything",
+        "image/",
+    ]
     refused = ["text/plain", "application/json", "application/x-www-form-urlencoded", "", "text/html; boundary=x",
                "video/mp4", "application/octet-streamx", "image", "*/*"]  # fmt: skip
-    cases = [Case(f"content_type/accepted/{ct or 'empty'}", "content_type", jpeg, content_type=ct, expect=(200,)) for ct in accepted]
-    cases += [Case(f"content_type/refused/{ct or 'empty'}", "content_type", jpeg, content_type=ct, expect=(415,)) for ct in refused]
+    cases = [
+        Case(f"content_type/accepted/{ct or 'empty'}", "content_type", jpeg, content_type=ct, expect=(200,))
+        for ct in accepted
+    ]
+    cases += [
+        Case(f"content_type/refused/{ct or 'empty'}", "content_type", jpeg, content_type=ct, expect=(415,))
+        for ct in refused
+    ]
     cases += [
         Case("content_type/none", "content_type", jpeg, content_type=None, expect=(200,)),  # taken as octet-stream
         Case("content_type/empty-body", "content_type", b"", content_type="image/jpeg"),
@@ -146,16 +176,29 @@ def content_types(files: dict[str, bytes]) -> list[Case]:
         Case("content_type/empty-body-text", "content_type", b"", content_type="text/plain", expect=(415,)),
         Case("content_type/ppm", "content_type", files["ppm"], content_type="image/x-portable-pixmap", expect=(415,)),
         Case("content_type/ico", "content_type", _encode(Image.new("RGB", (16, 16), (1, 2, 3)), "ICO"), expect=(415,)),
-        Case("content_type/svg", "content_type", b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', content_type="image/svg+xml"),
+        Case(
+            "content_type/svg",
+            "content_type",
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+            content_type="image/svg+xml",
+        ),
         Case("content_type/png-as-jpeg", "content_type", files["png"], content_type="image/jpeg", expect=(200,)),
         Case("content_type/bmp", "content_type", files["bmp"], content_type="image/bmp", expect=(200,)),
-        Case("content_type/gzip-encoded", "content_type", zlib.compress(jpeg), content_type="image/jpeg", headers=(("Content-Encoding", "gzip"),)),
+        Case(
+            "content_type/gzip-encoded",
+            "content_type",
+            zlib.compress(jpeg),
+            content_type="image/jpeg",
+            headers=(("Content-Encoding", "gzip"),),
+        ),
         Case("content_type/multipart-no-boundary", "content_type", jpeg, content_type="multipart/form-data"),
     ]
     return cases
 
 
-def multipart(parts: list[tuple[str, str | None, str | None, bytes]], boundary: str = "soakboundary", newline: bytes = b"\r\n") -> bytes:
+def multipart(
+    parts: list[tuple[str, str | None, str | None, bytes]], boundary: str = "soakboundary", newline: bytes = b"\r\n"
+) -> bytes:
     """A multipart/form-data body of (field name, filename or None, content type or None, payload)."""
     out = b""
     for name, filename, content_type, payload in parts:
@@ -179,15 +222,24 @@ def multipart_cases(files: dict[str, bytes]) -> list[Case]:
         case("valid", good, expect=(200,)),
         case("valid-text-plain-part", multipart([("file", "cat.txt", "text/plain", jpeg)]), expect=(200,)),
         case("valid-unicode-filename", multipart([("file", "kätzchen 猫.jpg", "image/jpeg", jpeg)]), expect=(200,)),
-        case("valid-extra-field", multipart([("note", None, None, b"hello"), ("file", "a.jpg", "image/jpeg", jpeg)]), expect=(200,)),
+        case(
+            "valid-extra-field",
+            multipart([("note", None, None, b"hello"), ("file", "a.jpg", "image/jpeg", jpeg)]),
+            expect=(200,),
+        ),
         case("lf-only", multipart([("file", "a.jpg", "image/jpeg", jpeg)], newline=b"\n"), expect=(200, 400)),
         case("no-file-field", multipart([("image", "a.jpg", "image/jpeg", jpeg)])),
         case("file-as-text-field", multipart([("file", None, None, b"not a file")])),
         case("empty-file", multipart([("file", "a.jpg", "image/jpeg", b"")])),
         case("two-files", multipart([("file", "a.jpg", "image/jpeg", jpeg), ("file2", "b.jpg", "image/jpeg", jpeg)])),
         case("corrupt-jpeg", multipart([("file", "a.jpg", "image/jpeg", jpeg[: len(jpeg) // 2])])),
-        case("random-bytes", multipart([("file", "a.bin", "application/octet-stream", random.Random(7).randbytes(2000))])),
-        case("many-fields", multipart([(f"f{i}", None, None, b"x") for i in range(40)] + [("file", "a.jpg", "image/jpeg", jpeg)])),
+        case(
+            "random-bytes", multipart([("file", "a.bin", "application/octet-stream", random.Random(7).randbytes(2000))])
+        ),
+        case(
+            "many-fields",
+            multipart([(f"f{i}", None, None, b"x") for i in range(40)] + [("file", "a.jpg", "image/jpeg", jpeg)]),
+        ),
         case("no-closing-boundary", good[: -len(b"--soakboundary--\r\n")], expect=(200, 400)),
         case("cut-in-part-headers", good[:40]),
         case("cut-in-payload", good[: len(good) // 2]),
@@ -196,9 +248,19 @@ def multipart_cases(files: dict[str, bytes]) -> list[Case]:
         case("empty-body", b""),
         case("only-closing-boundary", b"--soakboundary--\r\n"),
         case("garbage", b"\x00\xff" * 300),
-        case("header-line-64k", b"--soakboundary\r\nX-Long: " + b"a" * 65536 + b"\r\n\r\n" + jpeg + b"\r\n--soakboundary--\r\n"),
-        case("no-disposition", b"--soakboundary\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n--soakboundary--\r\n"),
-        case("nested-multipart", multipart([("file", "inner", "multipart/mixed; boundary=inner", b"--inner\r\n\r\n" + jpeg + b"\r\n--inner--\r\n")])),
+        case(
+            "header-line-64k",
+            b"--soakboundary\r\nX-Long: " + b"a" * 65536 + b"\r\n\r\n" + jpeg + b"\r\n--soakboundary--\r\n",
+        ),
+        case(
+            "no-disposition", b"--soakboundary\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n--soakboundary--\r\n"
+        ),
+        case(
+            "nested-multipart",
+            multipart(
+                [("file", "inner", "multipart/mixed; boundary=inner", b"--inner\r\n\r\n" + jpeg + b"\r\n--inner--\r\n")]
+            ),
+        ),
     ]
 
 
@@ -233,7 +295,12 @@ def png_rgba(width: int = 6000, height: int = 6000) -> bytes:
 def pixel_count_bomb(width: int = 10_000, height: int = 10_000) -> bytes:
     """A tiny PNG whose header claims ``width`` x ``height`` pixels (the data holds one row)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(bytes(width + 1))) + _chunk(b"IEND")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(bytes(width + 1)))
+        + _chunk(b"IEND")
+    )
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
@@ -297,8 +364,12 @@ def tiff_with_strips(strips: int, width: int = 8) -> bytes:
     out = bytearray(b"II*\x00" + struct.pack("<IH", 8, entries))
     for tag, kind, count, value in tags:
         short = kind == 3 and count == 1
-        out += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if short else struct.pack("<I", value))
-    out += b"\x00" * 4 + struct.pack(f"<{strips}I", *[pixels_at] * strips) + struct.pack(f"<{strips}H", *[width] * strips)
+        out += struct.pack("<HHI", tag, kind, count) + (
+            struct.pack("<HH", value, 0) if short else struct.pack("<I", value)
+        )
+    out += (
+        b"\x00" * 4 + struct.pack(f"<{strips}I", *[pixels_at] * strips) + struct.pack(f"<{strips}H", *[width] * strips)
+    )
     return bytes(out + bytes(range(width)))
 
 
@@ -307,27 +378,72 @@ def bombs() -> list[Case]:
     too_large = (413,)
     decoded_or_refused = (200, 400, 413)  # the cost may be bounded by refusing (413 image_too_complex) or by decoding
     return [
-        Case("bomb/progressive-500-scans-4096px", "bomb", scan_bomb(), content_type="image/jpeg", expect=decoded_or_refused),
+        Case(
+            "bomb/progressive-500-scans-4096px",
+            "bomb",
+            scan_bomb(),
+            content_type="image/jpeg",
+            expect=decoded_or_refused,
+        ),
         Case("bomb/png-16bit-6300x6300", "bomb", png_16bit(), content_type="image/png", expect=decoded_or_refused),
         Case("bomb/png-rgba-6000x6000", "bomb", png_rgba(), content_type="image/png", expect=decoded_or_refused),
         Case("bomb/png-claims-10000x10000", "bomb", pixel_count_bomb(), content_type="image/png", expect=too_large),
-        Case("bomb/png-claims-65535x65535", "bomb", pixel_count_bomb(65535, 65535), content_type="image/png", expect=too_large),
-        Case("bomb/jpeg-claims-65000x65000", "bomb", jpeg_claiming(65000, 65000), content_type="image/jpeg", expect=too_large),
-        Case("bomb/gif-claims-65535x65535", "bomb", gif_claiming(65535, 65535), content_type="image/gif", expect=too_large),
-        Case("bomb/jpeg-100k-comment-segments", "bomb", jpeg_with_segments(100_000), content_type="image/jpeg", expect=decoded_or_refused),
-        Case("bomb/tiff-200k-strips", "bomb", tiff_with_strips(200_000), content_type="image/tiff", expect=decoded_or_refused),
+        Case(
+            "bomb/png-claims-65535x65535",
+            "bomb",
+            pixel_count_bomb(65535, 65535),
+            content_type="image/png",
+            expect=too_large,
+        ),
+        Case(
+            "bomb/jpeg-claims-65000x65000",
+            "bomb",
+            jpeg_claiming(65000, 65000),
+            content_type="image/jpeg",
+            expect=too_large,
+        ),
+        Case(
+            "bomb/gif-claims-65535x65535",
+            "bomb",
+            gif_claiming(65535, 65535),
+            content_type="image/gif",
+            expect=too_large,
+        ),
+        Case(
+            "bomb/jpeg-100k-comment-segments",
+            "bomb",
+            jpeg_with_segments(100_000),
+            content_type="image/jpeg",
+            expect=decoded_or_refused,
+        ),
+        Case(
+            "bomb/tiff-200k-strips",
+            "bomb",
+            tiff_with_strips(200_000),
+            content_type="image/tiff",
+            expect=decoded_or_refused,
+        ),
         Case("bomb/body-21MiB", "bomb", over_cap, content_type="image/jpeg", expect=too_large),
         Case("bomb/body-21MiB-chunked", "bomb", over_cap, content_type="image/jpeg", chunked=True, expect=too_large),
-        Case("bomb/body-21MiB-multipart", "bomb", multipart([("file", "big.jpg", "image/jpeg", over_cap)]),
-             content_type="multipart/form-data; boundary=soakboundary", expect=too_large),  # fmt: skip
+        Case(
+            "bomb/body-21MiB-multipart",
+            "bomb",
+            multipart([("file", "big.jpg", "image/jpeg", over_cap)]),
+            content_type="multipart/form-data; boundary=soakboundary",
+            expect=too_large,
+        ),  # fmt: skip
     ]
 
 
 def requests(files: dict[str, bytes]) -> list[Case]:
     jpeg = files["jpeg"]
 
-    def case(name: str, expect: tuple[int, ...], method: str = "POST", path: str = CLASSIFY, body: bytes = jpeg) -> Case:
-        return Case(f"request/{name}", "request", body, content_type="image/jpeg", method=method, path=path, expect=expect)
+    def case(
+        name: str, expect: tuple[int, ...], method: str = "POST", path: str = CLASSIFY, body: bytes = jpeg
+    ) -> Case:
+        return Case(
+            f"request/{name}", "request", body, content_type="image/jpeg", method=method, path=path, expect=expect
+        )
 
     return [
         case("get-classify", (405,), method="GET", body=b""),
@@ -346,7 +462,11 @@ def requests(files: dict[str, bytes]) -> list[Case]:
         case("top_k-float", (422,), path=CLASSIFY + "?top_k=2.5"),
         case("top_k-huge", (422,), path=CLASSIFY + "?top_k=" + "9" * 400),
         case("top_k-1", (200,), path=CLASSIFY + "?top_k=1"),
-        case("query-10k-params", (200, 400, 413, 414, 422), path=CLASSIFY + "?" + "&".join(f"p{i}=1" for i in range(10_000))),
+        case(
+            "query-10k-params",
+            (200, 400, 413, 414, 422),
+            path=CLASSIFY + "?" + "&".join(f"p{i}=1" for i in range(10_000)),
+        ),
     ]
 
 

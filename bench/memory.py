@@ -111,7 +111,10 @@ def gpu_sample(nvidia_smi: str) -> tuple[int, int] | None:
     try:
         out = subprocess.run(
             [nvidia_smi, "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits", "--id=0"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         used, util = out.stdout.strip().splitlines()[0].split(",")
         return int(used) * 2**20, int(util)  # MiB, %
@@ -199,8 +202,12 @@ class RssSampler:
             if early_late and early_late[0] > 0:
                 growth_pct = round(100 * (early_late[1] - early_late[0]) / early_late[0], 2)
             out[group] = {
-                "start_mib": _mib(values[0]), "before_mib": _mib(window[0]), "after_mib": _mib(window[-1]), "peak_mib": _mib(max(values)),
-                "growth_pct": growth_pct, "samples": len(window),
+                "start_mib": _mib(values[0]),
+                "before_mib": _mib(window[0]),
+                "after_mib": _mib(window[-1]),
+                "peak_mib": _mib(max(values)),
+                "growth_pct": growth_pct,
+                "samples": len(window),
             }
         return out
 
@@ -224,8 +231,8 @@ def rss_bytes(pid: int) -> int:
 
 def import_psutil():
     """psutil ships inside Ray (ray/thirdparty_files, put on sys.path by ``import ray``)."""
-    import ray  # noqa: F401
     import psutil
+    import ray  # noqa: F401
 
     return psutil
 

@@ -35,21 +35,38 @@ def run_batch(args, data_dir: Path, work: Path, config) -> dict:
     from bench.baselines import BASELINES
 
     placement = {"actor_pool_size": args.actors, "num_gpus_per_actor": args.num_gpus}
-    results = {"twinfer": timed_backfill(config, data_dir, work / "twinfer", **placement, **_given(batch_size=args.batch_size))}
+    results = {
+        "twinfer": timed_backfill(config, data_dir, work / "twinfer", **placement, **_given(batch_size=args.batch_size))
+    }
     for i, text in enumerate(args.tuned or []):
         model, backfill = tuned_settings(text)
-        row = timed_backfill(config.model_copy(update=model), data_dir, work / f"tuned-{i}", **{**placement, **backfill})
+        row = timed_backfill(
+            config.model_copy(update=model), data_dir, work / f"tuned-{i}", **{**placement, **backfill}
+        )
         results.setdefault("tuned", []).append({"name": f"tuned: {text}", **row})
     if results.get("tuned"):
         best = max(results["tuned"], key=lambda row: row["img_s"])
-        results["defaults_vs_best_tuned"] = {"best": best["name"], "ratio": round(results["twinfer"]["img_s"] / best["img_s"], 3)}
+        results["defaults_vs_best_tuned"] = {
+            "best": best["name"],
+            "ratio": round(results["twinfer"]["img_s"] / best["img_s"], 3),
+        }
     with MemorySampler() as mem:
         started = time.perf_counter()
-        rows = BASELINES[args.baseline](str(data_dir), str(work / "baseline"), config, args.actors, args.seed_batch_size, args.num_gpus)
+        rows = BASELINES[args.baseline](
+            str(data_dir), str(work / "baseline"), config, args.actors, args.seed_batch_size, args.num_gpus
+        )
         seconds = time.perf_counter() - started
-    results["baseline"] = {"name": args.baseline, "images": rows, "seconds": round(seconds, 2), "img_s": round(rows / seconds, 1), **mem.summary()}
+    results["baseline"] = {
+        "name": args.baseline,
+        "images": rows,
+        "seconds": round(seconds, 2),
+        "img_s": round(rows / seconds, 1),
+        **mem.summary(),
+    }
     results["speedup"] = round(results["twinfer"]["img_s"] / results["baseline"]["img_s"], 2)
-    results["top1_agreement_vs_fp32_cpu"] = top1_agreement(pq.read_table(work / "twinfer").to_pylist(), config, args.agreement_sample)
+    results["top1_agreement_vs_fp32_cpu"] = top1_agreement(
+        pq.read_table(work / "twinfer").to_pylist(), config, args.agreement_sample
+    )
     return results
 
 
@@ -83,11 +100,18 @@ def timed_backfill(config, data_dir: Path, output: Path, **backfill) -> dict:
 
     with MemorySampler() as mem:
         started = time.perf_counter()
-        summary = run_backfill(BackfillConfig(model=config, input=str(data_dir), output=str(output), top_k=5, **backfill))
+        summary = run_backfill(
+            BackfillConfig(model=config, input=str(data_dir), output=str(output), top_k=5, **backfill)
+        )
         seconds = time.perf_counter() - started
     return {
-        "images": summary["rows"], "errors": summary["errors"], "seconds": round(seconds, 2), "img_s": round(summary["rows"] / seconds, 1),
-        "ray_data_rows_s": ray_data_throughput(summary["stats"]), "settings": summary["settings"], **mem.summary(),
+        "images": summary["rows"],
+        "errors": summary["errors"],
+        "seconds": round(seconds, 2),
+        "img_s": round(summary["rows"] / seconds, 1),
+        "ray_data_rows_s": ray_data_throughput(summary["stats"]),
+        "settings": summary["settings"],
+        **mem.summary(),
     }
 
 
@@ -102,10 +126,19 @@ def top1_agreement(rows: list[dict], config, sample: int) -> dict:
     """The fast path's top-1 against the plain fp32 CPU wrapper on the same files."""
     from shared import ModelConfig, ModelWrapper
 
-    plain = {"device": "cpu", "precision": "fp32", "compile": False, "decode": {**config.decode.model_dump(), "on_device": False}}
+    plain = {
+        "device": "cpu",
+        "precision": "fp32",
+        "compile": False,
+        "decode": {**config.decode.model_dump(), "on_device": False},
+    }
     reference = ModelWrapper(ModelConfig.model_validate({**config.model_dump(), **plain}))
     rows = [r for r in rows if r.get("error") is None][:sample]
-    same = sum(reference.classify_bytes(Path(r["path"].removeprefix("file://")).read_bytes(), 1)[0]["index"] == r["top_indices"][0] for r in rows)
+    same = sum(
+        reference.classify_bytes(Path(r["path"].removeprefix("file://")).read_bytes(), 1)[0]["index"]
+        == r["top_indices"][0]
+        for r in rows
+    )
     return {"images": len(rows), "agree": same, "fraction": round(same / max(1, len(rows)), 4)}
 
 
@@ -118,8 +151,13 @@ def run_online(args, data_dir: Path, config) -> dict:
     if args.online_app == "shipped":
         app = shipped_app()
     else:
-        app = twinfer_app(config, num_gpus=args.num_gpus, max_batch_size=args.online_batch or 4, ingress_replicas=args.ingress_replicas,
-                          decode_threads=args.decode_threads)
+        app = twinfer_app(
+            config,
+            num_gpus=args.num_gpus,
+            max_batch_size=args.online_batch or 4,
+            ingress_replicas=args.ingress_replicas,
+            decode_threads=args.decode_threads,
+        )
     systems = {
         "twinfer": (app, f"/v1/models/{config.name}/classify"),
         "docs_style": (docs_style_app(config, args.num_gpus, 0.5), ""),
@@ -128,10 +166,16 @@ def run_online(args, data_dir: Path, config) -> dict:
     for name, (app, path) in systems.items():
         serve.run(app, name=name, route_prefix=f"/{name}")
         url = f"http://127.0.0.1:{port}/{name}{path}"
-        results[name] = [closed_loop_load(url, data_dir, clients, args.duration, args.warmup) for clients in args.clients]
+        results[name] = [
+            closed_loop_load(url, data_dir, clients, args.duration, args.warmup) for clients in args.clients
+        ]
         serve.delete(name)
     by_clients = {r["clients"]: r["req_s"] for r in results["docs_style"]}
-    results["speedup"] = {c: round(r["req_s"] / by_clients[c], 2) if by_clients.get(c) else None for r in results["twinfer"] for c in [r["clients"]]}
+    results["speedup"] = {
+        c: round(r["req_s"] / by_clients[c], 2) if by_clients.get(c) else None
+        for r in results["twinfer"]
+        for c in [r["clients"]]
+    }
     return results
 
 
@@ -154,7 +198,15 @@ def start_serve() -> int:
     return port
 
 
-def twinfer_app(config, *, num_gpus: float, max_batch_size: int, ingress_replicas: int, ingress_cpus: float = 0.5, decode_threads: int = 2):
+def twinfer_app(
+    config,
+    *,
+    num_gpus: float,
+    max_batch_size: int,
+    ingress_replicas: int,
+    ingress_cpus: float = 0.5,
+    decode_threads: int = 2,
+):
     """The twinfer application serving ``config`` alone, batched up to ``max_batch_size``."""
     from deployments.app import build
     from deployments.config import AppArgs
@@ -162,12 +214,23 @@ def twinfer_app(config, *, num_gpus: float, max_batch_size: int, ingress_replica
     return build(
         AppArgs.model_validate(
             {
-                "ingress": {"num_replicas": ingress_replicas, "num_cpus": ingress_cpus, "decode_threads": decode_threads},
+                "ingress": {
+                    "num_replicas": ingress_replicas,
+                    "num_cpus": ingress_cpus,
+                    "decode_threads": decode_threads,
+                },
                 "models": [
                     {
-                        "model": config.model_dump(), "num_gpus": num_gpus, "num_cpus": 0.5,
-                        "max_ongoing_requests": max(128, max_batch_size * 2), "max_queued_requests": 1024,
-                        "batching": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.005, "max_concurrent_batches": 2},
+                        "model": config.model_dump(),
+                        "num_gpus": num_gpus,
+                        "num_cpus": 0.5,
+                        "max_ongoing_requests": max(128, max_batch_size * 2),
+                        "max_queued_requests": 1024,
+                        "batching": {
+                            "max_batch_size": max_batch_size,
+                            "batch_wait_timeout_s": 0.005,
+                            "max_concurrent_batches": 2,
+                        },
                     }
                 ],
             }
@@ -179,9 +242,26 @@ def closed_loop_load(url: str, data_dir: Path, clients: int, duration: float, wa
     """``bench.load`` in its own process against ``url``, with memory sampled meanwhile: its JSON row."""
     with MemorySampler() as mem:
         out = subprocess.run(
-            [sys.executable, "-m", "bench.load", "--url", url, "--files", str(data_dir), "--clients", str(clients),
-             "--duration", str(duration), "--warmup", str(warmup)],
-            cwd=ROOT, capture_output=True, text=True, timeout=duration + warmup + 120, check=True,
+            [
+                sys.executable,
+                "-m",
+                "bench.load",
+                "--url",
+                url,
+                "--files",
+                str(data_dir),
+                "--clients",
+                str(clients),
+                "--duration",
+                str(duration),
+                "--warmup",
+                str(warmup),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=duration + warmup + 120,
+            check=True,
         )
     return json.loads(out.stdout.strip().splitlines()[-1]) | mem.summary()
 
@@ -193,20 +273,26 @@ def print_tables(result: dict) -> None:
         print(f"{'batch':<40}{'img/s':>10}{'seconds':>10}{'host GiB':>10}{'growth':>8}{'GPU GiB':>9}{'growth':>8}")
         for r in [{"name": "twinfer (defaults)", **b["twinfer"]}, *b.get("tuned", []), b["baseline"]]:
             name = r["name"]
-            print(f"{name:<40}{r['img_s']:>10}{r['seconds']:>10}{r['host_mem_gib']:>10}{_gib(r['host_growth_gib']):>8}"
-                  f"{_gib(r['gpu_mem_peak_gib']):>9}{_gib(r['gpu_growth_gib']):>8}")
+            print(
+                f"{name:<40}{r['img_s']:>10}{r['seconds']:>10}{r['host_mem_gib']:>10}{_gib(r['host_growth_gib']):>8}"
+                f"{_gib(r['gpu_mem_peak_gib']):>9}{_gib(r['gpu_growth_gib']):>8}"
+            )
         for r in [{"name": "twinfer (defaults)", **b["twinfer"]}, *b.get("tuned", [])]:
             print(f"{r['name']} ran with {r['settings']}")
         if "defaults_vs_best_tuned" in b:
             best = b["defaults_vs_best_tuned"]
             print(f"defaults / best tuned ({best['best']}): {best['ratio']}")
         agreement = b["top1_agreement_vs_fp32_cpu"]
-        print(f"speed-up x{b['speedup']} over {b['baseline']['name']}; top-1 agreement with fp32 CPU: {agreement['agree']}/{agreement['images']} ({agreement['fraction']:.2%})")
+        print(
+            f"speed-up x{b['speedup']} over {b['baseline']['name']}; top-1 agreement with fp32 CPU: {agreement['agree']}/{agreement['images']} ({agreement['fraction']:.2%})"
+        )
     if "online" in result:
         print(f"\n{'online':<12}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'GPU GiB':>9}")
         for name in ("twinfer", "docs_style"):
             for r in result["online"][name]:
-                print(f"{name:<12}{r['clients']:>8}{r['req_s']:>10}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['errors']:>8}{_gib(r['gpu_mem_peak_gib']):>9}")
+                print(
+                    f"{name:<12}{r['clients']:>8}{r['req_s']:>10}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['errors']:>8}{_gib(r['gpu_mem_peak_gib']):>9}"
+                )
         print(f"speed-up by clients: {result['online']['speedup']}")
 
 
@@ -215,27 +301,53 @@ def _gib(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=400, help="images in the generated dataset")
     parser.add_argument("--data", type=Path, help="reuse/generate the dataset here (default: a temp dir)")
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--weights", default="default")
     parser.add_argument("--precision", default=None, help="default: the product's (auto)")
-    parser.add_argument("--compile", default=None, choices=["auto", "true", "false"], help="default: the product's (auto)")
-    parser.add_argument("--decode-on-device", action="store_true", help="decode.on_device: JPEGs decoded by nvJPEG in the model process (CUDA)")
+    parser.add_argument(
+        "--compile", default=None, choices=["auto", "true", "false"], help="default: the product's (auto)"
+    )
+    parser.add_argument(
+        "--decode-on-device",
+        action="store_true",
+        help="decode.on_device: JPEGs decoded by nvJPEG in the model process (CUDA)",
+    )
     parser.add_argument("--num-gpus", type=float, default=0.0)
     parser.add_argument("--actors", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=None, help="twinfer's backfill batch size (default: the product's, auto)")
-    parser.add_argument("--tuned", action="append", metavar="K=V,...",
-                        help="also run twinfer with these settings (ModelConfig/BackfillConfig fields), e.g. batch_size=4,cpu_threads=2; "
-                        "repeat for more variants")
-    parser.add_argument("--baseline", choices=["seed-faithful", "pil-first"], default="seed-faithful",
-                        help="the batch baseline: the seeds' pipeline as written, or with PIL resizing first (bench/baselines.py)")
-    parser.add_argument("--seed-batch-size", type=int, default=32, help="the baseline pipeline's batch size (the seeds use 32)")
-    parser.add_argument("--online-app", choices=["shipped", "custom"], default="shipped",
-                        help="shipped: the app serve_config.yaml deploys, as it is; custom: --online-batch, --ingress-replicas, ...")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="twinfer's backfill batch size (default: the product's, auto)"
+    )
+    parser.add_argument(
+        "--tuned",
+        action="append",
+        metavar="K=V,...",
+        help="also run twinfer with these settings (ModelConfig/BackfillConfig fields), e.g. batch_size=4,cpu_threads=2; "
+        "repeat for more variants",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=["seed-faithful", "pil-first"],
+        default="seed-faithful",
+        help="the batch baseline: the seeds' pipeline as written, or with PIL resizing first (bench/baselines.py)",
+    )
+    parser.add_argument(
+        "--seed-batch-size", type=int, default=32, help="the baseline pipeline's batch size (the seeds use 32)"
+    )
+    parser.add_argument(
+        "--online-app",
+        choices=["shipped", "custom"],
+        default="shipped",
+        help="shipped: the app serve_config.yaml deploys, as it is; custom: --online-batch, --ingress-replicas, ...",
+    )
     parser.add_argument("--online-batch", type=int, default=None, help="custom app: max_batch_size")
-    parser.add_argument("--cpu-threads", default=None, help="twinfer: torch threads per model process (default: the product's, auto)")
+    parser.add_argument(
+        "--cpu-threads", default=None, help="twinfer: torch threads per model process (default: the product's, auto)"
+    )
     parser.add_argument("--ingress-replicas", type=int, default=1)
     parser.add_argument("--decode-threads", type=int, default=2)
     parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 16, 128])
@@ -258,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     compile_setting = {"true": True, "false": False, "auto": "auto"}.get(args.compile) if args.compile else None
     threads = int(args.cpu_threads) if args.cpu_threads and args.cpu_threads.isdigit() else args.cpu_threads
     config = ModelConfig(
-        name=args.model, weights=args.weights, device="cuda" if args.decode_on_device else "auto",
+        name=args.model,
+        weights=args.weights,
+        device="cuda" if args.decode_on_device else "auto",
         decode={"on_device": args.decode_on_device},
         **_given(precision=args.precision, compile=compile_setting, cpu_threads=threads),
     )
@@ -269,9 +383,13 @@ def main(argv: list[str] | None = None) -> int:
         images = sum(1 for _ in data_dir.rglob("*.jpg"))
         ray.init(include_dashboard=False, log_to_driver=False)
         result = {
-            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.node()} ({os.cpu_count()} cores)",
             "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "model": args.model, "weights": args.weights, "images": images, "ingress": args.ingress,
+            "model": args.model,
+            "weights": args.weights,
+            "images": images,
+            "ingress": args.ingress,
         }
         if not args.skip_batch:
             result["batch"] = run_batch(args, data_dir, Path(tmp), config)

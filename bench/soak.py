@@ -65,36 +65,74 @@ SCALE = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", type=_sections, default=list(RUN_ORDER), help="comma-separated subset of a,b,c,d (run in the order a,b,d,c)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--sections",
+        type=_sections,
+        default=list(RUN_ORDER),
+        help="comma-separated subset of a,b,c,d (run in the order a,b,d,c)",
+    )
     p.add_argument("--quick", action="store_true", help="short durations and fewer clients (explicit flags still win)")
     p.add_argument("--url", help="a running server's base URL; default: start `serve run --config` here")
     p.add_argument("--address", help="with --url: the Ray (GCS) address of its cluster, for process ids and kills")
     p.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
     p.add_argument("--app", default="twinfer", help="the Serve application's name")
     p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--ingress", choices=["default", "haproxy"], default="default", help="haproxy: RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
-    p.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the Ray head it starts (2 model replicas + ingress need 3)")
+    p.add_argument(
+        "--ingress",
+        choices=["default", "haproxy"],
+        default="default",
+        help="haproxy: RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1",
+    )
+    p.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=4,
+        help="logical CPUs of the Ray head it starts (2 model replicas + ingress need 3)",
+    )
     p.add_argument("--seed", type=int, default=0, help="the malformed corpus's seed")
     p.add_argument("--images", type=int, default=64, help="bench.dataset JPEGs the load clients cycle through")
     p.add_argument("--corpus-concurrency", type=int, default=4)
-    p.add_argument("--capacity-clients", type=_ints, help="a: closed-loop client counts measured (default 1,4,8,16,32; quick 1,4,8)")
-    p.add_argument("--capacity-duration", type=float, help="seconds per client count, after 2 s unmeasured (default 10; quick 4)")
+    p.add_argument(
+        "--capacity-clients",
+        type=_ints,
+        help="a: closed-loop client counts measured (default 1,4,8,16,32; quick 1,4,8)",
+    )
+    p.add_argument(
+        "--capacity-duration", type=float, help="seconds per client count, after 2 s unmeasured (default 10; quick 4)"
+    )
     p.add_argument("--overload", choices=["open", "closed"], default="open")
     p.add_argument("--factor", type=float, default=2.0, help="b: load as a multiple of the capacity")
     p.add_argument("--duration", type=float, help="b: measured seconds at 2x (default 60; quick 15)")
     p.add_argument("--warmup", type=float, help="b: seconds at 2x before the measured window (default 10; quick 5)")
-    p.add_argument("--max-in-flight", type=int, default=2000, help="b, open loop: the client's own bound on outstanding requests")
+    p.add_argument(
+        "--max-in-flight", type=int, default=2000, help="b, open loop: the client's own bound on outstanding requests"
+    )
     p.add_argument("--kill-replicas", type=_ints, help="c: replica counts, one run each (default 1,2)")
     p.add_argument("--kill-clients", type=int, default=8)
     p.add_argument("--kill-warmup", type=float, help="c: seconds of load before the kill (default 10; quick 4)")
     p.add_argument("--kill-tail", type=float, help="c: seconds of load once recovered (default 10; quick 3)")
-    p.add_argument("--kill-timeout", type=float, default=300.0, help="c: give up waiting for recovery after this many seconds")
+    p.add_argument(
+        "--kill-timeout", type=float, default=300.0, help="c: give up waiting for recovery after this many seconds"
+    )
     p.add_argument("--stalled", type=int, help="d: half-sent requests held open (default 50; quick 10)")
-    p.add_argument("--stall-clients", type=int, help="d: normal closed-loop clients (default: b's saturating count, else 4)")
-    p.add_argument("--stall-baseline", type=float, help="d: seconds of normal clients before stalling (default 10; quick 5)")
-    p.add_argument("--stall-duration", type=float, help="d: seconds the stalled requests are held (default 60; quick 15)")
-    p.add_argument("--start-timeout", type=float, default=900.0, help="seconds for Serve to start or redeploy (2 loaded cores: minutes)")
+    p.add_argument(
+        "--stall-clients", type=int, help="d: normal closed-loop clients (default: b's saturating count, else 4)"
+    )
+    p.add_argument(
+        "--stall-baseline", type=float, help="d: seconds of normal clients before stalling (default 10; quick 5)"
+    )
+    p.add_argument(
+        "--stall-duration", type=float, help="d: seconds the stalled requests are held (default 60; quick 15)"
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=900.0,
+        help="seconds for Serve to start or redeploy (2 loaded cores: minutes)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak.json")
     args = p.parse_args(argv)
     for name, (quick, full) in SCALE.items():
@@ -187,15 +225,25 @@ async def section_a(ctx: Context) -> dict:
             kind["unexpected"].append(_describe(case.name, record) | {"expected": list(case.expect)})
     bombs = [_describe(c.name, r) for c, r in zip(corpus, records) if c.kind == "bomb"]
     return {
-        "cases": len(corpus), "seed": ctx.args.seed, "records": records,
+        "cases": len(corpus),
+        "seed": ctx.args.seed,
+        "records": records,
         "by_kind": {k: v | {"answers": dict(v["answers"].most_common())} for k, v in by_kind.items()},
-        "bombs": bombs, "valid_after": _describe(after.name, after), "memory": rss.summary() if rss else None,
+        "bombs": bombs,
+        "valid_after": _describe(after.name, after),
+        "memory": rss.summary() if rss else None,
     }
 
 
 def _describe(name: str, record) -> dict:
     v: Verdict = record.verdict
-    return {"name": name, "answer": v.label, "category": v.category, "detail": v.detail, "seconds": round(record.latency_s, 3)}
+    return {
+        "name": name,
+        "answer": v.label,
+        "category": v.category,
+        "detail": v.detail,
+        "seconds": round(record.latency_s, 3),
+    }
 
 
 # ---- b: capacity, then 2x ----
@@ -208,7 +256,14 @@ async def section_b(ctx: Context) -> dict:
     for clients in args.capacity_clients:
         records: list = []
         async with session(clients) as http:
-            await closed_loop(Client(http, ctx.codes), ctx.classify_url, ctx.bodies, clients, stop_after(2.0 + args.capacity_duration), records)
+            await closed_loop(
+                Client(http, ctx.codes),
+                ctx.classify_url,
+                ctx.bodies,
+                clients,
+                stop_after(2.0 + args.capacity_duration),
+                records,
+            )
         measured = [r for r in records if r.sent >= records[0].sent + 2.0] if records else []
         levels.append({"clients": clients, **summarize(measured, args.capacity_duration)})
         seen += records
@@ -229,13 +284,25 @@ async def section_b(ctx: Context) -> dict:
                                                                     mark_at + args.duration, records, args.max_in_flight)  # fmt: skip
             else:
                 overload["clients"] = max(1, round(ctx.saturating_clients * args.factor))
-                await closed_loop(client, ctx.classify_url, ctx.bodies, overload["clients"], stop_after(args.warmup + args.duration), records)
+                await closed_loop(
+                    client,
+                    ctx.classify_url,
+                    ctx.bodies,
+                    overload["clients"],
+                    stop_after(args.warmup + args.duration),
+                    records,
+                )
     measured = [r for r in records if r.sent >= mark_at]
     # what the server answered within the window (an open loop's answers to late requests come after it)
-    overload["served_ok_req_s"] = round(sum(r.verdict.category == OK and mark_at <= r.done < end_at for r in records) / args.duration, 1)
+    overload["served_ok_req_s"] = round(
+        sum(r.verdict.category == OK and mark_at <= r.done < end_at for r in records) / args.duration, 1
+    )
     return {
-        "capacity_levels": levels, "capacity_req_s": capacity, "saturating_clients": ctx.saturating_clients,
-        "overload": overload | summarize(measured, args.duration), "records": seen + records,  # the goals count every answer
+        "capacity_levels": levels,
+        "capacity_req_s": capacity,
+        "saturating_clients": ctx.saturating_clients,
+        "overload": overload | summarize(measured, args.duration),
+        "records": seen + records,  # the goals count every answer
         "memory": rss.summary() if rss else None,
     }
 
@@ -259,7 +326,9 @@ async def section_c(ctx: Context) -> dict:
     for replicas in counts:
         if ctx.server:
             started = time.monotonic()
-            ctx.server.deploy(with_replicas(ctx.server.config, ctx.args.model, replicas, ctx.args.app), f"replicas-{replicas}.yaml")
+            ctx.server.deploy(
+                with_replicas(ctx.server.config, ctx.args.model, replicas, ctx.args.app), f"replicas-{replicas}.yaml"
+            )
             await asyncio.to_thread(wait_replicas, ctx.args.app, ctx.model_deployment, replicas, ctx.args.start_timeout)
             await asyncio.to_thread(_wait_healthz, ctx.base_url, ctx.args.start_timeout)
             print(f"[c] {replicas} replica(s) deployed in {time.monotonic() - started:.0f} s", flush=True)
@@ -279,7 +348,9 @@ async def _kill_under_load(ctx: Context, replicas: int) -> dict:
 
     args, records, stop = ctx.args, [], asyncio.Event()
     async with session(args.kill_clients) as http:
-        load = asyncio.ensure_future(closed_loop(Client(http, ctx.codes), ctx.classify_url, ctx.bodies, args.kill_clients, stop, records))
+        load = asyncio.ensure_future(
+            closed_loop(Client(http, ctx.codes), ctx.classify_url, ctx.bodies, args.kill_clients, stop, records)
+        )
         await asyncio.sleep(args.kill_warmup)
         before = await asyncio.to_thread(replica_pids, args.app, ctx.model_deployment)
         victim = before[0]
@@ -301,11 +372,16 @@ async def _kill_under_load(ctx: Context, replicas: int) -> dict:
     failures = [r for r in records if r.verdict.category != OK]
     ok_after = [r.done - killed_at for r in records if r.verdict.category == OK and r.sent > killed_at]
     return {
-        "replicas": replicas, "killed_pid": victim, "clients": args.kill_clients, **summarize(records),
-        "failed": len(failures), "failed_answers": dict(Counter(r.verdict.label for r in failures)),
+        "replicas": replicas,
+        "killed_pid": victim,
+        "clients": args.kill_clients,
+        **summarize(records),
+        "failed": len(failures),
+        "failed_answers": dict(Counter(r.verdict.label for r in failures)),
         "first_ok_sent_after_kill_s": round(min(ok_after), 2) if ok_after else None,
         "last_failure_s": round(max(r.done - killed_at for r in failures), 2) if failures else None,
-        "replaced_s": round(replaced_at - killed_at, 2) if replaced_at else None, "records": records,
+        "replaced_s": round(replaced_at - killed_at, 2) if replaced_at else None,
+        "records": records,
     }
 
 
@@ -313,13 +389,24 @@ async def _kill_under_load(ctx: Context, replicas: int) -> dict:
 
 
 async def section_d(ctx: Context) -> dict:
-    from bench.soak_load import Client, Stalled, closed_loop, session, stalled_request, stop_after, summarize, summarize_stalled
+    from bench.soak_load import (
+        Client,
+        Stalled,
+        closed_loop,
+        session,
+        stalled_request,
+        stop_after,
+        summarize,
+        summarize_stalled,
+    )
 
     args = ctx.args
     clients = args.stall_clients or ctx.saturating_clients or 4
     baseline: list = []
     async with session(clients) as http:
-        await closed_loop(Client(http, ctx.codes), ctx.classify_url, ctx.bodies, clients, stop_after(args.stall_baseline), baseline)
+        await closed_loop(
+            Client(http, ctx.codes), ctx.classify_url, ctx.bodies, clients, stop_after(args.stall_baseline), baseline
+        )
     body = max(ctx.bodies, key=len)
     stalled = [Stalled() for _ in range(args.stalled)]
     hold_until = time.monotonic() + args.stall_duration
@@ -327,12 +414,24 @@ async def section_d(ctx: Context) -> dict:
     await asyncio.sleep(1.0)  # every stalled request is sent before the normal clients start
     during: list = []
     async with session(clients) as http:
-        await closed_loop(Client(http, ctx.codes), ctx.classify_url, ctx.bodies, clients, stop_after(max(0.0, hold_until - time.monotonic())), during)
+        await closed_loop(
+            Client(http, ctx.codes),
+            ctx.classify_url,
+            ctx.bodies,
+            clients,
+            stop_after(max(0.0, hold_until - time.monotonic())),
+            during,
+        )
     await asyncio.gather(*holders)
     return {
-        "clients": clients, "stalled_count": args.stalled, "stalled_body_bytes": len(body), "held_s": args.stall_duration,
-        "baseline": summarize(baseline, args.stall_baseline), "with_stalled": summarize(during, args.stall_duration - 1.0),
-        "stalled": summarize_stalled(stalled), "records": baseline + during,
+        "clients": clients,
+        "stalled_count": args.stalled,
+        "stalled_body_bytes": len(body),
+        "held_s": args.stall_duration,
+        "baseline": summarize(baseline, args.stall_baseline),
+        "with_stalled": summarize(during, args.stall_duration - 1.0),
+        "stalled": summarize_stalled(stalled),
+        "records": baseline + during,
     }
 
 
@@ -378,12 +477,28 @@ def _rows_a(a: dict) -> list[list]:
                      bomb["answer"] + (f" ({bomb['detail']})" if bomb["detail"] else "")])  # fmt: skip
     rows.append(["a", "  valid image after the corpus", "", "", "", "", "", "", "", "", a["valid_after"]["answer"]])
     for group, m in (a["memory"] or {}).items():
-        rows.append(["a", f"  RSS {group}", "", "", "", "", "", "", "", "", f"{m['before_mib']} -> {m['after_mib']} MiB, peak {m['peak_mib']}"])
+        rows.append(
+            [
+                "a",
+                f"  RSS {group}",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"{m['before_mib']} -> {m['after_mib']} MiB, peak {m['peak_mib']}",
+            ]
+        )
     return rows
 
 
 def _rows_b(b: dict) -> list[list]:
-    rows = [_row("b", f"capacity {lv['clients']} client(s)", lv, f"{lv['ok_req_s']} req/s") for lv in b["capacity_levels"]]
+    rows = [
+        _row("b", f"capacity {lv['clients']} client(s)", lv, f"{lv['ok_req_s']} req/s") for lv in b["capacity_levels"]
+    ]
     o = b["overload"]
     how = f"open loop {o['rate']} req/s" if o["mode"] == "open" else f"closed loop {o['clients']} clients"
     notes = f"capacity {b['capacity_req_s']} req/s; 2xx answered in the window {o['served_ok_req_s']} req/s; 2xx p50/p99 {_ms(o['ok_p50_ms'])}/{_ms(o['ok_p99_ms'])} ms"
@@ -408,10 +523,20 @@ def _rows_c(c: dict) -> list[list]:
 def _rows_d(d: dict) -> list[list]:
     rows = [
         _row("d", f"{d['clients']} clients, baseline", d["baseline"], f"{d['baseline'].get('ok_req_s')} req/s"),
-        _row("d", f"{d['clients']} clients + {d['stalled_count']} stalled", d["with_stalled"], f"{d['with_stalled'].get('ok_req_s')} req/s"),
+        _row(
+            "d",
+            f"{d['clients']} clients + {d['stalled_count']} stalled",
+            d["with_stalled"],
+            f"{d['with_stalled'].get('ok_req_s')} req/s",
+        ),
     ]
-    outcomes = "; ".join(f"{k} x{v['count']}" + (f" at {v['at_s'][0]:.1f}-{v['at_s'][2]:.1f} s" if v["at_s"] else "") for k, v in d["stalled"].items())
-    rows.append(_row("d", f"  stalled half-sent requests (held {d['held_s']:g} s)", None, outcomes, n=d["stalled_count"]))
+    outcomes = "; ".join(
+        f"{k} x{v['count']}" + (f" at {v['at_s'][0]:.1f}-{v['at_s'][2]:.1f} s" if v["at_s"] else "")
+        for k, v in d["stalled"].items()
+    )
+    rows.append(
+        _row("d", f"  stalled half-sent requests (held {d['held_s']:g} s)", None, outcomes, n=d["stalled_count"])
+    )
     return rows
 
 
@@ -433,7 +558,11 @@ def format_table(rows: list[list]) -> str:
         cells = []
         for (name, width), value in zip(COLUMNS, row):
             text = str(value)
-            cells.append(f"{text:<{width}} " if width and name in ("section", "scenario", "notes") else (f"{text:>{width - 1}}  " if width else text))
+            cells.append(
+                f"{text:<{width}} "
+                if width and name in ("section", "scenario", "notes")
+                else (f"{text:>{width - 1}}  " if width else text)
+            )
         lines.append("".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -477,6 +606,7 @@ def format_goals(items: list[dict]) -> str:
 
 def to_json(results: dict) -> dict:
     """The results without per-request records (which become per-section counts already)."""
+
     def strip(value):
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if k != "records"}
@@ -505,7 +635,9 @@ def _loadavg() -> str:
 
 def _commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -550,11 +682,17 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
     meta["load_average_end"] = _loadavg()
     rows, checked = table_rows(ctx.results), goals(ctx.results)
-    print(f"\n== soak {meta['date']}, {meta['machine']}, ingress {args.ingress}, {base_url}; load average {meta['load_average_start']} -> {meta['load_average_end']} ==")
+    print(
+        f"\n== soak {meta['date']}, {meta['machine']}, ingress {args.ingress}, {base_url}; load average {meta['load_average_start']} -> {meta['load_average_end']} =="
+    )
     print(format_table(rows))
     print("\ngoals:")
     print(format_goals(checked))
-    result = meta | {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "goals": checked, **to_json(ctx.results)}
+    result = meta | {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "goals": checked,
+        **to_json(ctx.results),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print(f"\nJSON: {args.out}")

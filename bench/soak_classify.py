@@ -53,7 +53,9 @@ def error_codes() -> dict[str, int]:
     return codes
 
 
-def classify(status: int | None, headers: Mapping[str, str], body: bytes, codes: Mapping[str, int], error: str = "") -> Verdict:
+def classify(
+    status: int | None, headers: Mapping[str, str], body: bytes, codes: Mapping[str, int], error: str = ""
+) -> Verdict:
     """``status`` None means no answer came (``error`` names why). ``headers`` keys are matched
     case-insensitively."""
     if status is None:
@@ -64,7 +66,11 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes, codes:
             return Verdict(OK, status)
         return Verdict(BAD_JSON, status, detail="2xx whose body is not a JSON result")
     error_obj = payload.get("error") if isinstance(payload, dict) else None
-    if not (isinstance(error_obj, dict) and isinstance(error_obj.get("code"), str) and isinstance(error_obj.get("message"), str)):
+    if not (
+        isinstance(error_obj, dict)
+        and isinstance(error_obj.get("code"), str)
+        and isinstance(error_obj.get("message"), str)
+    ):
         return Verdict(PROXY, status, detail=_snippet(body))
     code = error_obj["code"]
     if code not in codes:

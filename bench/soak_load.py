@@ -53,7 +53,11 @@ class Client:
         sent = time.monotonic()
         try:
             async with self.session.request(
-                method, URL(url, encoded=True), data=data, headers=all_headers, skip_auto_headers=skip,
+                method,
+                URL(url, encoded=True),
+                data=data,
+                headers=all_headers,
+                skip_auto_headers=skip,
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             ) as response:
                 payload = await response.read()
@@ -73,7 +77,9 @@ def session(connections: int = 0) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections, force_close=False))
 
 
-async def closed_loop(client: Client, url: str, bodies: list[bytes], clients: int, stop: asyncio.Event, records: list[Record]) -> None:
+async def closed_loop(
+    client: Client, url: str, bodies: list[bytes], clients: int, stop: asyncio.Event, records: list[Record]
+) -> None:
     """``clients`` workers, each sending its next request when the last one is answered, until ``stop`` is set."""
 
     async def worker(offset: int) -> None:
@@ -123,8 +129,10 @@ def summarize(records: list[Record], seconds: float | None = None) -> dict:
         "answers": dict(Counter(r.verdict.label for r in records).most_common()),
         "violations": sum(by_category.get(c, 0) for c in VIOLATIONS),
         "lost": by_category.get(CONN, 0),
-        "p50_ms": _pct(latencies, 50), "p99_ms": _pct(latencies, 99),
-        "ok_p50_ms": _pct(ok, 50), "ok_p99_ms": _pct(ok, 99),
+        "p50_ms": _pct(latencies, 50),
+        "p99_ms": _pct(latencies, 99),
+        "ok_p50_ms": _pct(ok, 50),
+        "ok_p99_ms": _pct(ok, 99),
     }
     if seconds:
         out["ok_req_s"] = round(by_category.get(OK, 0) / seconds, 1)

@@ -72,7 +72,9 @@ class OwnServe:
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
         with open(self.workdir / log, "ab") as out:
-            process = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.processes.append(process)
         return process
 
@@ -107,7 +109,12 @@ class OwnServe:
     def _own_ports() -> list[str]:
         """Free ports for what would otherwise take a fixed default (8265, 10001) that another Ray on
         the same machine may hold."""
-        flags = ("--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port", "--metrics-export-port")
+        flags = (
+            "--dashboard-port",
+            "--ray-client-server-port",
+            "--dashboard-agent-listen-port",
+            "--metrics-export-port",
+        )
         return [part for flag in flags for part in (flag, str(free_loopback_port()))]
 
     def write_config(self, config: dict, name: str) -> Path:
@@ -251,7 +258,11 @@ def wait_replicas(app: str, deployment: str, replicas: int, timeout_s: float) ->
     started = time.monotonic()
     while True:
         app_status, states = deployment_state(app, deployment)
-        if app_status.endswith("RUNNING") and states == {"RUNNING": replicas} and len(replica_pids(app, deployment)) == replicas:
+        if (
+            app_status.endswith("RUNNING")
+            and states == {"RUNNING": replicas}
+            and len(replica_pids(app, deployment)) == replicas
+        ):
             return time.monotonic() - started
         if time.monotonic() - started > timeout_s:
             raise TimeoutError(f"{app}/{deployment}: {app_status} {states} after {timeout_s} s")

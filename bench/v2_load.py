@@ -32,7 +32,9 @@ APP = "twinfer"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.v2_load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.v2_load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=200, help="images in the generated dataset")
     parser.add_argument("--data", type=Path, help="reuse/generate the dataset here (default: a temp dir)")
     parser.add_argument("--clients", type=int, default=16)
@@ -68,21 +70,38 @@ def main(argv: list[str] | None = None) -> int:
             http_options={"host": "127.0.0.1", "port": http_port},
             grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
         )
-        model = {"name": "efficientnet_lite0", "weights": "default", "precision": "fp32", "compile": args.compile, "cpu_threads": 1}
+        model = {
+            "name": "efficientnet_lite0",
+            "weights": "default",
+            "precision": "fp32",
+            "compile": args.compile,
+            "cpu_threads": 1,
+        }
         app = AppArgs.model_validate(
             {
                 "ingress": {"num_replicas": 1, "num_cpus": 0.5, "decode_threads": args.decode_threads},
                 "models": [
                     {
-                        "model": model, "num_cpus": 0.5, "max_ongoing_requests": 128, "max_queued_requests": 1024,
-                        "batching": {"max_batch_size": args.online_batch, "batch_wait_timeout_s": 0.005, "max_concurrent_batches": 2},
+                        "model": model,
+                        "num_cpus": 0.5,
+                        "max_ongoing_requests": 128,
+                        "max_queued_requests": 1024,
+                        "batching": {
+                            "max_batch_size": args.online_batch,
+                            "batch_wait_timeout_s": 0.005,
+                            "max_concurrent_batches": 2,
+                        },
                     }
                 ],
             }
         )
         serve.run(build(app), name=APP, route_prefix="/")
         base = f"http://127.0.0.1:{http_port}"
-        urls = {"v1": f"{base}/v1/models/efficientnet_lite0/classify", "v2": f"{base}/v2/models/efficientnet_lite0/infer", "grpc": f"127.0.0.1:{grpc_port}"}
+        urls = {
+            "v1": f"{base}/v1/models/efficientnet_lite0/classify",
+            "v2": f"{base}/v2/models/efficientnet_lite0/infer",
+            "grpc": f"127.0.0.1:{grpc_port}",
+        }
         runs = []
         for round_ in range(args.rounds):
             # each round starts with the next protocol: whichever goes first does not always get
@@ -90,12 +109,36 @@ def main(argv: list[str] | None = None) -> int:
             for protocol in protocols[round_ % len(protocols) :] + protocols[: round_ % len(protocols)]:
                 before = os.getloadavg()[0]
                 out = subprocess.run(
-                    [sys.executable, "-m", "bench.load", "--url", urls[protocol], "--files", str(data_dir), "--clients", str(args.clients),
-                     "--duration", str(args.duration), "--warmup", str(args.warmup), "--protocol", protocol],
-                    cwd=ROOT, capture_output=True, text=True, timeout=args.duration + args.warmup + 120, check=True,
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.load",
+                        "--url",
+                        urls[protocol],
+                        "--files",
+                        str(data_dir),
+                        "--clients",
+                        str(args.clients),
+                        "--duration",
+                        str(args.duration),
+                        "--warmup",
+                        str(args.warmup),
+                        "--protocol",
+                        protocol,
+                    ],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=args.duration + args.warmup + 120,
+                    check=True,
                 )
                 row = json.loads(out.stdout.strip().splitlines()[-1])
-                row |= {"protocol": protocol, "round": round_, "load_1m_before": round(before, 1), "load_1m_after": round(os.getloadavg()[0], 1)}
+                row |= {
+                    "protocol": protocol,
+                    "round": round_,
+                    "load_1m_before": round(before, 1),
+                    "load_1m_after": round(os.getloadavg()[0], 1),
+                }
                 runs.append(row)
                 print(json.dumps(row), flush=True)
         serve.delete(APP)
@@ -104,14 +147,23 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {p: round(statistics.median(r["req_s"] for r in runs if r["protocol"] == p), 2) for p in protocols}
     per_round = [
-        round(next(r["req_s"] for r in runs if r["round"] == i and r["protocol"] == "v2") / max(1e-9, next(r["req_s"] for r in runs if r["round"] == i and r["protocol"] == "v1")), 3)
+        round(
+            next(r["req_s"] for r in runs if r["round"] == i and r["protocol"] == "v2")
+            / max(1e-9, next(r["req_s"] for r in runs if r["round"] == i and r["protocol"] == "v1")),
+            3,
+        )
         for i in range(args.rounds)
     ]
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.node()} ({os.cpu_count()} cores)",
         "command": "python -m bench.v2_load " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "clients": args.clients, "ingress": args.ingress, "compile": args.compile,
-        "median_req_s": medians, "v2_over_v1_median": round(medians["v2"] / medians["v1"], 3), "v2_over_v1_per_round": per_round,
+        "clients": args.clients,
+        "ingress": args.ingress,
+        "compile": args.compile,
+        "median_req_s": medians,
+        "v2_over_v1_median": round(medians["v2"] / medians["v1"], 3),
+        "v2_over_v1_per_round": per_round,
         "load_1m_range": [min(r["load_1m_before"] for r in runs), max(r["load_1m_after"] for r in runs)],
         "runs": runs,
     }

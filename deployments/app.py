@@ -22,7 +22,10 @@ def model_deployment_name(model: str) -> str:
 
 
 def build(
-    args: AppArgs, model_server_cls: type = ModelServer, ingress_cls: type = Ingress, ingress_runtime_env: dict | None = None
+    args: AppArgs,
+    model_server_cls: type = ModelServer,
+    ingress_cls: type = Ingress,
+    ingress_runtime_env: dict | None = None,
 ) -> Application:
     """The app; tests swap ``model_server_cls`` for one held by a signal, and give the ingress
     environment variables through ``ingress_runtime_env``."""
@@ -34,7 +37,11 @@ def build(
             num_replicas=entry.num_replicas,
             max_ongoing_requests=entry.max_ongoing_requests,
             max_queued_requests=entry.max_queued_requests,
-            ray_actor_options={"num_cpus": entry.num_cpus, "num_gpus": entry.num_gpus, "resources": dict(entry.resources)},
+            ray_actor_options={
+                "num_cpus": entry.num_cpus,
+                "num_gpus": entry.num_gpus,
+                "resources": dict(entry.resources),
+            },
             user_config=entry.resolved_batching.model_dump(),
         )
         handles[name] = deployment.bind(entry.model.model_dump(), entry.max_ongoing_requests, name)

@@ -10,9 +10,9 @@ from pydantic import Field, model_validator
 
 from shared import auto
 from shared.config import ModelConfig, StrictModel, check_gpu_request
+from shared.decode import DEFAULT_MAX_BYTES
 from shared.devices import planned_device_type
 from shared.tasks import TASKS
-from shared.decode import DEFAULT_MAX_BYTES
 
 
 class BatchingConfig(StrictModel):
@@ -26,7 +26,10 @@ class BatchingConfig(StrictModel):
         """This batching with ``max_batch_size: auto`` settled for ``model`` on ``device_type``."""
         if self.max_batch_size != "auto":
             return self
-        return self.model_copy(update={"max_batch_size": auto.batch_size(TASKS[model.resolved_task], device_type, online=True)})
+        return self.model_copy(
+            update={"max_batch_size": auto.batch_size(TASKS[model.resolved_task], device_type, online=True)}
+        )
+
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
     max_concurrent_batches: int = Field(2, ge=1, le=16)
 
@@ -47,7 +50,8 @@ class ModelDeploymentConfig(StrictModel):
     num_gpus: float = Field(0.0, ge=0.0, description="per replica; 0 on a CPU-only machine")
     num_cpus: float = Field(1.0, ge=0.0)
     resources: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
-        default_factory=dict, description='custom Ray resources per replica, e.g. {"worker": 1}: only nodes '
+        default_factory=dict,
+        description='custom Ray resources per replica, e.g. {"worker": 1}: only nodes '
         "started with them (ray start --resources) run this model",
     )
     max_ongoing_requests: int = Field(128, ge=1)
@@ -98,19 +102,27 @@ class IngressConfig(StrictModel):
     max_queued_requests: int = Field(1024, ge=0)
     max_body_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="larger bodies get 413")
     model_call_timeout_s: float = Field(
-        20.0, gt=0.0, le=600.0,
+        20.0,
+        gt=0.0,
+        le=600.0,
         description="deadline of one request's model call, retries included; past it the client gets 503 "
         "unavailable. Keep it below http_options.request_timeout_s, or the proxy answers 408 first",
     )
     model_call_retries: int = Field(
-        2, ge=0, le=2, description="re-sends, within the deadline, of a call whose model replica died or was unreachable",
+        2,
+        ge=0,
+        le=2,
+        description="re-sends, within the deadline, of a call whose model replica died or was unreachable",
     )
     api_keys_env: str | None = Field(
-        None, pattern=ENV_NAME,
+        None,
+        pattern=ENV_NAME,
         description="name of an environment variable (of the ingress replicas) holding comma-separated API keys",
     )
     api_keys_file: str | None = Field(
-        None, min_length=1, description="path (on the ingress replicas' nodes) of a file with one API key per line",
+        None,
+        min_length=1,
+        description="path (on the ingress replicas' nodes) of a file with one API key per line",
     )
 
     @property
@@ -128,7 +140,9 @@ class AppArgs(StrictModel):
         if not names:
             raise ValueError("no model is enabled")
         if len(names) != len(set(names)):
-            raise ValueError(f"a name is served twice: {names}; give one entry another name (e.g. to serve a model as embed too)")
+            raise ValueError(
+                f"a name is served twice: {names}; give one entry another name (e.g. to serve a model as embed too)"
+            )
         return self
 
     @property

@@ -125,7 +125,9 @@ class Ingress(OpenInferenceProtocol):  # + /v2/... and gRPC: the Open Inference 
             if not done:
                 waiter.cancel()
                 response.cancel()
-                raise Unavailable(f"model {model!r} did not answer within {timeout_s:g} s ({attempt + 1} attempt(s)); retry later")
+                raise Unavailable(
+                    f"model {model!r} did not answer within {timeout_s:g} s ({attempt + 1} attempt(s)); retry later"
+                )
             try:
                 return waiter.result()
             except DeploymentUnavailableError:
@@ -134,7 +136,9 @@ class Ingress(OpenInferenceProtocol):  # + /v2/... and gRPC: the Open Inference 
                 reason = type(exc).__name__
                 backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 if attempt >= self.settings.model_call_retries or loop.time() + backoff >= deadline:
-                    raise Unavailable(f"model {model!r} is unavailable ({reason}, {attempt + 1} attempt(s)); retry later") from None
+                    raise Unavailable(
+                        f"model {model!r} is unavailable ({reason}, {attempt + 1} attempt(s)); retry later"
+                    ) from None
                 attempt += 1
                 logger.warning("model %r: %s from the replica; re-sending (retry %d)", model, reason, attempt)
                 self.metrics.retries.inc(tags={"model": model, "reason": reason})
@@ -169,9 +173,13 @@ class Ingress(OpenInferenceProtocol):  # + /v2/... and gRPC: the Open Inference 
         app = serve.get_replica_context().app_name
         status = await asyncio.get_running_loop().run_in_executor(None, serve.status)
         deployments = status.applications[app].deployments
-        states = {name: str(d.status.value if hasattr(d.status, "value") else d.status) for name, d in deployments.items()}
+        states = {
+            name: str(d.status.value if hasattr(d.status, "value") else d.status) for name, d in deployments.items()
+        }
         healthy = all(state == "HEALTHY" for state in states.values())
-        return JSONResponse({"status": "ok" if healthy else "unavailable", "deployments": states}, status_code=200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", "deployments": states}, status_code=200 if healthy else 503
+        )
 
 
 async def _awaited(response):

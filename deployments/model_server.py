@@ -35,7 +35,9 @@ class ModelServer:
         self.metrics = ModelMetrics(self.name)
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # debug view of batching
         self.batching: BatchingConfig | None = None
-        self._apply(BatchingConfig().resolved(self.config, self.wrapper.device.type))  # Serve then calls reconfigure(user_config)
+        self._apply(
+            BatchingConfig().resolved(self.config, self.wrapper.device.type)
+        )  # Serve then calls reconfigure(user_config)
 
     def reconfigure(self, user_config: dict) -> None:
         """``user_config`` = BatchingConfig; applied after ``__init__`` and on every update. A

@@ -79,7 +79,8 @@ class ModelConfig(StrictModel):
         "auto", description="auto = what the model's head does; any classifier can also embed"
     )
     weights: str = Field(
-        "default", description="default | pretrained | random | a local path (| a torchvision weights name, e.g. IMAGENET1K_V2)"
+        "default",
+        description="default | pretrained | random | a local path (| a torchvision weights name, e.g. IMAGENET1K_V2)",
     )
     revision: str | None = Field(None, description="hf: models: the hub revision (commit, tag or branch) to load")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -125,7 +126,9 @@ class ModelConfig(StrictModel):
                 f"architecture options {sorted(changes_weights)} change the model; use them with weights 'random' or a path"
             )
         if self.compile is True and not task.fixed_size:
-            raise ValueError(f"compile is for classification and embedding (fixed-size inputs); task {task.name!r} takes any size")
+            raise ValueError(
+                f"compile is for classification and embedding (fixed-size inputs); task {task.name!r} takes any size"
+            )
         if self.decode.on_device and (self.device != "cuda" or not task.fixed_size):
             # on a CPU the model process would decode serially, the very thing the CPU workers are for
             raise ValueError("decode.on_device is for classification and embedding models with device 'cuda'")

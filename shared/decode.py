@@ -138,9 +138,7 @@ def _unidentified(data: bytes, parsers: tuple[str, ...], formats: frozenset[str]
     for name in Image.ID:
         accept = Image.OPEN[name][1]
         if name not in parsers and accept is not None and _accepts(accept, prefix):
-            return UnsupportedFormat(
-                f"image format {name!r} is not accepted (accepted: {', '.join(sorted(formats))})"
-            )
+            return UnsupportedFormat(f"image format {name!r} is not accepted (accepted: {', '.join(sorted(formats))})")
     return InvalidImage("not a recognised image")
 
 
@@ -168,9 +166,7 @@ def _check_header_steps(data: bytes, parsers: tuple[str, ...]) -> None:
     name = next((name for name in parsers if _accepts(Image.OPEN[name][1], data[:16])), None)
     walk = HEADER_WALKS.get(name)
     if walk is not None and walk(data, MAX_HEADER_STEPS) > MAX_HEADER_STEPS:
-        raise ImageTooComplex(
-            f"image header has more than {MAX_HEADER_STEPS} {walk.__doc__}; refused before decoding"
-        )
+        raise ImageTooComplex(f"image header has more than {MAX_HEADER_STEPS} {walk.__doc__}; refused before decoding")
 
 
 def _jpeg_header_steps(data: bytes, limit: int) -> int:

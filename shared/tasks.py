@@ -103,7 +103,9 @@ class Task:
         checked = {}
         for name, parameters in outputs.items():
             if name not in self.v2_output_names:
-                raise InvalidParameter(f"no output {name!r}; a {self.name} model answers {', '.join(self.v2_output_names)}")
+                raise InvalidParameter(
+                    f"no output {name!r}; a {self.name} model answers {', '.join(self.v2_output_names)}"
+                )
             checked[name] = dict(parameters)
             if parameters.get("classification") is not None:
                 if name not in self.v2_classification_outputs:
@@ -116,7 +118,9 @@ class Task:
         """The model call's parameters for a request whose ``params()`` are ``params`` and that asks ``outputs``."""
         return params
 
-    def v2_tensors(self, answers: Sequence[Any], outputs: Mapping[str, Mapping[str, Any]], params: dict) -> dict[str, np.ndarray]:
+    def v2_tensors(
+        self, answers: Sequence[Any], outputs: Mapping[str, Mapping[str, Any]], params: dict
+    ) -> dict[str, np.ndarray]:
         """N images' answers -> one array per requested output, in request order: float32, int64,
         int32, or an object array of ``bytes`` (BYTES)."""
         raise NotImplementedError
@@ -133,7 +137,9 @@ class _ListOfDicts(Task):
 
     def columns(self, answers: Sequence[list[dict] | None], dim: int | None = None) -> dict[str, pa.Array]:
         return {
-            column: pa.array([None if a is None else [p[key] for p in a] for a in answers], pa.list_(self.column_types[column]))
+            column: pa.array(
+                [None if a is None else [p[key] for p in a] for a in answers], pa.list_(self.column_types[column])
+            )
             for column, key in self.column_keys.items()
         }
 
@@ -209,14 +215,18 @@ class ClassifyTask(_ListOfDicts):
                 ks.append(params["top_k"])
         return {**params, "top_k": max(ks)}
 
-    def v2_tensors(self, answers: Sequence[list[dict]], outputs: Mapping[str, Mapping[str, Any]], params: dict) -> dict[str, np.ndarray]:
+    def v2_tensors(
+        self, answers: Sequence[list[dict]], outputs: Mapping[str, Mapping[str, Any]], params: dict
+    ) -> dict[str, np.ndarray]:
         k = params["top_k"]
         tensors = {}
         for name, parameters in outputs.items():
             count = parameters.get("classification")
             if count is not None:
                 # Triton's classification extension: "score:index:label", best first
-                tensors[name] = _bytes_rows([[f"{p['score']:.8f}:{p['index']}:{p['label']}" for p in a[:count]] for a in answers])
+                tensors[name] = _bytes_rows(
+                    [[f"{p['score']:.8f}:{p['index']}:{p['label']}" for p in a[:count]] for a in answers]
+                )
             elif name == "probabilities":
                 classes = max((len(a) for a in answers), default=0)
                 full = np.zeros((len(answers), classes), np.float32)
@@ -224,9 +234,13 @@ class ClassifyTask(_ListOfDicts):
                     full[row, [p["index"] for p in answer]] = [p["score"] for p in answer]
                 tensors[name] = full
             elif name == "scores":
-                tensors[name] = np.array([[p["score"] for p in a[:k]] for a in answers], np.float32).reshape(len(answers), -1)
+                tensors[name] = np.array([[p["score"] for p in a[:k]] for a in answers], np.float32).reshape(
+                    len(answers), -1
+                )
             elif name == "indices":
-                tensors[name] = np.array([[p["index"] for p in a[:k]] for a in answers], np.int64).reshape(len(answers), -1)
+                tensors[name] = np.array([[p["index"] for p in a[:k]] for a in answers], np.int64).reshape(
+                    len(answers), -1
+                )
             else:  # labels
                 tensors[name] = _bytes_rows([[p["label"] for p in a[:k]] for a in answers])
         return tensors
@@ -270,7 +284,12 @@ class DetectTask(_ListOfDicts):
         boxes[:, 1::2] = boxes[:, 1::2].clamp_max(height)
         labels = self.labels
         return [
-            {"label": labels[i] if i < len(labels) else f"class_{i}", "index": i, "score": s, "box": [round(v, 2) for v in box]}
+            {
+                "label": labels[i] if i < len(labels) else f"class_{i}",
+                "index": i,
+                "score": s,
+                "box": [round(v, 2) for v in box],
+            }
             for i, s, box in zip(out["labels"][keep].tolist(), out["scores"][keep].tolist(), boxes.tolist())
         ]
 
@@ -288,7 +307,9 @@ class DetectTask(_ListOfDicts):
             "image_index": ("INT32", [-1]),  # which of the request's images (0-based) each detection is in
         }
 
-    def v2_tensors(self, answers: Sequence[list[dict]], outputs: Mapping[str, Mapping[str, Any]], params: dict) -> dict[str, np.ndarray]:
+    def v2_tensors(
+        self, answers: Sequence[list[dict]], outputs: Mapping[str, Mapping[str, Any]], params: dict
+    ) -> dict[str, np.ndarray]:
         found = [(image, d) for image, answer in enumerate(answers) for d in answer]
         columns = {
             "boxes": lambda: np.array([d["box"] for _, d in found], np.float32).reshape(-1, 4),
@@ -351,7 +372,9 @@ class EmbedTask(Task):
     def v2_outputs(self, described: Mapping[str, Any]) -> dict[str, tuple[str, list[int]]]:
         return {"embedding": ("FP32", [-1, described.get("dim") or -1])}  # [N, dim], L2-normalised
 
-    def v2_tensors(self, answers: Sequence[list[float]], outputs: Mapping[str, Mapping[str, Any]], params: dict) -> dict[str, np.ndarray]:
+    def v2_tensors(
+        self, answers: Sequence[list[float]], outputs: Mapping[str, Mapping[str, Any]], params: dict
+    ) -> dict[str, np.ndarray]:
         return {"embedding": np.array(answers, np.float32).reshape(len(answers), -1)}
 
     @staticmethod

@@ -27,7 +27,6 @@ import torch
 from shared import auto, device_decode
 from shared.config import ModelConfig
 from shared.decode import decode_image, decode_opened, open_image
-from shared.memory import RELEASE_FROM_PIXELS, release_freed_memory
 from shared.device_decode import (
     CUDA_DECODE_LOCK,
     Encoded,
@@ -38,6 +37,7 @@ from shared.device_decode import (
 )
 from shared.devices import ray_assigned_gpus, resolve_device
 from shared.errors import InvalidImage, TwinferError
+from shared.memory import RELEASE_FROM_PIXELS, release_freed_memory
 from shared.prepare import Prepared, prepare_image, prepare_tensor, stack
 from shared.registry import ModelSpec
 from shared.rwlock import ReadWriteLock
@@ -121,7 +121,9 @@ class ModelWrapper(ImageLoader):
             # autotuned per input shape, so only ever at the warmed (padded-to) batch sizes, at start-up;
             # detection inputs vary in size and would autotune on user requests
             torch.backends.cudnn.benchmark = True
-        self.compiled = config.compile if isinstance(config.compile, bool) else auto.compiles(self.task, self.device.type)
+        self.compiled = (
+            config.compile if isinstance(config.compile, bool) else auto.compiles(self.task, self.device.type)
+        )
         self.model = _compile(model) if self.compiled else model
         # batch sizes run once before any request
         self.warmed_batch_sizes: tuple[int, ...] = ()
@@ -298,7 +300,9 @@ class ModelWrapper(ImageLoader):
     def postprocess(self, raw: Any, items: Sequence[Prepared], params: Sequence[dict]) -> list:
         return self.task.answers(raw, items, params)
 
-    def predict_batch(self, items: Sequence[Item], params: Sequence[dict] | None = None) -> list[list[dict] | TwinferError]:
+    def predict_batch(
+        self, items: Sequence[Item], params: Sequence[dict] | None = None
+    ) -> list[list[dict] | TwinferError]:
         """The device half for a batch; ``params[i]`` holds request i's top_k / score_threshold.
         Result i is image i's predictions, or the ``TwinferError`` of an ``Encoded`` image that
         turned out undecodable (the only way one image can fail here; its neighbours still run)."""
@@ -387,7 +391,9 @@ def _device_probe(device: torch.device) -> None:
 
 def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
     """Batch sizes to warm for a batcher that may send 1..max_batch_size: powers of two, and the max."""
-    return tuple(sorted({1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size} | {max_batch_size}))
+    return tuple(
+        sorted({1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size} | {max_batch_size})
+    )
 
 
 def _resolve_dtype(precision: str, device: torch.device) -> torch.dtype:

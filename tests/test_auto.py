@@ -34,7 +34,9 @@ def test_auto_compile_is_on_for_a_cpu_with_a_compiler_and_a_job_that_pays(monkey
     monkeypatch.setenv(auto.AUTO_COMPILE_ENV, "1")
     classify = ClassifyTask(LABELS)
     assert auto.compiles(classify, "cpu") is (auto.cxx_compiler() is not None)
-    assert auto.compiles(classify, "cpu", images=auto.COMPILE_PAYS_FROM_IMAGES - 1) is False  # start-up would not pay back
+    assert (
+        auto.compiles(classify, "cpu", images=auto.COMPILE_PAYS_FROM_IMAGES - 1) is False
+    )  # start-up would not pay back
     assert auto.compiles(classify, "cuda") is False  # unmeasured on a GPU: eager + cuDNN autotune
     assert auto.compiles(DetectTask(LABELS), "cpu") is False  # inputs of any size
     monkeypatch.setenv(auto.AUTO_COMPILE_ENV, "0")

@@ -63,7 +63,12 @@ def thumbnail_jpeg(array: np.ndarray, size: int = 80) -> bytes:
 def crops(name: str) -> dict[str, bytes]:
     photo = sample_array(name)
     h, w = photo.shape[:2]
-    views = {"full": photo, "centre": photo[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4], "left": photo[:, : w // 2], "flipped": photo[:, ::-1]}
+    views = {
+        "full": photo,
+        "centre": photo[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4],
+        "left": photo[:, : w // 2],
+        "flipped": photo[:, ::-1],
+    }
     return {f"{name}_{view}.jpg": thumbnail_jpeg(array) for view, array in views.items()}
 
 
@@ -167,12 +172,19 @@ def test_files_over_the_byte_cap_are_never_read_and_land_in_the_same_output(ray_
     write_tree(tmp_path / "in", {**small, **large})
     handed: list[str] = []  # what reaches Ray Data's reader
     real_build = batch.pipeline.build_dataset
-    monkeypatch.setattr(batch.pipeline, "build_dataset", lambda c, s, paths, *rest: handed.extend(paths) or real_build(c, s, paths, *rest))
+    monkeypatch.setattr(
+        batch.pipeline,
+        "build_dataset",
+        lambda c, s, paths, *rest: handed.extend(paths) or real_build(c, s, paths, *rest),
+    )
     config = backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=ModelConfig(decode={"max_bytes": cap}))
     summary = run_backfill(config)
     assert sorted(handed) == sorted(str(tmp_path / "in" / rel) for rel in small)
     assert summary["rows"] == 5 and summary["errors"] == 2
-    rows = {Path(row["path"]).relative_to(tmp_path / "in").as_posix(): row for row in pq.read_table(tmp_path / "out").to_pylist()}
+    rows = {
+        Path(row["path"]).relative_to(tmp_path / "in").as_posix(): row
+        for row in pq.read_table(tmp_path / "out").to_pylist()
+    }
     assert sorted(rows) == sorted([*small, *large])
     for rel, data in large.items():
         row = rows[rel]
@@ -204,7 +216,10 @@ def expected_report(planted: Planted, wrapper) -> dict:
         "count": count,
         "top1": sum(s["top1"] for s in per_class.values()) / count,
         "top5": sum(s["top5"] for s in per_class.values()) / count,
-        "per_class": {label: {"count": s["count"], "top1": s["top1"] / s["count"], "top5": s["top5"] / s["count"]} for label, s in per_class.items()},
+        "per_class": {
+            label: {"count": s["count"], "top1": s["top1"] / s["count"], "top5": s["top5"] / s["count"]}
+            for label, s in per_class.items()
+        },
     }
 
 
@@ -255,10 +270,15 @@ def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_
 # ---- detection -------------------------------------------------------------------------------
 def test_detection_backfill_writes_boxes_in_original_pixels(ray_session, tmp_path):
     sizes = {"wide.jpg": (96, 64), "tall.jpg": (56, 88), "square.jpg": (72, 72)}  # (width, height)
-    files = {name: encode(np.asarray(Image.fromarray(sample_array("astronaut")).resize(size))) for name, size in sizes.items()}
+    files = {
+        name: encode(np.asarray(Image.fromarray(sample_array("astronaut")).resize(size)))
+        for name, size in sizes.items()
+    }
     files["corrupt.jpg"] = images.corrupt_jpeg()
     write_tree(tmp_path / "in", files)
-    model = ModelConfig(name="fasterrcnn_v2", weights="random", options={"min_size": 128, "max_size": 160}, score_threshold=0.0)
+    model = ModelConfig(
+        name="fasterrcnn_v2", weights="random", options={"min_size": 128, "max_size": 160}, score_threshold=0.0
+    )
     summary = run_backfill(backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=model))
     table = pq.read_table(tmp_path / "out")
     assert table.schema == output_schema(model) and table.num_rows == 4 and summary["errors"] == 1
@@ -299,19 +319,40 @@ def test_embedding_backfill_writes_a_vector_column_equal_to_the_direct_wrappers(
 # ---- kill and resume -------------------------------------------------------------------------
 @pytest.mark.timeout(300)
 def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_path):
-    files = {f"n0{i % 4}/img{i:02d}.jpg": images.small_jpeg(SAMPLE_NAMES[i % len(SAMPLE_NAMES)], 48 + i) for i in range(40)}
+    files = {
+        f"n0{i % 4}/img{i:02d}.jpg": images.small_jpeg(SAMPLE_NAMES[i % len(SAMPLE_NAMES)], 48 + i) for i in range(40)
+    }
     write_tree(tmp_path / "in", files)
     source, output = tmp_path / "in", tmp_path / "out"
-    command = [sys.executable, "-m", "twinfer.cli", "backfill", "--input", str(source), "--output", str(output),
-               "--batch-size", "2", "--rows-per-call", "2", "--rows-per-file", "2", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "twinfer.cli",
+        "backfill",
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--batch-size",
+        "2",
+        "--rows-per-call",
+        "2",
+        "--rows-per-file",
+        "2",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = tmp_path / "driver.log"
     with open(log, "wb") as sink:
-        driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(
+            command, cwd=ROOT, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 180
         while not list(output.glob("*.parquet")):
-            assert driver.poll() is None, f"the backfill exited ({driver.returncode}) before writing a file:\n{log.read_text()[-3000:]}"
+            assert driver.poll() is None, (
+                f"the backfill exited ({driver.returncode}) before writing a file:\n{log.read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "no output file appeared"
             time.sleep(0.02)
     finally:
@@ -319,7 +360,9 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
     done_before = pq.read_table(output).num_rows
     assert 0 < done_before < len(files), "the kill should land mid-job"
 
-    summary = run_backfill(backfill_config(str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2))
+    summary = run_backfill(
+        backfill_config(str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2)
+    )
     paths = pq.read_table(output).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == len(files)
     assert set(paths) == {str(source / rel) for rel in files}

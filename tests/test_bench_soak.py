@@ -29,7 +29,9 @@ def test_defaults_are_the_issues_and_quick_shortens_them():
     assert (full.duration, full.stalled, full.kill_replicas, full.factor) == (60.0, 50, [1, 2], 2.0)
     assert full.url is None and full.overload == "open"
     quick = soak.parse_args(["--quick"])
-    assert quick.duration < full.duration and quick.stalled < full.stalled and quick.stall_duration < full.stall_duration
+    assert (
+        quick.duration < full.duration and quick.stalled < full.stalled and quick.stall_duration < full.stall_duration
+    )
 
 
 def test_explicit_flags_win_over_quick():
@@ -45,7 +47,12 @@ def test_sections_are_checked_and_run_in_a_fixed_order():
 
 
 def test_bad_values_are_refused():
-    for argv in (["--capacity-clients", "0"], ["--kill-replicas", "one"], ["--factor", "0"], ["--address", "127.0.0.1:6379"]):
+    for argv in (
+        ["--capacity-clients", "0"],
+        ["--kill-replicas", "one"],
+        ["--factor", "0"],
+        ["--address", "127.0.0.1:6379"],
+    ):
         with pytest.raises(SystemExit):
             soak.parse_args(argv)
 
@@ -57,7 +64,9 @@ def test_corpus_has_over_100_distinct_inputs_of_every_kind(corpus):
     assert len(corpus) >= 100
     assert len({c.name for c in corpus}) == len(corpus)
     assert {c.kind for c in corpus} == set(KINDS)
-    distinct = {(c.method, c.path, c.content_type, c.headers, c.chunked, hashlib.sha256(c.body).digest()) for c in corpus}
+    distinct = {
+        (c.method, c.path, c.content_type, c.headers, c.chunked, hashlib.sha256(c.body).digest()) for c in corpus
+    }
     assert len(distinct) == len(corpus)
     counts = {kind: sum(c.kind == kind for c in corpus) for kind in KINDS}
     assert counts["truncation"] >= 30 and counts["bitflip"] >= 20 and counts["multipart"] >= 15, counts
@@ -197,8 +206,14 @@ def test_a_few_corpus_cases_and_stalled_requests_against_serve(serve_url, corpus
         a, d = ctx.results["a"], ctx.results["d"]
         assert a["cases"] == len(cases) >= len(picked)
         labels = {r.name: r.verdict.label for r in a["records"]}
-        assert labels["multipart/valid"] == "200" and labels["content_type/refused/text/plain"] == "415 unsupported_media_type"
-        assert labels["bomb/png-claims-10000x10000"] == "413 image_too_large" and labels["request/top_k-0"] == "422 invalid_parameter"
+        assert (
+            labels["multipart/valid"] == "200"
+            and labels["content_type/refused/text/plain"] == "415 unsupported_media_type"
+        )
+        assert (
+            labels["bomb/png-claims-10000x10000"] == "413 image_too_large"
+            and labels["request/top_k-0"] == "422 invalid_parameter"
+        )
         assert not [r for r in a["records"] if r.verdict.violation], labels
         assert a["valid_after"]["answer"] == "200"
         assert d["stalled_count"] == 3 and sum(v["count"] for v in d["stalled"].values()) == 3

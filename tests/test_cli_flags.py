@@ -22,7 +22,11 @@ def field_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> set[tup
     paths = set()
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        nested = [a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)]
+        nested = [
+            a
+            for a in (annotation, *getattr(annotation, "__args__", ()))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if nested and name in ("model", "decode", "s3"):
             paths |= field_paths(nested[0], (*prefix, name))
         else:
@@ -41,10 +45,35 @@ def test_no_flags_means_the_configs_own_defaults():
 
 def test_flags_land_in_the_fields_they_name():
     config = parse(
-        "--model", "resnet152", "--weights", "random", "--task", "embed", "--batch-size", "8", "--compile",
-        "--cpu-threads", "3", "--no-channels-last", "--decode-max-pixels", "1000", "--decode-formats", "png,jpeg",
-        "--options", '{"zero_init_residual": true}', "--actors", "2", "--rows-per-file", "7", "--no-progress",
-        "--extensions", "jpg,png", "--s3-endpoint", "127.0.0.1:9000", "--s3-region", "eu-west-1",
+        "--model",
+        "resnet152",
+        "--weights",
+        "random",
+        "--task",
+        "embed",
+        "--batch-size",
+        "8",
+        "--compile",
+        "--cpu-threads",
+        "3",
+        "--no-channels-last",
+        "--decode-max-pixels",
+        "1000",
+        "--decode-formats",
+        "png,jpeg",
+        "--options",
+        '{"zero_init_residual": true}',
+        "--actors",
+        "2",
+        "--rows-per-file",
+        "7",
+        "--no-progress",
+        "--extensions",
+        "jpg,png",
+        "--s3-endpoint",
+        "127.0.0.1:9000",
+        "--s3-region",
+        "eu-west-1",
     )
     assert (config.model.name, config.model.weights, config.model.task) == ("resnet152", "random", "embed")
     assert config.batch_size == 8 and config.model.compile is True and config.model.cpu_threads == 3
@@ -55,7 +84,10 @@ def test_flags_land_in_the_fields_they_name():
     assert (config.s3.endpoint_override, config.s3.region) == ("127.0.0.1:9000", "eu-west-1")
 
 
-@pytest.mark.parametrize("flag, expected", [([], "auto"), (["--compile"], True), (["--compile", "off"], False), (["--compile", "auto"], "auto")])
+@pytest.mark.parametrize(
+    "flag, expected",
+    [([], "auto"), (["--compile"], True), (["--compile", "off"], False), (["--compile", "auto"], "auto")],
+)
 def test_a_setting_that_can_be_auto_takes_auto_on_and_off(flag, expected):
     assert parse(*flag).model.compile == expected
 
@@ -69,9 +101,17 @@ def test_a_bad_value_is_refused_by_the_parser():
 
 def test_model_flags_override_the_model_config_file_key_by_key(tmp_path):
     path = tmp_path / "model.yaml"
-    path.write_text(yaml.safe_dump({"name": "efficientnet_lite0", "weights": "random", "decode": {"max_pixels": 500, "draft": False}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "efficientnet_lite0", "weights": "random", "decode": {"max_pixels": 500, "draft": False}}
+        )
+    )
     config = parse("--model-config", str(path), "--decode-max-pixels", "900")
-    assert config.model.weights == "random" and config.model.decode.max_pixels == 900 and config.model.decode.draft is False
+    assert (
+        config.model.weights == "random"
+        and config.model.decode.max_pixels == 900
+        and config.model.decode.draft is False
+    )
 
 
 def test_help_shows_each_fields_description_and_default(capsys):

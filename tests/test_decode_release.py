@@ -42,7 +42,9 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_large_images_decoded_in_threads_leave_no_freed_memory_resident():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
+    )
     rss = json.loads(out.stdout.strip().splitlines()[-1])
     # each 20-megapixel decode frees ~60-120 MiB; four threads kept ~300 MiB of it resident before
     assert rss["after"] - rss["before"] < 80, rss

@@ -63,8 +63,14 @@ def test_one_path_per_task_with_the_tasks_parameters_and_defaults():
         operation = document["paths"][f"/v1/models/{{name}}/{name}"]["post"]
         query = {p["name"]: p["schema"]["default"] for p in operation["parameters"] if p["in"] == "query"}
         assert query == task_cls(["x"]).params({})
-        assert set(operation["requestBody"]["content"]) == {"image/*", "application/octet-stream", "multipart/form-data"}
-        assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(f"{name.capitalize()}Response")
+        assert set(operation["requestBody"]["content"]) == {
+            "image/*",
+            "application/octet-stream",
+            "multipart/form-data",
+        }
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            f"{name.capitalize()}Response"
+        )
 
 
 def test_documented_bounds_are_the_validators_bounds():
@@ -108,7 +114,9 @@ def test_api_keys_add_401_and_the_bearer_scheme_to_the_v1_routes_only():
     assert "securitySchemes" not in open_document["components"] and "security" not in open_document
     assert all("401" not in op["responses"] for _, _, op in operations(open_document))
     assert keyed["components"]["securitySchemes"]["apiKey"] == {
-        "type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Authorization: Bearer <API key>",
     }
     for path, _, operation in operations(keyed):
         if path.startswith("/v1/"):
@@ -146,4 +154,6 @@ def test_the_wrappers_answers_validate_against_the_response_schemas(embedded_wra
         (answer,) = wrapper.predict_batch([wrapper.load(data)])
         body = wrapper.task.response("served-name", answer)
         schema_validator(document, f"/components/schemas/{name.capitalize()}Response").validate(body)
-        assert not schema_validator(document, f"/components/schemas/{name.capitalize()}Response").is_valid({**body, "model": 7})
+        assert not schema_validator(document, f"/components/schemas/{name.capitalize()}Response").is_valid(
+            {**body, "model": 7}
+        )

@@ -20,7 +20,9 @@ from tests.images import small_jpeg
 
 PHOTOS = ("chelsea", "rocket")
 APP = "own-models"
-TINY_VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=48, patch_size=16)
+TINY_VIT = dict(
+    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=48, patch_size=16
+)
 LABELS = {0: "apple", 1: "boat", 2: "cat", 3: "dish"}
 
 
@@ -37,7 +39,9 @@ def models(tmp_path_factory) -> dict[str, dict]:
     torch.save(timm.create_model("test_resnet.r160_in1k", pretrained=False).state_dict(), root / "timm.pt")
     config = ViTConfig(**TINY_VIT, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
     ViTForImageClassification(config).save_pretrained(root / "vit")
-    ViTImageProcessor(size={"height": 48, "width": 48}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(root / "vit")
+    ViTImageProcessor(size={"height": 48, "width": 48}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        root / "vit"
+    )
     return {
         "resnet18": {"name": "torchvision:resnet18", "weights": str(root / "resnet18.pt")},
         "my-vit": {"name": f"hf:{root / 'vit'}"},
@@ -56,12 +60,20 @@ def client(serve_url, models):
     import httpx
 
     entries = [
-        {"name": served, "model": config, "num_cpus": 0.25, "max_ongoing_requests": 8,
-         "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1}}
+        {
+            "name": served,
+            "model": config,
+            "num_cpus": 0.25,
+            "max_ongoing_requests": 8,
+            "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1},
+        }
         for served, config in models.items()
     ]
-    serve.run(build(AppArgs.model_validate({"ingress": {"num_cpus": 0.25, "decode_threads": 2}, "models": entries})),
-              name=APP, route_prefix=f"/{APP}")
+    serve.run(
+        build(AppArgs.model_validate({"ingress": {"num_cpus": 0.25, "decode_threads": 2}, "models": entries})),
+        name=APP,
+        route_prefix=f"/{APP}",
+    )
     with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=120) as http:
         yield http
     serve.delete(APP)
@@ -96,7 +108,9 @@ def test_backfilled_to_parquet_with_the_direct_wrappers_answers(ray_session, tmp
     files = {f"{photo}.jpg": small_jpeg(photo) for photo in PHOTOS}
     for name, data in files.items():
         (source / name).write_bytes(data)
-    config = BackfillConfig(model=ModelConfig(**models[served]), input=str(source), output=str(tmp_path / "out"), progress=False)
+    config = BackfillConfig(
+        model=ModelConfig(**models[served]), input=str(source), output=str(tmp_path / "out"), progress=False
+    )
     summary = run_backfill(config)
     assert summary["rows"] == len(files) and summary["errors"] == 0
     wrapper = direct[served]

@@ -29,7 +29,11 @@ def app_args(max_batch_size: int = 8, wait: float = 0.2) -> AppArgs:
                     "model": {"name": "efficientnet_lite0", "decode": {"max_pixels": 1_000_000}},
                     "num_cpus": 0.5,
                     "max_ongoing_requests": 16,
-                    "batching": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait, "max_concurrent_batches": 1},
+                    "batching": {
+                        "max_batch_size": max_batch_size,
+                        "batch_wait_timeout_s": wait,
+                        "max_concurrent_batches": 1,
+                    },
                 },
                 {
                     "name": "lite0-embed",  # the same model served a second time, as an embedder
@@ -59,7 +63,9 @@ def client(serve_url):
 
 def classify(client, data: bytes, top_k=None, content_type="image/jpeg"):
     params = {} if top_k is None else {"top_k": top_k}
-    return client.post("/v1/models/efficientnet_lite0/classify", params=params, content=data, headers={"content-type": content_type})
+    return client.post(
+        "/v1/models/efficientnet_lite0/classify", params=params, content=data, headers={"content-type": content_type}
+    )
 
 
 def test_classify_raw_body(client):
@@ -73,7 +79,8 @@ def test_classify_raw_body(client):
 
 def test_classify_multipart(client):
     response = client.post(
-        "/v1/models/efficientnet_lite0/classify", files={"file": ("coffee.png", encode(images.small_photo("coffee", 224), "PNG"), "image/png")}
+        "/v1/models/efficientnet_lite0/classify",
+        files={"file": ("coffee.png", encode(images.small_photo("coffee", 224), "PNG"), "image/png")},
     )
     assert response.status_code == 200
     assert response.json()["predictions"][0]["label"] == "espresso"
@@ -98,7 +105,12 @@ def test_http_answer_equals_direct_wrapper(client, embedded_wrapper):
 def test_detect_returns_boxes_inside_the_image(client):
     data = images.small_jpeg("astronaut", size=150)
     height, width = images.small_photo("astronaut", size=150).shape[:2]
-    response = client.post("/v1/models/fasterrcnn_v2/detect", params={"score_threshold": 0.0}, content=data, headers={"content-type": "image/jpeg"})
+    response = client.post(
+        "/v1/models/fasterrcnn_v2/detect",
+        params={"score_threshold": 0.0},
+        content=data,
+        headers={"content-type": "image/jpeg"},
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["model"] == "fasterrcnn_v2" and body["detections"]
@@ -154,23 +166,158 @@ def test_one_corrupt_image_fails_only_itself(client):
 ERROR_CASES = [
     # (id, method, path, params, body, content type, status, code)
     ("empty", "POST", "/v1/models/efficientnet_lite0/classify", {}, b"", "image/jpeg", 400, "empty_input"),
-    ("corrupt", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.corrupt_jpeg(), "image/jpeg", 400, "invalid_image"),
-    ("truncated", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.truncated_jpeg(), "image/jpeg", 400, "invalid_image"),
-    ("not_image", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.not_an_image(), "application/octet-stream", 400, "invalid_image"),
-    ("unknown_model", "POST", "/v1/models/alexnet/classify", {}, images.small_jpeg(), "image/jpeg", 404, "model_not_found"),
-    ("detect_on_classifier", "POST", "/v1/models/efficientnet_lite0/detect", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
-    ("classify_on_detector", "POST", "/v1/models/fasterrcnn_v2/classify", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
-    ("embed_on_classifier", "POST", "/v1/models/efficientnet_lite0/embed", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
-    ("classify_on_embedder", "POST", "/v1/models/lite0-embed/classify", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
+    (
+        "corrupt",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.corrupt_jpeg(),
+        "image/jpeg",
+        400,
+        "invalid_image",
+    ),
+    (
+        "truncated",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.truncated_jpeg(),
+        "image/jpeg",
+        400,
+        "invalid_image",
+    ),
+    (
+        "not_image",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.not_an_image(),
+        "application/octet-stream",
+        400,
+        "invalid_image",
+    ),
+    (
+        "unknown_model",
+        "POST",
+        "/v1/models/alexnet/classify",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "model_not_found",
+    ),
+    (
+        "detect_on_classifier",
+        "POST",
+        "/v1/models/efficientnet_lite0/detect",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "wrong_task",
+    ),
+    (
+        "classify_on_detector",
+        "POST",
+        "/v1/models/fasterrcnn_v2/classify",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "wrong_task",
+    ),
+    (
+        "embed_on_classifier",
+        "POST",
+        "/v1/models/efficientnet_lite0/embed",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "wrong_task",
+    ),
+    (
+        "classify_on_embedder",
+        "POST",
+        "/v1/models/lite0-embed/classify",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "wrong_task",
+    ),
     ("unknown_route", "GET", "/v0/whatever", {}, b"", None, 404, "not_found"),
     ("wrong_method", "GET", "/v1/models/efficientnet_lite0/classify", {}, b"", None, 405, "method_not_allowed"),
-    ("body_over_cap", "POST", "/v1/models/efficientnet_lite0/classify", {}, b"\xff" * (BODY_CAP + 1), "image/jpeg", 413, "body_too_large"),
-    ("pixel_bomb", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.pixel_bomb(), "image/png", 413, "image_too_large"),
-    ("content_type", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.small_jpeg(), "text/plain", 415, "unsupported_media_type"),
-    ("format", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.unsupported_format(), "application/octet-stream", 415, "unsupported_format"),
-    ("top_k_zero", "POST", "/v1/models/efficientnet_lite0/classify", {"top_k": 0}, images.small_jpeg(), "image/jpeg", 422, "invalid_parameter"),
-    ("top_k_text", "POST", "/v1/models/efficientnet_lite0/classify", {"top_k": "five"}, images.small_jpeg(), "image/jpeg", 422, "invalid_parameter"),
-    ("threshold", "POST", "/v1/models/fasterrcnn_v2/detect", {"score_threshold": 1.5}, images.small_jpeg(), "image/jpeg", 422, "invalid_parameter"),
+    (
+        "body_over_cap",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        b"\xff" * (BODY_CAP + 1),
+        "image/jpeg",
+        413,
+        "body_too_large",
+    ),
+    (
+        "pixel_bomb",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.pixel_bomb(),
+        "image/png",
+        413,
+        "image_too_large",
+    ),
+    (
+        "content_type",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.small_jpeg(),
+        "text/plain",
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "format",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.unsupported_format(),
+        "application/octet-stream",
+        415,
+        "unsupported_format",
+    ),
+    (
+        "top_k_zero",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {"top_k": 0},
+        images.small_jpeg(),
+        "image/jpeg",
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "top_k_text",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {"top_k": "five"},
+        images.small_jpeg(),
+        "image/jpeg",
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "threshold",
+        "POST",
+        "/v1/models/fasterrcnn_v2/detect",
+        {"score_threshold": 1.5},
+        images.small_jpeg(),
+        "image/jpeg",
+        422,
+        "invalid_parameter",
+    ),
     ("multipart_no_file", "POST", "/v1/models/efficientnet_lite0/classify", {}, None, "multipart", 400, "empty_input"),
 ]
 

@@ -23,8 +23,8 @@ from ray import serve
 from deployments.app import build
 from deployments.config import AppArgs
 from deployments.model_server import ModelServer
-from twinfer.ports import free_loopback_port
 from tests.images import small_jpeg
+from twinfer.ports import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE = "twinfer-test-gate"
@@ -77,7 +77,9 @@ def test_requests_beyond_ongoing_plus_queued_get_503_without_waiting(serve_url):
     pool = cf.ThreadPoolExecutor(ongoing + queued + extra)
     try:
         with httpx.Client(base_url=serve_url, timeout=120) as client:
-            post = lambda _: client.post("/held/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"})  # noqa: E731
+            post = lambda _: client.post(
+                "/held/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"}
+            )  # noqa: E731
             futures = [pool.submit(post, i) for i in range(ongoing + queued + extra)]
             # While the model is held nothing can succeed, so the first `extra` answers are refusals.
             first = []
@@ -115,8 +117,12 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
     env = dict(os.environ, RAY_ADDRESS="local")  # its own Ray, not the test session's
     serve_bin = Path(sys.executable).parent / "serve"
     process = subprocess.Popen(
-        [str(serve_bin), "run", str(tmp_path / "serve_config.yaml")], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [str(serve_bin), "run", str(tmp_path / "serve_config.yaml")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -132,7 +138,9 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
                     pass
                 time.sleep(0.5)
             data = small_jpeg("coffee", size=200)
-            response = client.post("/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"})
+            response = client.post(
+                "/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"}
+            )
             assert response.status_code == 200
             assert [p["label"] for p in response.json()["predictions"]] == [
                 p["label"] for p in embedded_wrapper.classify_bytes(data)

@@ -123,8 +123,15 @@ def test_mask_and_keypoint_rcnn_answer_boxes_only(monkeypatch):
 
     class Stub(torch.nn.Module):
         def forward(self, images):
-            return [{"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.int64), "scores": torch.ones(1),
-                     "masks": torch.zeros(1, 1, *image.shape[1:])} for image in images]
+            return [
+                {
+                    "boxes": torch.zeros(1, 4),
+                    "labels": torch.ones(1, dtype=torch.int64),
+                    "scores": torch.ones(1),
+                    "masks": torch.zeros(1, 1, *image.shape[1:]),
+                }
+                for image in images
+            ]
 
     calls = []
     monkeypatch.setattr(models, "get_model_builder", lambda name: calls.append(name) or (lambda **kwargs: Stub()))
@@ -205,7 +212,9 @@ def test_torchvision_offline_pretrained_says_where_to_put_the_file(tmp_path, mon
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(WeightsUnavailable, match=r"copy resnet18-f37072fd\.pth to .*hub/checkpoints.*TORCH_HOME") as info:
+    with pytest.raises(
+        WeightsUnavailable, match=r"copy resnet18-f37072fd\.pth to .*hub/checkpoints.*TORCH_HOME"
+    ) as info:
         ModelWrapper(ModelConfig(name="torchvision:resnet18"))
     assert str(tmp_path) in str(info.value)
     assert downloads == [ResNet18_Weights.DEFAULT.url] and no_network == []
@@ -213,7 +222,9 @@ def test_torchvision_offline_pretrained_says_where_to_put_the_file(tmp_path, mon
 
 # ---- hf: -------------------------------------------------------------------------------------------------
 
-TINY_VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=48, patch_size=16)
+TINY_VIT = dict(
+    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=48, patch_size=16
+)
 LABELS = {0: "cat", 1: "dog", 2: "teapot", 3: "bicycle"}
 
 
@@ -281,7 +292,11 @@ def SQUARE(side: int) -> dict:
         ("ConvNextImageProcessor", {"size": {"shortest_edge": 384}}, "resize_exact"),  # no crop from 384 on
         ("LevitImageProcessor", {}, "resize_crop"),
         ("PoolFormerImageProcessor", {}, "resize_crop"),
-        ("EfficientNetImageProcessor", {"size": SQUARE(240), "crop_size": SQUARE(224), "do_center_crop": True}, "resize_exact"),
+        (
+            "EfficientNetImageProcessor",
+            {"size": SQUARE(240), "crop_size": SQUARE(224), "do_center_crop": True},
+            "resize_exact",
+        ),
         ("EfficientNetImageProcessor", {"rescale_offset": True, "include_top": False}, "resize_exact"),
     ],
 )
@@ -369,12 +384,19 @@ def test_hf_models_needing_their_own_code_or_not_classifiers_are_refused(tmp_pat
 
     custom = tmp_path / "custom"
     custom.mkdir()
-    (custom / "config.json").write_text(json.dumps({
-        "model_type": "acme-vision", "auto_map": {"AutoConfig": "configuration_acme.AcmeConfig"},
-    }))
+    (custom / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "acme-vision",
+                "auto_map": {"AutoConfig": "configuration_acme.AcmeConfig"},
+            }
+        )
+    )
     with pytest.raises(ValidationError, match="trust_remote_code"):
         ModelConfig(name=f"hf:{custom}")
-    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(tmp_path / "bert")
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(
+        tmp_path / "bert"
+    )
     with pytest.raises(ValidationError, match="'bert' model.*not one AutoModelForImageClassification builds"):
         ModelConfig(name=f"hf:{tmp_path / 'bert'}")
 
@@ -454,7 +476,9 @@ def test_timm_offline_pretrained_says_how_to_provide_it(tmp_path, monkeypatch, n
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(WeightsUnavailable, match=r"HF_HOME\) with timm/test_resnet\.r160_in1k and set HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        WeightsUnavailable, match=r"HF_HOME\) with timm/test_resnet\.r160_in1k and set HF_HUB_OFFLINE=1"
+    ):
         ModelWrapper(ModelConfig(name=TINY_TIMM))
     assert no_network == []
 
@@ -495,8 +519,12 @@ def test_embeddings_are_the_penultimate_features_l2_normalised(tmp_path, tiny_vi
     vit = ViTForImageClassification.from_pretrained(tiny_vit_dir).eval()
     cases = [
         ("torchvision:resnet18", str(resnet18_file), 512, lambda x: pooled_input_of(tv, tv.fc, x)),
-        ("timm:test_convnext.r160_in1k", str(tmp_path / "convnext.pt"), tm.num_features,
-         lambda x: tm.forward_head(tm.forward_features(x), pre_logits=True)),
+        (
+            "timm:test_convnext.r160_in1k",
+            str(tmp_path / "convnext.pt"),
+            tm.num_features,
+            lambda x: tm.forward_head(tm.forward_features(x), pre_logits=True),
+        ),
         (f"hf:{tiny_vit_dir}", "default", TINY_VIT["hidden_size"], lambda x: pooled_input_of(vit, vit.classifier, x)),
     ]
     data = small_jpeg("rocket")
@@ -507,7 +535,9 @@ def test_embeddings_are_the_penultimate_features_l2_normalised(tmp_path, tiny_vi
         assert wrapper.output_dim == dim == len(embedding), name
         assert abs(float(np.linalg.norm(embedding)) - 1.0) < 1e-5, name
         with torch.inference_mode():
-            expected = torch.nn.functional.normalize(features(normalised(item.pixels, wrapper.spec.preprocess)[None]), dim=1)[0]
+            expected = torch.nn.functional.normalize(
+                features(normalised(item.pixels, wrapper.spec.preprocess)[None]), dim=1
+            )[0]
         assert torch.allclose(torch.tensor(embedding), expected, atol=1e-5), name
 
 
@@ -570,6 +600,8 @@ def test_a_distilled_timm_model_embeds_both_heads_inputs_averaged():
     (embedding,) = wrapper.predict_batch([item])
     with torch.inference_mode():
         x = normalised(item.pixels, wrapper.spec.preprocess)[None]
-        expected = torch.nn.functional.normalize(reference.forward_head(reference.forward_features(x), pre_logits=True), dim=1)[0]
+        expected = torch.nn.functional.normalize(
+            reference.forward_head(reference.forward_features(x), pre_logits=True), dim=1
+        )[0]
     assert wrapper.output_dim == reference.num_features == len(embedding)
     assert torch.allclose(torch.tensor(embedding), expected, atol=1e-5)

@@ -69,7 +69,9 @@ def test_columns_are_written_and_read_back_as_the_same_answers(task, answers, di
     table = pa.table(task.columns(answers, dim))
     assert table.schema == pa.schema(task.arrow_fields(dim))
     rows = table.to_pylist()
-    assert [task.answer_from_row(row) for row in rows] == [pytest.approx(a) if a and task.name == "embed" else a for a in answers]
+    assert [task.answer_from_row(row) for row in rows] == [
+        pytest.approx(a) if a and task.name == "embed" else a for a in answers
+    ]
 
 
 def test_the_embedding_column_is_a_fixed_size_float32_vector():
@@ -132,7 +134,9 @@ def test_a_model_is_served_under_a_url_safe_name_and_may_be_served_twice():
 
 def test_no_code_outside_the_task_classes_branches_on_a_task_name():
     """Adding a task is one class: nothing else may compare a task's name."""
-    pattern = re.compile(r"""task(_name)?\s*[!=]=\s*["'](classify|detect|embed)["']|["'](classify|detect|embed)["']\s*[!=]=""")
+    pattern = re.compile(
+        r"""task(_name)?\s*[!=]=\s*["'](classify|detect|embed)["']|["'](classify|detect|embed)["']\s*[!=]="""
+    )
     offenders = [
         f"{path.relative_to(ROOT)}:{number}"
         for folder in ("shared", "deployments", "batch", "twinfer", "bench")

@@ -70,7 +70,9 @@ def app_args() -> AppArgs:
             "models": [
                 model_entry({"name": "efficientnet_lite0"}),  # the embedded ImageNet weights
                 model_entry({"name": "efficientnet_lite0", "task": "embed"}, name="lite0-embed"),
-                model_entry({"name": "fasterrcnn_v2", "weights": "random", "options": SMALL_DETECTOR, "score_threshold": 0.0}),
+                model_entry(
+                    {"name": "fasterrcnn_v2", "weights": "random", "options": SMALL_DETECTOR, "score_threshold": 0.0}
+                ),
             ],
         }
     )
@@ -121,11 +123,15 @@ def test_the_page_and_its_files_are_served_same_origin_with_strict_headers(http,
         ("static/app.css", "text/css; charset=utf-8", ":root"),
     ]:
         response = http.get(f"{site}/{path}")
-        assert response.status_code == 200 and response.headers["content-type"] == media_type and needle in response.text
+        assert (
+            response.status_code == 200 and response.headers["content-type"] == media_type and needle in response.text
+        )
     for text in (page.text, http.get(f"{site}/static/app.js").text, http.get(f"{site}/static/app.css").text):
         assert set(URL.findall(text)) <= {SVG_NAMESPACE}, "the page may load nothing from elsewhere"
     for response in (page, http.get(f"{site}/static/app.js"), http.get(f"{site}/openapi.json")):
-        assert response.headers["cache-control"] == "no-cache" and response.headers["x-content-type-options"] == "nosniff"
+        assert (
+            response.headers["cache-control"] == "no-cache" and response.headers["x-content-type-options"] == "nosniff"
+        )
         again = http.get(response.url, headers={"if-none-match": response.headers["etag"]})
         assert again.status_code == 304 and not again.content
 
@@ -161,18 +167,26 @@ def test_live_answers_match_the_served_openapi_document(http, site):
         response = http.post(f"{site}/v1/models/{name}/{task}", content=jpeg, headers=raw)
         assert response.status_code == 200, response.text
         check(f"/v1/models/{{name}}/{task}", "post", response)
-    detections = http.post(f"{site}/v1/models/fasterrcnn_v2/detect", params={"score_threshold": 0}, content=jpeg, headers=raw)
+    detections = http.post(
+        f"{site}/v1/models/fasterrcnn_v2/detect", params={"score_threshold": 0}, content=jpeg, headers=raw
+    )
     assert detections.json()["detections"]  # random weights, a zero threshold: boxes to validate
     check("/v1/models/{name}/detect", "post", detections)
     for response in (
         http.post(f"{site}/v1/models/efficientnet_lite0/classify", content=images.corrupt_jpeg(), headers=raw),
         http.post(f"{site}/v1/models/efficientnet_lite0/classify", params={"top_k": 0}, content=jpeg, headers=raw),
         http.post(f"{site}/v1/models/efficientnet_lite0/detect", content=jpeg, headers=raw),
-        http.post(f"{site}/v1/models/efficientnet_lite0/classify", content=jpeg, headers={"content-type": "text/plain"}),
+        http.post(
+            f"{site}/v1/models/efficientnet_lite0/classify", content=jpeg, headers={"content-type": "text/plain"}
+        ),
     ):
         check("/v1/models/{name}/classify", "post", response)
     with pytest.raises(jsonschema.ValidationError):  # and the check can fail: invalid_image is no 422
-        check("/v1/models/{name}/classify", "post", httpx.Response(422, json={"error": {"code": "invalid_image", "message": "x"}}))
+        check(
+            "/v1/models/{name}/classify",
+            "post",
+            httpx.Response(422, json={"error": {"code": "invalid_image", "message": "x"}}),
+        )
 
 
 def test_with_api_keys_the_page_and_document_stay_open_and_the_api_does_not(http, keyed_site):
@@ -262,7 +276,9 @@ def choose_model(page, site: str, name: str) -> None:
 
 
 def upload(page, name: str, data: bytes, mime_type: str = "image/jpeg") -> None:
-    page.get_by_label("Image", exact=True).set_input_files(files=[{"name": name, "mimeType": mime_type, "buffer": data}])
+    page.get_by_label("Image", exact=True).set_input_files(
+        files=[{"name": name, "mimeType": mime_type, "buffer": data}]
+    )
 
 
 def test_classify_the_cat_shows_labelled_bars(page, site, tmp_path):
@@ -300,7 +316,9 @@ def test_a_corrupt_image_shows_the_apis_message(page, site, http, tmp_path):
 def test_detect_draws_boxes_over_the_photo_and_the_slider_filters_them(page, site, http, tmp_path):
     data = images.small_jpeg("astronaut", size=512)
     page.set_viewport_size({"width": 1000, "height": 500})  # the page shows it at most 70 % of this high
-    every = http.post(f"{site}/v1/models/fasterrcnn_v2/detect", params={"score_threshold": 0}, content=data).json()["detections"]
+    every = http.post(f"{site}/v1/models/fasterrcnn_v2/detect", params={"score_threshold": 0}, content=data).json()[
+        "detections"
+    ]
     assert every, "the random detector gave no box at all"
     choose_model(page, site, "fasterrcnn_v2")
     slider = page.get_by_label("Score threshold", exact=True)
@@ -331,8 +349,12 @@ def test_detect_draws_boxes_over_the_photo_and_the_slider_filters_them(page, sit
     for detection, rect in list(zip(every, drawn.locator("rect.box").all()))[:5]:  # drawn in the API's order
         box = rect.bounding_box()
         x1, y1, x2, y2 = detection["box"]
-        assert box["x"] == pytest.approx(photo["x"] + x1 * scale, abs=3) and box["width"] == pytest.approx((x2 - x1) * scale, abs=4)
-        assert box["y"] == pytest.approx(photo["y"] + y1 * scale, abs=3) and box["height"] == pytest.approx((y2 - y1) * scale, abs=4)
+        assert box["x"] == pytest.approx(photo["x"] + x1 * scale, abs=3) and box["width"] == pytest.approx(
+            (x2 - x1) * scale, abs=4
+        )
+        assert box["y"] == pytest.approx(photo["y"] + y1 * scale, abs=3) and box["height"] == pytest.approx(
+            (y2 - y1) * scale, abs=4
+        )
     page.screenshot(path=tmp_path / "detect.png", full_page=True)
 
     slider.press("End")  # 1.0: no random-weight detection scores that

@@ -26,8 +26,25 @@ from tritonclient.grpc._utils import _get_inference_request as grpc_request
 from tritonclient.http._utils import _get_inference_request as http_request
 
 from deployments.v2 import grpc_service, rest
-from deployments.v2.tensors import MAX_IMAGES, InferRequest, InvalidRequest, OutputTensor, image_count, per_image, split_bytes_elements
-from shared.errors import BodyTooLarge, ImageTooLarge, InvalidImage, InvalidParameter, ModelNotFound, Overloaded, Unauthorized, Unavailable
+from deployments.v2.tensors import (
+    MAX_IMAGES,
+    InferRequest,
+    InvalidRequest,
+    OutputTensor,
+    image_count,
+    per_image,
+    split_bytes_elements,
+)
+from shared.errors import (
+    BodyTooLarge,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidParameter,
+    ModelNotFound,
+    Overloaded,
+    Unauthorized,
+    Unavailable,
+)
 from shared.tasks import ClassifyTask, DetectTask, EmbedTask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +53,10 @@ IMAGES = [b"\xff\xd8first", b"", b"\x89PNG third\x00"]  # any bytes: nothing is 
 
 def images_input(module, images, binary_data=True, shape=None):
     tensor = module.InferInput("image", shape or [len(images)], "BYTES")
-    tensor.set_data_from_numpy(np.array(images, dtype=np.object_).reshape(shape or [len(images)]), **({"binary_data": binary_data} if module is httpclient else {}))
+    tensor.set_data_from_numpy(
+        np.array(images, dtype=np.object_).reshape(shape or [len(images)]),
+        **({"binary_data": binary_data} if module is httpclient else {}),
+    )
     return tensor
 
 
@@ -74,7 +94,9 @@ def test_json_images_are_base64_flat_or_nested():
 
 
 def binary_body(size: int, data: bytes) -> tuple[bytes, str]:
-    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": size}}]}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": size}}]}
+    ).encode()
     return header + data, str(len(header))
 
 
@@ -83,20 +105,92 @@ BAD_BODIES = [
     ("not_object", b"[1, 2]", None, "JSON object"),
     ("no_inputs", b'{"inputs": []}', None, "exactly one input"),
     ("two_inputs", json.dumps({"inputs": [{"name": "image"}, {"name": "image"}]}).encode(), None, "exactly one input"),
-    ("input_name", json.dumps({"inputs": [{"name": "pixels", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]}).encode(), None, "unknown input 'pixels'"),
-    ("datatype", json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1], "data": [1]}]}).encode(), None, "is BYTES"),
-    ("shape", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1, 2], "data": ["AA==", "AA=="]}]}).encode(), None, "shape [N] or [N, 1]"),
-    ("zero_images", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [0], "data": []}]}).encode(), None, "1 to"),
-    ("too_many", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [MAX_IMAGES + 1], "data": []}]}).encode(), None, "1 to"),
-    ("count", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["AA=="]}]}).encode(), None, "holds 1"),
-    ("base64", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}]}).encode(), None, "image 0: not valid base64"),
-    ("number", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [7]}]}).encode(), None, "base64 string"),
-    ("no_data", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}).encode(), None, "needs 'data'"),
-    ("shm", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"shared_memory_region": "r"}}]}).encode(), None, "shared-memory"),
+    (
+        "input_name",
+        json.dumps({"inputs": [{"name": "pixels", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]}).encode(),
+        None,
+        "unknown input 'pixels'",
+    ),
+    (
+        "datatype",
+        json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1], "data": [1]}]}).encode(),
+        None,
+        "is BYTES",
+    ),
+    (
+        "shape",
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1, 2], "data": ["AA==", "AA=="]}]}
+        ).encode(),
+        None,
+        "shape [N] or [N, 1]",
+    ),
+    (
+        "zero_images",
+        json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [0], "data": []}]}).encode(),
+        None,
+        "1 to",
+    ),
+    (
+        "too_many",
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [MAX_IMAGES + 1], "data": []}]}
+        ).encode(),
+        None,
+        "1 to",
+    ),
+    (
+        "count",
+        json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["AA=="]}]}).encode(),
+        None,
+        "holds 1",
+    ),
+    (
+        "base64",
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}]}
+        ).encode(),
+        None,
+        "image 0: not valid base64",
+    ),
+    (
+        "number",
+        json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [7]}]}).encode(),
+        None,
+        "base64 string",
+    ),
+    (
+        "no_data",
+        json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}).encode(),
+        None,
+        "needs 'data'",
+    ),
+    (
+        "shm",
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"shared_memory_region": "r"}}
+                ]
+            }
+        ).encode(),
+        None,
+        "shared-memory",
+    ),
     ("header_length", b'{"inputs": []}', "999", "not a length"),
     ("binary_size", *binary_body(10, b"\x01\x00\x00\x00a"), "does not fit"),
     ("leftover", *binary_body(5, b"\x01\x00\x00\x00aEXTRA"), "follow the JSON"),
-    ("outputs", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}], "outputs": [{"name": "x"}, {"name": "x"}]}).encode(), None, "requested twice"),
+    (
+        "outputs",
+        json.dumps(
+            {
+                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}],
+                "outputs": [{"name": "x"}, {"name": "x"}],
+            }
+        ).encode(),
+        None,
+        "requested twice",
+    ),
 ]
 
 
@@ -110,7 +204,11 @@ def test_malformed_requests_are_invalid_request(case):
 
 def test_length_prefixed_elements():
     assert split_bytes_elements(b"\x02\x00\x00\x00ab\x00\x00\x00\x00", 2) == [b"ab", b""]
-    for data, message in ((b"\x02\x00\x00", "cut off"), (b"\x05\x00\x00\x00ab", "5 bytes announced"), (b"\x00\x00\x00\x00", "holds 1")):
+    for data, message in (
+        (b"\x02\x00\x00", "cut off"),
+        (b"\x05\x00\x00\x00ab", "5 bytes announced"),
+        (b"\x00\x00\x00\x00", "holds 1"),
+    ):
         with pytest.raises(InvalidRequest, match=message):
             split_bytes_elements(data, 2 if message == "holds 1" else 1)
 
@@ -149,7 +247,9 @@ TENSORS = [
 
 def read_http(response) -> httpclient.InferResult:
     length = response.headers.get("inference-header-content-length")
-    return httpclient.InferResult.from_response_body(response.body, header_length=None if length is None else int(length))
+    return httpclient.InferResult.from_response_body(
+        response.body, header_length=None if length is None else int(length)
+    )
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -163,13 +263,17 @@ def test_http_response_reads_back_in_tritonclient(binary):
         got = result.as_numpy(tensor.name)
         assert got.shape == tensor.array.shape
         if tensor.datatype == "BYTES":
-            assert [g if isinstance(g, bytes) else g.encode() for g in got.reshape(-1)] == list(tensor.array.reshape(-1))
+            assert [g if isinstance(g, bytes) else g.encode() for g in got.reshape(-1)] == list(
+                tensor.array.reshape(-1)
+            )
         else:
             assert got.dtype == tensor.array.dtype and np.array_equal(got, tensor.array)
 
 
 def test_output_binary_data_overrides_the_request_default():
-    request = InferRequest([b"x"], outputs={"scores": {"binary_data": True}, "indices": {"binary_data": False}}, binary_output=False)
+    request = InferRequest(
+        [b"x"], outputs={"scores": {"binary_data": True}, "indices": {"binary_data": False}}, binary_output=False
+    )
     header = read_http(rest.infer_response("m", "1", request, TENSORS[:2])).get_response()
     assert header["outputs"][0]["parameters"] == {"binary_data_size": 16} and "data" in header["outputs"][1]
 
@@ -185,8 +289,23 @@ def test_http_errors_are_the_spec_error_object():
 
 # ---- gRPC, with tritonclient's messages ----------------------------------------------------------------
 def test_grpc_request_from_tritonclient():
-    outputs = [grpcclient.InferRequestedOutput("probabilities", class_count=5), grpcclient.InferRequestedOutput("scores")]
-    message = grpc_request("m", [images_input(grpcclient, IMAGES, shape=[3, 1])], "", "id-7", outputs, 0, False, False, 0, None, {"top_k": 3, "score_threshold": 0.25})
+    outputs = [
+        grpcclient.InferRequestedOutput("probabilities", class_count=5),
+        grpcclient.InferRequestedOutput("scores"),
+    ]
+    message = grpc_request(
+        "m",
+        [images_input(grpcclient, IMAGES, shape=[3, 1])],
+        "",
+        "id-7",
+        outputs,
+        0,
+        False,
+        False,
+        0,
+        None,
+        {"top_k": 3, "score_threshold": 0.25},
+    )
     request = grpc_service.infer_request(message, 1000)
     assert request.images == IMAGES and request.id == "id-7"
     assert request.outputs == {"probabilities": {"classification": 5}, "scores": {}}
@@ -215,12 +334,18 @@ def test_grpc_response_reads_back_in_tritonclient():
 
 def test_model_metadata_message():
     metadata = {
-        "name": "m", "versions": ["1"], "platform": "pytorch",
+        "name": "m",
+        "versions": ["1"],
+        "platform": "pytorch",
         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, -1]}],
     }
     message = grpc_service.model_metadata(service_pb2, metadata)
-    assert message.inputs[0].name == "image" and list(message.outputs[0].shape) == [-1, -1] and list(message.versions) == ["1"]
+    assert (
+        message.inputs[0].name == "image"
+        and list(message.outputs[0].shape) == [-1, -1]
+        and list(message.versions) == ["1"]
+    )
 
 
 def test_grpc_status_codes():
@@ -256,7 +381,10 @@ def classify_answers(task):
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(10), size=3).astype(np.float32)
     order = np.argsort(-probabilities, axis=1)
-    return probabilities, [[{"label": task.label(int(i)), "index": int(i), "score": float(p[i])} for i in row] for p, row in zip(probabilities, order)]
+    return probabilities, [
+        [{"label": task.label(int(i)), "index": int(i), "score": float(p[i])} for i in row]
+        for p, row in zip(probabilities, order)
+    ]
 
 
 def test_classify_tensors():
@@ -306,11 +434,18 @@ def test_detect_tensors_are_ragged_safe():
     answers = [
         [{"label": "class 1", "index": 1, "score": 0.9, "box": [1.0, 2.0, 3.0, 4.0]}],
         [],
-        [{"label": "class 2", "index": 2, "score": 0.8, "box": [5.0, 6.0, 7.0, 8.0]}, {"label": "class 3", "index": 3, "score": 0.7, "box": [0, 0, 1, 1]}],
+        [
+            {"label": "class 2", "index": 2, "score": 0.8, "box": [5.0, 6.0, 7.0, 8.0]},
+            {"label": "class 3", "index": 3, "score": 0.7, "box": [0, 0, 1, 1]},
+        ],
     ]
     tensors = task.v2_tensors(answers, task.v2_requested(None), task.params({}))
     assert tensors["boxes"].shape == (3, 4) and tensors["image_index"].tolist() == [0, 2, 2]
-    assert tensors["label_indices"].tolist() == [1, 2, 3] and tensors["labels"].tolist() == [b"class 1", b"class 2", b"class 3"]
+    assert tensors["label_indices"].tolist() == [1, 2, 3] and tensors["labels"].tolist() == [
+        b"class 1",
+        b"class 2",
+        b"class 3",
+    ]
     empty = task.v2_tensors([[], []], task.v2_requested(None), task.params({}))
     assert empty["boxes"].shape == (0, 4) and empty["scores"].shape == (0,)
     assert all(OutputTensor.of(n, a).raw() == b"" for n, a in empty.items())
@@ -376,7 +511,13 @@ def http_call(ingress, method: str, path: str, headers=()):
 
     from starlette.requests import Request
 
-    scope = {"type": "http", "method": method, "path": path, "headers": [(k.encode(), v.encode()) for k, v in headers], "query_string": b""}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": [(k.encode(), v.encode()) for k, v in headers],
+        "query_string": b"",
+    }
     return asyncio.run(ingress.v2_http(Request(scope), [p for p in path.split("/") if p][1:]))
 
 
@@ -398,7 +539,11 @@ def test_grpc_needs_the_key_in_metadata(ingress):
 
     refused = FakeContext()
     message = asyncio.run(ingress.ServerMetadata(service_pb2.ServerMetadataRequest(), grpc_context=refused))
-    assert refused.code == grpc.StatusCode.UNAUTHENTICATED and refused.details.startswith("unauthorized: ") and not message.name
+    assert (
+        refused.code == grpc.StatusCode.UNAUTHENTICATED
+        and refused.details.startswith("unauthorized: ")
+        and not message.name
+    )
     allowed = FakeContext([("authorization", f"Bearer {KEY}")])
     message = asyncio.run(ingress.ServerMetadata(service_pb2.ServerMetadataRequest(), grpc_context=allowed))
     assert allowed.code is None and message.name == "twinfer" and "binary_tensor_data" in message.extensions

@@ -94,7 +94,9 @@ def photos() -> list[bytes]:
 
 
 def v1_top(http, data: bytes, k: int = 5) -> list[dict]:
-    response = http.post(f"/v1/models/{CLASSIFIER}/classify", params={"top_k": k}, content=data, headers={"content-type": "image/jpeg"})
+    response = http.post(
+        f"/v1/models/{CLASSIFIER}/classify", params={"top_k": k}, content=data, headers={"content-type": "image/jpeg"}
+    )
     assert response.status_code == 200, response.text
     return response.json()["predictions"]
 
@@ -141,7 +143,10 @@ def test_http_model_metadata_comes_from_the_task_and_the_model(triton_http):
     assert classifier["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     outputs = {o["name"]: (o["datatype"], o["shape"]) for o in classifier["outputs"]}
     assert outputs == {
-        "scores": ("FP32", [-1, -1]), "indices": ("INT64", [-1, -1]), "labels": ("BYTES", [-1, -1]), "probabilities": ("FP32", [-1, 1000]),
+        "scores": ("FP32", [-1, -1]),
+        "indices": ("INT64", [-1, -1]),
+        "labels": ("BYTES", [-1, -1]),
+        "probabilities": ("FP32", [-1, 1000]),
     }
     embedder = triton_http.get_model_metadata(EMBEDDER)
     assert embedder["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 1280]}]
@@ -152,7 +157,9 @@ def test_http_model_metadata_comes_from_the_task_and_the_model(triton_http):
 def test_http_binary_classification_equals_v1(triton_http, http):
     data = encode(sample_array("chelsea"))
     result = triton_http.infer(  # /v2/models/{m}/versions/1/infer
-        CLASSIFIER, [image_input(httpclient, [data])], model_version="1",
+        CLASSIFIER,
+        [image_input(httpclient, [data])],
+        model_version="1",
         outputs=[httpclient.InferRequestedOutput("probabilities", class_count=5)],
     )
     assert result.get_response()["model_version"] == "1"
@@ -168,7 +175,11 @@ def test_http_batch_of_8_in_one_request_batches_and_equals_v1(triton_http, http,
     result = triton_http.infer(CLASSIFIER, [image_input(httpclient, photos)], outputs=outputs, parameters={"top_k": 5})
     after = handle.batch_stats.remote().result()
     scores, indices, labels = (result.as_numpy(n) for n in ("scores", "indices", "labels"))
-    assert scores.shape == indices.shape == labels.shape == (8, 5) and scores.dtype == np.float32 and indices.dtype == np.int64
+    assert (
+        scores.shape == indices.shape == labels.shape == (8, 5)
+        and scores.dtype == np.float32
+        and indices.dtype == np.int64
+    )
     for row, data in enumerate(photos):
         expected = v1_top(http, data)
         assert_same_top(list(zip(scores[row], indices[row], [l.decode() for l in labels[row]])), expected)
@@ -180,7 +191,9 @@ def test_http_json_base64_and_full_probabilities(triton_http, http):
     data = images.small_jpeg("coffee", 160)
     tensor = httpclient.InferInput("image", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[base64.b64encode(data)]], dtype=np.object_), binary_data=False)
-    result = triton_http.infer(CLASSIFIER, [tensor], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=False)])
+    result = triton_http.infer(
+        CLASSIFIER, [tensor], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+    )
     (output,) = result.get_response()["outputs"]
     assert "data" in output and output["shape"] == [1, 1000]
     probabilities = result.as_numpy("probabilities")[0]
@@ -202,7 +215,9 @@ def test_http_embedding_equals_v1(triton_http, http):
     result = triton_http.infer(EMBEDDER, [image_input(httpclient, [data, data])])
     embedding = result.as_numpy("embedding")
     assert embedding.shape == (2, 1280) and embedding.dtype == np.float32
-    v1 = http.post(f"/v1/models/{EMBEDDER}/embed", content=data, headers={"content-type": "image/jpeg"}).json()["embedding"]
+    v1 = http.post(f"/v1/models/{EMBEDDER}/embed", content=data, headers={"content-type": "image/jpeg"}).json()[
+        "embedding"
+    ]
     assert np.allclose(embedding, [v1, v1], atol=1e-5, rtol=0)
 
 
@@ -213,13 +228,20 @@ def test_http_detections_are_ragged_safe_tensors(triton_http, http):
     result = triton_http.infer(DETECTOR, [image_input(httpclient, [data, data])], parameters={"score_threshold": 0.0})
     boxes, scores, where = result.as_numpy("boxes"), result.as_numpy("scores"), result.as_numpy("image_index")
     assert boxes.shape == (len(scores), 4) and where.dtype == np.int32 and len(result.as_numpy("labels")) == len(scores)
-    v1 = http.post(f"/v1/models/{DETECTOR}/detect", params={"score_threshold": 0.0}, content=data, headers={"content-type": "image/jpeg"})
+    v1 = http.post(
+        f"/v1/models/{DETECTOR}/detect",
+        params={"score_threshold": 0.0},
+        content=data,
+        headers={"content-type": "image/jpeg"},
+    )
     detections = v1.json()["detections"]
     for index in (0, 1):
         mine = where == index
         assert mine.sum() == len(detections)
         assert result.as_numpy("label_indices")[mine].tolist() == [d["index"] for d in detections]
-        assert np.allclose(boxes[mine].reshape(-1, 4), np.array([d["box"] for d in detections]).reshape(-1, 4), atol=0.02)
+        assert np.allclose(
+            boxes[mine].reshape(-1, 4), np.array([d["box"] for d in detections]).reshape(-1, 4), atol=0.02
+        )
         assert np.allclose(scores[mine], [d["score"] for d in detections], atol=1e-5)
 
 
@@ -231,7 +253,10 @@ def test_http_one_bad_image_fails_the_request_naming_its_index(triton_http, phot
 
 
 def test_http_unknown_model_and_version(triton_http):
-    for call in (lambda: triton_http.get_model_metadata("alexnet"), lambda: triton_http.infer("alexnet", [image_input(httpclient, [b"x"])])):
+    for call in (
+        lambda: triton_http.get_model_metadata("alexnet"),
+        lambda: triton_http.infer("alexnet", [image_input(httpclient, [b"x"])]),
+    ):
         with pytest.raises(InferenceServerException) as caught:
             call()
         assert caught.value.status() == "404" and "model_not_found" in caught.value.message()
@@ -242,13 +267,93 @@ def test_http_unknown_model_and_version(triton_http):
 ERRORS = [
     # (id, method, path, body, headers, status, code)
     ("not_json", "POST", f"/v2/models/{CLASSIFIER}/infer", b"{oops", {}, 400, "invalid_request"),
-    ("wrong_input", "POST", f"/v2/models/{CLASSIFIER}/infer", json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]}).encode(), {}, 400, "invalid_request"),
-    ("not_image", "POST", f"/v2/models/{CLASSIFIER}/infer", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(images.not_an_image()).decode()]}]}).encode(), {}, 400, "invalid_image"),
-    ("pixel_bomb", "POST", f"/v2/models/{CLASSIFIER}/infer", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(images.pixel_bomb()).decode()]}]}).encode(), {}, 413, "image_too_large"),
+    (
+        "wrong_input",
+        "POST",
+        f"/v2/models/{CLASSIFIER}/infer",
+        json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]}).encode(),
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "not_image",
+        "POST",
+        f"/v2/models/{CLASSIFIER}/infer",
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": [base64.b64encode(images.not_an_image()).decode()],
+                    }
+                ]
+            }
+        ).encode(),
+        {},
+        400,
+        "invalid_image",
+    ),
+    (
+        "pixel_bomb",
+        "POST",
+        f"/v2/models/{CLASSIFIER}/infer",
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": [base64.b64encode(images.pixel_bomb()).decode()],
+                    }
+                ]
+            }
+        ).encode(),
+        {},
+        413,
+        "image_too_large",
+    ),
     ("body_cap", "POST", f"/v2/models/{CLASSIFIER}/infer", b"x" * (BODY_CAP + 1), {}, 413, "body_too_large"),
-    ("unknown_output", "POST", f"/v2/models/{CLASSIFIER}/infer", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}], "outputs": [{"name": "boxes"}]}).encode(), {}, 422, "invalid_parameter"),
-    ("top_k", "POST", f"/v2/models/{CLASSIFIER}/infer", json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}], "parameters": {"top_k": 0}}).encode(), {}, 422, "invalid_parameter"),
-    ("encoding", "POST", f"/v2/models/{CLASSIFIER}/infer", b"{}", {"content-encoding": "br"}, 415, "unsupported_media_type"),
+    (
+        "unknown_output",
+        "POST",
+        f"/v2/models/{CLASSIFIER}/infer",
+        json.dumps(
+            {
+                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}],
+                "outputs": [{"name": "boxes"}],
+            }
+        ).encode(),
+        {},
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "top_k",
+        "POST",
+        f"/v2/models/{CLASSIFIER}/infer",
+        json.dumps(
+            {
+                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}],
+                "parameters": {"top_k": 0},
+            }
+        ).encode(),
+        {},
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "encoding",
+        "POST",
+        f"/v2/models/{CLASSIFIER}/infer",
+        b"{}",
+        {"content-encoding": "br"},
+        415,
+        "unsupported_media_type",
+    ),
     ("method", "GET", f"/v2/models/{CLASSIFIER}/infer", b"", {}, 405, "method_not_allowed"),
     ("route", "GET", "/v2/repository/index", b"", {}, 404, "not_found"),
 ]
@@ -278,7 +383,9 @@ def test_grpc_classification_equals_v1_one_and_eight_images(triton_grpc, http, p
     data = encode(sample_array("coffee"))
     result = triton_grpc.infer(CLASSIFIER, [image_input(grpcclient, [data])], outputs=output, headers=ROUTE)
     assert_same_top(classifications(result.as_numpy("probabilities"))[0], v1_top(http, data))
-    batch = triton_grpc.infer(CLASSIFIER, [image_input(grpcclient, photos)], outputs=output, headers=ROUTE, request_id="eight")
+    batch = triton_grpc.infer(
+        CLASSIFIER, [image_input(grpcclient, photos)], outputs=output, headers=ROUTE, request_id="eight"
+    )
     assert batch.get_response().id == "eight"
     for row, parsed in enumerate(classifications(batch.as_numpy("probabilities"))):
         assert_same_top(parsed, v1_top(http, photos[row]))
@@ -286,10 +393,29 @@ def test_grpc_classification_equals_v1_one_and_eight_images(triton_grpc, http, p
 
 def test_grpc_errors_are_status_codes(triton_grpc, photos):
     cases = [
-        (lambda: triton_grpc.infer(CLASSIFIER, [image_input(grpcclient, photos[:2] + [images.truncated_jpeg()])], headers=ROUTE), "StatusCode.INVALID_ARGUMENT", "invalid_image: image 2:"),
-        (lambda: triton_grpc.infer("alexnet", [image_input(grpcclient, photos[:1])], headers=ROUTE), "StatusCode.NOT_FOUND", "model_not_found:"),
+        (
+            lambda: triton_grpc.infer(
+                CLASSIFIER, [image_input(grpcclient, photos[:2] + [images.truncated_jpeg()])], headers=ROUTE
+            ),
+            "StatusCode.INVALID_ARGUMENT",
+            "invalid_image: image 2:",
+        ),
+        (
+            lambda: triton_grpc.infer("alexnet", [image_input(grpcclient, photos[:1])], headers=ROUTE),
+            "StatusCode.NOT_FOUND",
+            "model_not_found:",
+        ),
         (lambda: triton_grpc.get_model_metadata("alexnet", headers=ROUTE), "StatusCode.NOT_FOUND", "model_not_found:"),
-        (lambda: triton_grpc.infer(CLASSIFIER, [image_input(grpcclient, photos[:1])], outputs=[grpcclient.InferRequestedOutput("labels", class_count=2)], headers=ROUTE), "StatusCode.INVALID_ARGUMENT", "invalid_parameter:"),
+        (
+            lambda: triton_grpc.infer(
+                CLASSIFIER,
+                [image_input(grpcclient, photos[:1])],
+                outputs=[grpcclient.InferRequestedOutput("labels", class_count=2)],
+                headers=ROUTE,
+            ),
+            "StatusCode.INVALID_ARGUMENT",
+            "invalid_parameter:",
+        ),
     ]
     for call, status, message in cases:
         with pytest.raises(InferenceServerException) as caught:

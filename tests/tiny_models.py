@@ -16,7 +16,9 @@ class TinyClassifier(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+        )
         self.head = torch.nn.Linear(8, 1000)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -25,8 +27,11 @@ class TinyClassifier(torch.nn.Module):
 
 def register_tiny(monkeypatch) -> str:
     spec = ModelSpec(
-        name=TINY, task="classify", build=lambda weights, options: TinyClassifier(),
-        preprocess=PreprocessSpec("resize_crop", 32, resize=36), labels=imagenet_categories,
+        name=TINY,
+        task="classify",
+        build=lambda weights, options: TinyClassifier(),
+        preprocess=PreprocessSpec("resize_crop", 32, resize=36),
+        labels=imagenet_categories,
         description="test-only tiny classifier",
     )
     monkeypatch.setitem(REGISTRY, TINY, spec)

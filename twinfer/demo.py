@@ -37,7 +37,9 @@ def same_answers(a: list[dict], b: list[dict]) -> bool:
 
 def compare(path: str, direct: dict[str, list[dict]], other: dict[str, list[dict]]) -> bool:
     agree = all(same_answers(direct[name], other[name]) for name in direct)
-    print(f"  -> {path} answers {'EQUAL' if agree else 'DIFFER FROM'} the direct wrapper's (labels, scores within {TOLERANCE})")
+    print(
+        f"  -> {path} answers {'EQUAL' if agree else 'DIFFER FROM'} the direct wrapper's (labels, scores within {TOLERANCE})"
+    )
     return agree
 
 
@@ -57,9 +59,13 @@ def online(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dict
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             return {
                 name: client.post(
-                    f"/v1/models/{config.name}/classify", params={"top_k": 5}, content=data,
+                    f"/v1/models/{config.name}/classify",
+                    params={"top_k": 5},
+                    content=data,
                     headers={"content-type": "image/jpeg"},
-                ).raise_for_status().json()["predictions"]
+                )
+                .raise_for_status()
+                .json()["predictions"]
                 for name, data in images.items()
             }
     finally:

@@ -97,7 +97,9 @@ def infer_response(pb, model: str, version: str, request_id: str, tensors: list[
 
 
 def model_metadata(pb, metadata: dict):
-    response = pb.ModelMetadataResponse(name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"])
+    response = pb.ModelMetadataResponse(
+        name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"]
+    )
     for kind in ("inputs", "outputs"):
         for tensor in metadata[kind]:
             getattr(response, kind).add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])

@@ -139,14 +139,18 @@ class OpenInferenceProtocol:
 
         return await self._v2_grpc(grpc_context, request.model_name, infer, pb.ModelInferResponse)
 
-    async def _v2_grpc(self, context, model: str | None, answer: Callable[[], Awaitable[Any]], empty: Callable[[], Any]):
+    async def _v2_grpc(
+        self, context, model: str | None, answer: Callable[[], Awaitable[Any]], empty: Callable[[], Any]
+    ):
         """``answer()``, or an empty message with the error's status code and ``"<code>: <message>"``
         as details, set on Serve's gRPC context (the proxy copies them onto the call)."""
         model_tag = NO_MODEL if model is None else model if model in self.handles else UNKNOWN_MODEL
         try:
             if self.settings.api_keys_enabled:
                 metadata = dict(context.invocation_metadata()) if context is not None else {}
-                check_bearer(SimpleNamespace(headers={"authorization": metadata.get("authorization", "")}), self.api_keys)
+                check_bearer(
+                    SimpleNamespace(headers={"authorization": metadata.get("authorization", "")}), self.api_keys
+                )
             return await answer()
         except Exception as exc:
             error = self._v2_error(exc, model_tag, "gRPC")
@@ -193,7 +197,9 @@ class OpenInferenceProtocol:
         app = serve.get_replica_context().app_name
         status = await asyncio.get_running_loop().run_in_executor(None, serve.status)
         deployments = status.applications[app].deployments
-        return {name: str(d.status.value if hasattr(d.status, "value") else d.status) for name, d in deployments.items()}
+        return {
+            name: str(d.status.value if hasattr(d.status, "value") else d.status) for name, d in deployments.items()
+        }
 
     async def _v2_server_ready(self) -> bool:
         """Every deployment of the application HEALTHY, as ``/healthz`` has it."""

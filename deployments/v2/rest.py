@@ -58,7 +58,9 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     binary = memoryview(b"")
     if header_length is not None:
         if not header_length.strip().isdigit() or not 0 < int(header_length) <= len(body):
-            raise InvalidRequest(f"Inference-Header-Content-Length {header_length!r} is not a length within the {len(body)}-byte body")
+            raise InvalidRequest(
+                f"Inference-Header-Content-Length {header_length!r} is not a length within the {len(body)}-byte body"
+            )
         binary = memoryview(body)[int(header_length) :]
         body = body[: int(header_length)]
     try:
@@ -107,7 +109,9 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     request_id = header.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidRequest("'id' must be a string")
-    return InferRequest(images, parameters, outputs or None, request_id, bool(parameters.get("binary_data_output", False)))
+    return InferRequest(
+        images, parameters, outputs or None, request_id, bool(parameters.get("binary_data_output", False))
+    )
 
 
 def infer_response(model: str, version: str, request: InferRequest, tensors: list[OutputTensor]) -> Response:
@@ -132,7 +136,9 @@ def infer_response(model: str, version: str, request: InferRequest, tensors: lis
     if not blobs:
         return Response(header, media_type="application/json")
     return Response(
-        header + b"".join(blobs), media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(len(header))}
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
     )
 
 

@@ -23,7 +23,12 @@ SERVER_NAME = "twinfer"
 EXTENSIONS = ("binary_tensor_data", "classification")
 
 _RAW_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
-_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(object): "BYTES"}
+_DATATYPES = {
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.int32): "INT32",
+    np.dtype(object): "BYTES",
+}
 _LENGTH = struct.Struct("<I")  # a BYTES element: its length, 4 bytes little-endian, then its bytes
 
 
@@ -65,7 +70,9 @@ class OutputTensor:
 def image_count(name: Any, datatype: Any, shape: Any) -> int:
     """N for a valid ``image`` input: BYTES, shape [N] or [N, 1], 1 <= N <= MAX_IMAGES."""
     if name != IMAGE_INPUT:
-        raise InvalidRequest(f"unknown input {name!r}: the model takes one input, {IMAGE_INPUT!r} (BYTES, shape [N] or [N, 1])")
+        raise InvalidRequest(
+            f"unknown input {name!r}: the model takes one input, {IMAGE_INPUT!r} (BYTES, shape [N] or [N, 1])"
+        )
     if datatype != "BYTES":
         raise InvalidRequest(f"input {IMAGE_INPUT!r} is BYTES (encoded images), not {datatype!r}")
     valid = (

@@ -42,8 +42,23 @@ APPROXIMATED = {"lanczos": "bicubic", "box": "bilinear", "hamming": "bilinear"}
 # processor classes (without the Fast/Pil suffix) whose resize, crop, rescale and normalize follow
 # the rules above; new ones are added here once their rules are checked
 KNOWN_PROCESSORS = frozenset(
-    {"ViT", "DeiT", "Bit", "CLIP", "Siglip", "Beit", "Pvt", "MobileNetV1", "MobileNetV2", "Segformer",
-     "ConvNext", "PoolFormer", "Levit", "EfficientNet", "TimmWrapper"}
+    {
+        "ViT",
+        "DeiT",
+        "Bit",
+        "CLIP",
+        "Siglip",
+        "Beit",
+        "Pvt",
+        "MobileNetV1",
+        "MobileNetV2",
+        "Segformer",
+        "ConvNext",
+        "PoolFormer",
+        "Levit",
+        "EfficientNet",
+        "TimmWrapper",
+    }
 )
 
 
@@ -109,7 +124,9 @@ def read_processor(source: str, revision: str | None, where: str):
     from transformers import AutoImageProcessor
 
     try:
-        return hub_call(lambda: AutoImageProcessor.from_pretrained(source, revision=revision, trust_remote_code=False), where)
+        return hub_call(
+            lambda: AutoImageProcessor.from_pretrained(source, revision=revision, trust_remote_code=False), where
+        )
     except WeightsUnavailable as exc:
         if "preprocessor_config.json" not in str(exc):
             raise
@@ -159,10 +176,13 @@ def _hub_cause(exc: BaseException) -> BaseException:
 
 def _builder(source: str, revision: str | None, where: str):
     def build(weights: str, options: dict) -> torch.nn.Module:
-        from transformers import AutoConfig, AutoModelForImageClassification as Auto
+        from transformers import AutoConfig
+        from transformers import AutoModelForImageClassification as Auto
 
         if weights in ("default", "pretrained"):
-            model = hub_call(lambda: Auto.from_pretrained(source, revision=revision, trust_remote_code=False, **options), where)
+            model = hub_call(
+                lambda: Auto.from_pretrained(source, revision=revision, trust_remote_code=False, **options), where
+            )
         elif weights != "random" and Path(weights).expanduser().is_dir():  # another save_pretrained() of it
             model = hub_call(lambda: Auto.from_pretrained(weights, trust_remote_code=False, **options), weights)
         else:
@@ -262,7 +282,9 @@ def _normalisation(processor, kind: str) -> tuple[tuple[float, ...], tuple[float
     """mean/std in [0, 1] units equal to what the processor does to 0-255 pixels: every step is
     per channel ``x -> a * x + b``, and (x / 255 - mean) / std is one such map."""
     scale = [float(processor.rescale_factor) if processor.do_rescale else 1.0] * 3
-    shift = [-1.0 if kind == "EfficientNet" and processor.do_rescale and getattr(processor, "rescale_offset", False) else 0.0] * 3
+    shift = [
+        -1.0 if kind == "EfficientNet" and processor.do_rescale and getattr(processor, "rescale_offset", False) else 0.0
+    ] * 3
     std = _three(processor.image_std)
     if processor.do_normalize:
         mean = _three(processor.image_mean)

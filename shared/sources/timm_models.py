@@ -145,7 +145,9 @@ def _builder(rest: str, config: dict):
 def _pretrained(timm, rest: str, config: dict, options: dict) -> torch.nn.Module:
     hub_id, url, file = config.get("hf_hub_id"), config.get("url"), config.get("file")
     if not (hub_id or url or file):  # timm would warn and go on with random weights
-        raise WeightsUnavailable(f"timm:{rest} has no pretrained weights; set weights to a local state-dict path (or random)")
+        raise WeightsUnavailable(
+            f"timm:{rest} has no pretrained weights; set weights to a local state-dict path (or random)"
+        )
     try:
         return timm.create_model(rest, pretrained=True, **options)
     except (OSError, RuntimeError) as exc:  # not cached, offline (LocalEntryNotFoundError is an OSError)

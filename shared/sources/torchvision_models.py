@@ -59,7 +59,11 @@ def spec_for(rest: str, *, revision: str | None = None, weights: str = "default"
             kind = models.get_model_builder(rest).__module__.split(".")[2]
             what = REFUSED_KINDS.get(kind, f"a {kind} model")
             instead = rest.removeprefix("quantized_")
-            hint = f" (the float model is torchvision:{instead})" if kind == "quantization" and instead in classifiers else ""
+            hint = (
+                f" (the float model is torchvision:{instead})"
+                if kind == "quantization" and instead in classifiers
+                else ""
+            )
             raise ModelNotFound(f"{name} is {what}; twinfer serves torchvision classifiers and detectors{hint}")
         raise ModelNotFound(
             f"torchvision has no classifier or detector {rest!r}{suggest(rest, classifiers + detectors)}"
@@ -150,7 +154,9 @@ def _builder(rest: str, builder, enum, detector: bool, keeps_weights: frozenset[
         if member is not None:
             changes = sorted(set(options) - keeps_weights)
             if changes:  # the config checks default/pretrained; a member name reaches here
-                raise ValueError(f"architecture options {changes} change the model; use them with weights 'random' or a path")
+                raise ValueError(
+                    f"architecture options {changes} change the model; use them with weights 'random' or a path"
+                )
             model = torchvision_pretrained(builder, member, **options)
         else:
             kwargs = {"weights": None, **implied_by(rest, enum.DEFAULT), **options}
