@@ -116,10 +116,19 @@ def timed_backfill(config, data_dir: Path, output: Path, **backfill) -> dict:
 
 
 def ray_data_throughput(stats: str) -> float | None:
-    """The "Dataset throughput" Ray Data's stats report (rows over the span from the first block's
-    start to the last one's end: listing and Ray start-up excluded), or None if absent."""
-    match = re.search(r"Dataset throughput:\s*\n\s*\* Ray Data throughput: ([0-9.]+) rows/s", stats or "")
-    return round(float(match.group(1)), 1) if match else None
+    """The model stage's rows/s as Ray Data's stats report it (its "Operator throughput": rows over
+    the operator's wall time, listing and Ray start-up excluded), or None if absent.
+
+    The dataset-wide figure cannot serve: the last operator is the Parquet write, which outputs no
+    rows, so Ray Data reports none for the dataset."""
+    sections = re.split(r"^(?=Operator \d+ )", stats or "", flags=re.MULTILINE)
+    for section in sections:
+        header = section.split("\n", 1)[0]
+        if "Predictor" in header:
+            match = re.search(r"\* Ray Data throughput: ([0-9.]+) rows/s", section)
+            if match:
+                return round(float(match.group(1)), 1)
+    return None
 
 
 def top1_agreement(rows: list[dict], config, sample: int) -> dict:
@@ -284,7 +293,8 @@ def print_tables(result: dict) -> None:
             print(f"defaults / best tuned ({best['best']}): {best['ratio']}")
         agreement = b["top1_agreement_vs_fp32_cpu"]
         print(
-            f"speed-up x{b['speedup']} over {b['baseline']['name']}; top-1 agreement with fp32 CPU: {agreement['agree']}/{agreement['images']} ({agreement['fraction']:.2%})"
+            f"speed-up x{b['speedup']} over {b['baseline']['name']}; top-1 agreement with fp32 CPU: "
+            f"{agreement['agree']}/{agreement['images']} ({agreement['fraction']:.2%})"
         )
     if "online" in result:
         print(f"\n{'online':<12}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'GPU GiB':>9}")
@@ -326,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         "--tuned",
         action="append",
         metavar="K=V,...",
-        help="also run twinfer with these settings (ModelConfig/BackfillConfig fields), e.g. batch_size=4,cpu_threads=2; "
+        help="also run twinfer with these settings (ModelConfig/BackfillConfig fields), "
+        "e.g. batch_size=4,cpu_threads=2; "
         "repeat for more variants",
     )
     parser.add_argument(

@@ -153,6 +153,13 @@ def test_decode_runs_in_tasks_apart_from_the_predictor_actors(local_run):
     assert len(decode) == 1 and len(predict) == 1 and decode != predict, operators
 
 
+def test_bench_reads_the_model_stage_throughput_from_ray_data_stats(local_run):
+    from bench.run import ray_data_throughput
+
+    summary, _, _ = local_run
+    assert ray_data_throughput(summary["stats"]) > 0, summary["stats"]
+
+
 def test_rerun_writes_zero_rows(local_run, planted):
     _, output, table = local_run
     before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
@@ -238,7 +245,7 @@ def test_evaluate_gives_the_exact_expected_accuracy(local_run, planted, embedded
 
 
 # ---- S3 -> S3 --------------------------------------------------------------------------------
-def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_server, planted, embedded_wrapper):
+def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_server, planted, embedded_wrapper):  # noqa: F811
     s3_server.create_bucket("images")
     s3_server.create_bucket("results")
     for rel, data in planted.files.items():
