@@ -45,6 +45,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: $(STAMP) browser lint
 	TWINFER_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest

@@ -88,7 +88,8 @@ def config_from_args(args) -> BackfillConfig:
 
 
 def _merged(base: dict, top: dict) -> dict:
-    """``top`` over ``base``, nested mappings merged key by key (a --decode-* flag keeps the file's other decode keys)."""
+    """``top`` over ``base``, nested mappings merged key by key (a --decode-* flag keeps the file's
+    other decode keys)."""
     out = dict(base)
     for key, value in top.items():
         out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value

@@ -115,7 +115,8 @@ def run_evaluate(predictions: str, output: str | None = None, s3: S3Options | No
         stream.write(json.dumps(report, indent=2).encode())
     print(format_report(report))
     print(
-        f"evaluation: top-1 {_fmt(report['top1'])}, top-5 {_fmt(report['top5'])} over {report['count']} images -> {redact_uri(report_uri)}"
+        f"evaluation: top-1 {_fmt(report['top1'])}, top-5 {_fmt(report['top5'])} "
+        f"over {report['count']} images -> {redact_uri(report_uri)}"
     )
     return {**report, "report": redact_uri(report_uri)}
 

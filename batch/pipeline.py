@@ -190,8 +190,10 @@ def summary_line(summary: dict) -> str:
     return (
         f"backfill: {summary['rows']} rows written ({summary['errors']} errors, "
         f"{summary['skipped']} of {summary['inputs']} inputs already done) in {summary['seconds']:.1f} s, "
-        f"{summary['img_per_s']:.1f} img/s -> {summary['output']} [{settings['device']}, batch {settings['batch_size']}, "
-        f"compile {'on' if settings['compile'] else 'off'}, torch threads {settings['cpu_threads']}, {settings['actors']} actor(s)]"
+        f"{summary['img_per_s']:.1f} img/s -> {summary['output']} "
+        f"[{settings['device']}, batch {settings['batch_size']}, "
+        f"compile {'on' if settings['compile'] else 'off'}, torch threads {settings['cpu_threads']}, "
+        f"{settings['actors']} actor(s)]"
     )
 
 

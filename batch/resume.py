@@ -69,7 +69,8 @@ def read_output(
     if foreign:
         raise OutputRefused(
             f"output {shown} holds Parquet files named like twinfer's but without its metadata "
-            f"({', '.join(sorted(foreign)[:5])}): not written by this twinfer version. Nothing was changed: choose another output"
+            f"({', '.join(sorted(foreign)[:5])}): not written by this twinfer version. "
+            "Nothing was changed: choose another output"
         )
     for path in folder.temps:
         fs.delete_file(path)

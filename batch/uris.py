@@ -131,7 +131,8 @@ def parse_uri(uri: str) -> Location:
         key = parts.path.strip("/")
         if key and any(segment in ("", ".", "..") for segment in key.split("/")):
             raise ValueError(
-                f"S3 key with an empty, '.' or '..' segment in {shown!r}: S3 does not resolve them; spell the key plainly"
+                f"S3 key with an empty, '.' or '..' segment in {shown!r}: "
+                "S3 does not resolve them; spell the key plainly"
             )
         path = f"{bucket}/{key}".rstrip("/")
         return Location("s3", path, anonymous=user == "anonymous", query=query)

@@ -152,7 +152,10 @@ def budget_minutes(args: argparse.Namespace) -> float:
 def plan_text(selected: list[Section], budget: float) -> str:
     names = {s.name for s in selected}
     lines = [
-        "bench.gpu sections (minutes: expected on one H100 + 16 cores, from reading the code; the JSON records real ones)",
+        (
+            "bench.gpu sections (minutes: expected on one H100 + 16 cores, from reading the code; "
+            "the JSON records real ones)"
+        ),
         f"  {'':2}{'section':<15}{'min':>5}  piece  CUDA  what",
     ]
     for s in SECTIONS:
@@ -165,12 +168,14 @@ def plan_text(selected: list[Section], budget: float) -> str:
     for number in (1, 2, 3):
         minutes = sum(s.minutes for s in piece(number)) + DATASET_MINUTES
         lines.append(
-            f"  piece {number} ({minutes:.1f} min): python -m bench.gpu --piece {number}{' --merge' if number > 1 else ''}"
+            f"  piece {number} ({minutes:.1f} min): "
+            f"python -m bench.gpu --piece {number}{' --merge' if number > 1 else ''}"
         )
     full = sum(s.minutes for s in SECTIONS) + DATASET_MINUTES
     quick = sum(s.minutes for s in piece(1)) + DATASET_MINUTES
     lines.append(
-        f"quick matrix (piece 1): {quick:.1f} min, budget {QUICK_BUDGET_MINUTES:g}; whole checklist: {full:.1f} min, budget {FULL_BUDGET_MINUTES:g}"
+        f"quick matrix (piece 1): {quick:.1f} min, budget {QUICK_BUDGET_MINUTES:g}; "
+        f"whole checklist: {full:.1f} min, budget {FULL_BUDGET_MINUTES:g}"
     )
     return "\n".join(lines)
 
@@ -257,7 +262,8 @@ def table(result: dict) -> str:
         {entry.get("gpu", "?") for entry in result.get("sections", {}).values() if entry["status"] != "skipped"}
     )
     header = [
-        f"bench.gpu, {result['date']}: {machine['gpu'] or 'no GPU'}, driver {machine['driver']}, CUDA {machine['torch_cuda']}, "
+        f"bench.gpu, {result['date']}: {machine['gpu'] or 'no GPU'}, "
+        f"driver {machine['driver']}, CUDA {machine['torch_cuda']}, "
         f"{machine['cores']} cores" + (" (tiny sizes: a harness test, not measurements)" if result["tiny"] else ""),
     ]
     if len(gpus) > 1:
@@ -368,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             elif section.minutes > left and not args.in_child:
                 entry = {
                     "status": "skipped",
-                    "reason": f"would not fit: ~{section.minutes:g} min expected, {left:.1f} of --budget-minutes {budget:g} left",
+                    "reason": (
+                        f"would not fit: ~{section.minutes:g} min expected, "
+                        f"{left:.1f} of --budget-minutes {budget:g} left"
+                    ),
                 }
                 log(f"{section.name}: {entry['reason']}")
             else:

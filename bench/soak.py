@@ -280,8 +280,9 @@ async def section_b(ctx: Context) -> dict:
             asyncio.get_running_loop().call_later(args.warmup + args.duration, lambda: rss and rss.mark_end())
             if args.overload == "open":
                 overload["rate"] = round(max(capacity, 0.5) * args.factor, 1)
-                overload["skipped_at_client_cap"] = await open_loop(client, ctx.classify_url, ctx.bodies, overload["rate"],
-                                                                    mark_at + args.duration, records, args.max_in_flight)  # fmt: skip
+                overload["skipped_at_client_cap"] = await open_loop(client, ctx.classify_url, ctx.bodies,
+                                                                    overload["rate"], mark_at + args.duration, records,
+                                                                    args.max_in_flight)  # fmt: skip
             else:
                 overload["clients"] = max(1, round(ctx.saturating_clients * args.factor))
                 await closed_loop(
@@ -458,8 +459,8 @@ def _row(section: str, scenario: str, summary: dict | None, notes: str = "", n: 
     if summary is None:
         return [section, scenario, n if n is not None else "", "", "", "", "", "", "", "", notes]
     cats = summary["categories"]
-    return [section, scenario, summary["requests"], cats[OK], cats[DOC_4XX], cats[DOC_503], summary["violations"], summary["lost"],
-            _ms(summary["p50_ms"]), _ms(summary["p99_ms"]), notes]  # fmt: skip
+    return [section, scenario, summary["requests"], cats[OK], cats[DOC_4XX], cats[DOC_503], summary["violations"],
+            summary["lost"], _ms(summary["p50_ms"]), _ms(summary["p99_ms"]), notes]  # fmt: skip
 
 
 def _rows_a(a: dict) -> list[list]:
@@ -473,7 +474,8 @@ def _rows_a(a: dict) -> list[list]:
             notes += f"; unexpected {len(info['unexpected'])}"
         rows.append(_row("a", f"{kind}", summarize(records), notes))
     for bomb in a["bombs"]:
-        rows.append(["a", "  " + bomb["name"].removeprefix("bomb/"), "", "", "", "", "", "", _ms(bomb["seconds"] * 1000), "",
+        rows.append(["a", "  " + bomb["name"].removeprefix("bomb/"), "", "", "", "", "", "",
+                     _ms(bomb["seconds"] * 1000), "",
                      bomb["answer"] + (f" ({bomb['detail']})" if bomb["detail"] else "")])  # fmt: skip
     rows.append(["a", "  valid image after the corpus", "", "", "", "", "", "", "", "", a["valid_after"]["answer"]])
     for group, m in (a["memory"] or {}).items():
@@ -501,11 +503,15 @@ def _rows_b(b: dict) -> list[list]:
     ]
     o = b["overload"]
     how = f"open loop {o['rate']} req/s" if o["mode"] == "open" else f"closed loop {o['clients']} clients"
-    notes = f"capacity {b['capacity_req_s']} req/s; 2xx answered in the window {o['served_ok_req_s']} req/s; 2xx p50/p99 {_ms(o['ok_p50_ms'])}/{_ms(o['ok_p99_ms'])} ms"
+    notes = (
+        f"capacity {b['capacity_req_s']} req/s; 2xx answered in the window {o['served_ok_req_s']} req/s; "
+        f"2xx p50/p99 {_ms(o['ok_p50_ms'])}/{_ms(o['ok_p99_ms'])} ms"
+    )
     rows.append(_row("b", f"{o['factor']:g}x capacity: {how}", o, notes))
     for group, m in (b["memory"] or {}).items():
         rows.append(["b", f"  RSS {group}", "", "", "", "", "", "", "", "",
-                     f"start {m['start_mib']}; window {m['before_mib']} -> {m['after_mib']} MiB (peak {m['peak_mib']}), growth {_pct(m['growth_pct'])}"])  # fmt: skip
+                     f"start {m['start_mib']}; window {m['before_mib']} -> {m['after_mib']} MiB "
+                     f"(peak {m['peak_mib']}), growth {_pct(m['growth_pct'])}"])  # fmt: skip
     return rows
 
 
@@ -514,7 +520,8 @@ def _rows_c(c: dict) -> list[list]:
         return [_row("c", "replica killed under load", None, "skipped: " + c["skipped"])]
     rows = []
     for run in c["runs"]:
-        notes = (f"failed {run['failed']} {run['failed_answers'] or ''}; first 2xx sent after kill {_s(run['first_ok_sent_after_kill_s'])}, "
+        notes = (f"failed {run['failed']} {run['failed_answers'] or ''}; "
+                 f"first 2xx sent after kill {_s(run['first_ok_sent_after_kill_s'])}, "
                  f"last failure {_s(run['last_failure_s'])}, replaced {_s(run['replaced_s'])}")  # fmt: skip
         rows.append(_row("c", f"kill 1 of {run['replicas']} replica(s), {run['clients']} clients", run, notes))
     return rows
@@ -577,16 +584,20 @@ def goals(results: dict) -> list[dict]:
     out = [
         {"goal": "no 5xx except the documented 503s", "value": len(five), "passed": not five if records else None,
          "examples": _examples(five)},
-        {"goal": "every 4xx is the documented JSON", "value": len(four), "passed": not four if records else None, "examples": _examples(four)},
-        {"goal": "no connection errors (answers lost)", "value": len(conn), "passed": not conn if records else None, "examples": _examples(conn)},
+        {"goal": "every 4xx is the documented JSON", "value": len(four), "passed": not four if records else None,
+         "examples": _examples(four)},
+        {"goal": "no connection errors (answers lost)", "value": len(conn), "passed": not conn if records else None,
+         "examples": _examples(conn)},
     ]  # fmt: skip
     memory = (results.get("b") or {}).get("memory") or {}
     growths = {g: m["growth_pct"] for g, m in memory.items() if m["growth_pct"] is not None}
     worst = max(growths, key=growths.get) if growths else None
-    out.append({"goal": "Serve processes' memory growth under 10 % (b, after warm-up)", "value": f"{worst} {growths[worst]:+.1f} %" if worst else None,
+    out.append({"goal": "Serve processes' memory growth under 10 % (b, after warm-up)",
+                "value": f"{worst} {growths[worst]:+.1f} %" if worst else None,
                 "passed": all(v < 10 for v in growths.values()) if growths else None})  # fmt: skip
     two = [run for run in results.get("c", {}).get("runs", []) if run["replicas"] >= 2]
-    out.append({"goal": "zero failed requests with 2 replicas (c)", "value": sum(r["failed"] for r in two) if two else None,
+    out.append({"goal": "zero failed requests with 2 replicas (c)",
+                "value": sum(r["failed"] for r in two) if two else None,
                 "passed": all(r["failed"] == 0 for r in two) if two else None})  # fmt: skip
     return out
 
@@ -647,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.dataset import make_dataset
     from bench.soak_classify import error_codes
 
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} ({os.cpu_count()} cores)", "commit": _commit(),
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+            "commit": _commit(),
             "command": "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:]),
             "ingress": args.ingress, "load_average_start": _loadavg()}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="soak-", dir="/tmp") as tmp:
@@ -683,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["load_average_end"] = _loadavg()
     rows, checked = table_rows(ctx.results), goals(ctx.results)
     print(
-        f"\n== soak {meta['date']}, {meta['machine']}, ingress {args.ingress}, {base_url}; load average {meta['load_average_start']} -> {meta['load_average_end']} =="
+        f"\n== soak {meta['date']}, {meta['machine']}, ingress {args.ingress}, {base_url}; "
+        f"load average {meta['load_average_start']} -> {meta['load_average_end']} =="
     )
     print(format_table(rows))
     print("\ngoals:")

@@ -42,7 +42,8 @@ class Client:
     timeout_s: float = 120.0
 
     async def send(self, url: str, body: bytes, *, method: str = "POST", content_type: str | None = "image/jpeg",
-                   headers: tuple[tuple[str, str], ...] = (), chunked: bool = False, name: str = "") -> Record:  # fmt: skip
+                   headers: tuple[tuple[str, str], ...] = (), chunked: bool = False,
+                   name: str = "") -> Record:  # fmt: skip
         all_headers = dict(headers)
         skip = ()
         if content_type is None:

@@ -96,9 +96,10 @@ class OwnServe:
     def _start_head(self, deadline: float) -> None:
         temp_dir = self.workdir / "ray"
         self.ray_head = self._spawn(
-            [str(BIN / "ray"), "start", "--head", "--port", str(self.gcs_port), "--num-cpus", str(self.ray_cpus), "--num-gpus", "0",
-             "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--include-dashboard", "false", "--disable-usage-stats",
-             "--object-store-memory", str(1 << 30), "--block", *self._own_ports()],
+            [str(BIN / "ray"), "start", "--head", "--port", str(self.gcs_port), "--num-cpus", str(self.ray_cpus),
+             "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir),
+             "--include-dashboard", "false", "--disable-usage-stats", "--object-store-memory", str(1 << 30),
+             "--block", *self._own_ports()],
             "ray-head.log",
         )  # fmt: skip
         while not (temp_dir / "ray_current_cluster").exists():  # written once the head is up

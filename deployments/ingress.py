@@ -64,7 +64,8 @@ class Ingress(OpenInferenceProtocol):  # + /v2/... and gRPC: the Open Inference 
         self.site = Site(build_openapi(self.settings))  # GET /, its files, /openapi.json: open, like /healthz
         if self.settings.api_keys_enabled:
             logger.info(
-                "API keys on: %d key(s); every route but /healthz, the page and /openapi.json needs 'Authorization: Bearer'",
+                "API keys on: %d key(s); every route but /healthz, the page and /openapi.json "
+                "needs 'Authorization: Bearer'",
                 len(self.api_keys),
             )
 

@@ -123,7 +123,8 @@ class ModelConfig(StrictModel):
         changes_weights = set(self.options) - spec.pretrained_options
         if changes_weights and self.weights in ("default", "pretrained"):
             raise ValueError(
-                f"architecture options {sorted(changes_weights)} change the model; use them with weights 'random' or a path"
+                f"architecture options {sorted(changes_weights)} change the model; "
+                "use them with weights 'random' or a path"
             )
         if self.compile is True and not task.fixed_size:
             raise ValueError(

@@ -177,7 +177,7 @@ def test_the_evaluation_report_never_replaces_a_users_file(tmp_path, no_ray, cap
 
 
 # ---- S3 --------------------------------------------------------------------------------------
-def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_path, no_ray):
+def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_path, no_ray):  # noqa: F811
     write_inputs(tmp_path / "in")
     s3_server.create_bucket("owned")
     fs = s3_server.filesystem()
@@ -196,7 +196,7 @@ def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_pa
     )
 
 
-def test_s3_files_over_the_byte_cap_become_error_rows_and_count_as_done(s3_server, no_ray):
+def test_s3_files_over_the_byte_cap_become_error_rows_and_count_as_done(s3_server, no_ray):  # noqa: F811
     """Never read (no Ray, no read at all): the listing's sizes decide; a resume writes nothing."""
     s3_server.create_bucket("capped")
     sizes = {}

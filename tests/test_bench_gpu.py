@@ -278,7 +278,10 @@ def test_the_load_client_falls_back_to_the_standard_library():
 def test_ray_datas_throughput_is_read_from_its_stats():
     from bench.run import ray_data_throughput
 
-    stats = "Operator 1 ...\n\nDataset throughput:\n\t* Ray Data throughput: 5123.4 rows/s\n\t* Estimated single node throughput: 9 rows/s\n"
+    stats = (
+        "Operator 1 ...\n\nDataset throughput:\n\t* Ray Data throughput: 5123.4 rows/s\n"
+        "\t* Estimated single node throughput: 9 rows/s\n"
+    )
     assert ray_data_throughput(stats) == 5123.4
     assert ray_data_throughput("") is None
 

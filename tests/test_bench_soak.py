@@ -190,13 +190,15 @@ def test_a_few_corpus_cases_and_stalled_requests_against_serve(serve_url, corpus
     app = "soak"
     args = AppArgs.model_validate({
         "ingress": {"num_cpus": 0.25, "decode_threads": 2},
-        "models": [{"model": {"name": "efficientnet_lite0", "weights": "random"}, "num_cpus": 0.25, "max_ongoing_requests": 8,
+        "models": [{"model": {"name": "efficientnet_lite0", "weights": "random"}, "num_cpus": 0.25,
+                    "max_ongoing_requests": 8,
                     "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005, "max_concurrent_batches": 1}}],
     })  # fmt: skip
     serve.run(build(args), name=app, route_prefix=f"/{app}")
     try:
-        picked = ["truncation/jpeg@2", "bitflip/png/header", "random/64B", "content_type/refused/text/plain", "multipart/valid",
-                  "multipart/two-files", "bomb/png-claims-10000x10000", "request/get-classify", "request/top_k-0"]  # fmt: skip
+        picked = ["truncation/jpeg@2", "bitflip/png/header", "random/64B", "content_type/refused/text/plain",
+                  "multipart/valid", "multipart/two-files", "bomb/png-claims-10000x10000", "request/get-classify",
+                  "request/top_k-0"]  # fmt: skip
         cases = [c for c in corpus if any(c.name.startswith(p) for p in picked)]
         argv = ["--url", f"{serve_url}/{app}", "--sections", "a,d", "--stalled", "3", "--stall-clients", "2",
                 "--stall-baseline", "2", "--stall-duration", "4"]  # fmt: skip

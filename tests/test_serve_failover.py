@@ -221,9 +221,12 @@ def test_a_model_call_past_its_deadline_is_a_json_503_and_is_cancelled(serve_url
         name=app,
         route_prefix=f"/{app}",
     )
-    post = lambda client: client.post(
-        f"/{app}/v1/models/{MODEL}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"}
-    )  # noqa: E731
+
+    def post(client):
+        return client.post(
+            f"/{app}/v1/models/{MODEL}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"}
+        )
+
     try:
         with httpx.Client(base_url=serve_url, timeout=120) as client:
             response = post(client)

@@ -77,9 +77,12 @@ def test_requests_beyond_ongoing_plus_queued_get_503_without_waiting(serve_url):
     pool = cf.ThreadPoolExecutor(ongoing + queued + extra)
     try:
         with httpx.Client(base_url=serve_url, timeout=120) as client:
-            post = lambda _: client.post(
-                "/held/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"}
-            )  # noqa: E731
+
+            def post(_):
+                return client.post(
+                    "/held/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"}
+                )
+
             futures = [pool.submit(post, i) for i in range(ongoing + queued + extra)]
             # While the model is held nothing can succeed, so the first `extra` answers are refusals.
             first = []

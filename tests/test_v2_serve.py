@@ -182,7 +182,7 @@ def test_http_batch_of_8_in_one_request_batches_and_equals_v1(triton_http, http,
     )
     for row, data in enumerate(photos):
         expected = v1_top(http, data)
-        assert_same_top(list(zip(scores[row], indices[row], [l.decode() for l in labels[row]])), expected)
+        assert_same_top(list(zip(scores[row], indices[row], [label.decode() for label in labels[row]])), expected)
     grown = {size: after.get(size, 0) - before.get(size, 0) for size in after}
     assert sum(size * n for size, n in grown.items()) == 8 and max(size for size, n in grown.items() if n) > 1, grown
 

@@ -38,7 +38,8 @@ def same_answers(a: list[dict], b: list[dict]) -> bool:
 def compare(path: str, direct: dict[str, list[dict]], other: dict[str, list[dict]]) -> bool:
     agree = all(same_answers(direct[name], other[name]) for name in direct)
     print(
-        f"  -> {path} answers {'EQUAL' if agree else 'DIFFER FROM'} the direct wrapper's (labels, scores within {TOLERANCE})"
+        f"  -> {path} answers {'EQUAL' if agree else 'DIFFER FROM'} "
+        f"the direct wrapper's (labels, scores within {TOLERANCE})"
     )
     return agree
 

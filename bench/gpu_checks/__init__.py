@@ -59,7 +59,10 @@ SECTIONS: tuple[Section, ...] = (
         3.0,
         1,
         True,
-        "run_backfill, 40k images, resnet152 and vit_b16 (random weights), CPU decode vs decode.on_device, 1 actor x 1 GPU",
+        (
+            "run_backfill, 40k images, resnet152 and vit_b16 (random weights), "
+            "CPU decode vs decode.on_device, 1 actor x 1 GPU"
+        ),
     ),
     Section(
         "serve",
@@ -131,7 +134,10 @@ SECTIONS: tuple[Section, ...] = (
         1.0,
         3,
         True,
-        "pytorch/vision#9606 stress: queued work freed under a decode, with the drain and with it stubbed (positive control)",
+        (
+            "pytorch/vision#9606 stress: queued work freed under a decode, "
+            "with the drain and with it stubbed (positive control)"
+        ),
         isolate=True,
     ),
     Section(

@@ -68,7 +68,10 @@ def one_run(ctx, report, model: str, on_device: bool, actors: int, gpus: float) 
     )
     report.add(
         f"{label}: GPU memory start / peak / growth",
-        f"{row['gpu_start_gib']} / {row['gpu_mem_peak_gib']} / {row['gpu_growth_gib']} GiB; host growth {row['host_growth_gib']} GiB",
+        (
+            f"{row['gpu_start_gib']} / {row['gpu_mem_peak_gib']} / {row['gpu_growth_gib']} GiB; "
+            f"host growth {row['host_growth_gib']} GiB"
+        ),
     )
     report.add(
         f"{label}: GPU busy / CPUs busy (means over the run)", f"{row['gpu_util_pct']} % / {row['cpu_busy_pct']} %"

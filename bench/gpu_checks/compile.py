@@ -48,7 +48,10 @@ def compile_section(ctx, report) -> None:
         report.add(
             f"{name} fp16 img/s, compiled vs eager",
             ", ".join(
-                f"b{bs} {result['compiled'][str(bs)]:g} vs {result['eager'][str(bs)]:g} (x{result['compiled'][str(bs)] / result['eager'][str(bs)]:.2f})"
+                (
+                    f"b{bs} {result['compiled'][str(bs)]:g} vs {result['eager'][str(bs)]:g} "
+                    f"(x{result['compiled'][str(bs)] / result['eager'][str(bs)]:.2f})"
+                )
                 for bs in COMPILE_SIZES
             ),
         )

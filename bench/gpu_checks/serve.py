@@ -76,7 +76,8 @@ def deploy_and_load(ctx, report, label: str, ingress_replicas: int, on_device: b
             report.add(
                 f"{label}: {clients} clients",
                 f"{row['req_s']:g} req/s, p50 {row['p50_ms']:g} / p99 {row['p99_ms']:g} ms, {row['errors']} errors; "
-                f"GPU {row['gpu_util_pct']} % busy, peak {row['gpu_mem_peak_gib']} GiB; CPUs {row['cpu_busy_pct']} % busy",
+                f"GPU {row['gpu_util_pct']} % busy, peak {row['gpu_mem_peak_gib']} GiB; "
+                f"CPUs {row['cpu_busy_pct']} % busy",
                 passed=(row["req_s"] >= TARGET_128 and row["errors"] == 0) if clients == 128 else (row["errors"] == 0),
                 threshold=f">= {TARGET_128} req/s, 0 errors" if clients == 128 else "0 errors",
             )

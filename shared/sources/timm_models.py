@@ -154,7 +154,10 @@ def _pretrained(timm, rest: str, config: dict, options: dict) -> torch.nn.Module
         if hub_id:  # timm prefers the hub whenever huggingface_hub is installed (transformers needs it)
             where = f"pre-fill the Hugging Face cache (HF_HOME) with {hub_id} and set HF_HUB_OFFLINE=1"
         elif url:
-            where = f"copy {os.path.basename(url)} to {os.path.join(torch.hub.get_dir(), 'checkpoints')} (or set TORCH_HOME)"
+            where = (
+                f"copy {os.path.basename(url)} to {os.path.join(torch.hub.get_dir(), 'checkpoints')} "
+                "(or set TORCH_HOME)"
+            )
         else:
             where = f"make {file} readable"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
