@@ -90,16 +90,8 @@ async def closed_loop(
                 i += clients
 
         await asyncio.gather(*(worker(c) for c in range(clients)))
-    ok = statuses.get(200, 0)
-    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {
-        "clients": clients,
-        "requests": len(latencies),
-        "ok": ok,
-        "errors": len(latencies) - ok,
-        "req_s": round(ok / duration, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1),
-        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        **_summary(latencies, statuses, 200, clients, duration),
         "first50_p99_ms": round(float(np.percentile(np.array(first) * 1000, 99)), 1) if first else None,
         "client": client,
     }

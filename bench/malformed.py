@@ -319,15 +319,19 @@ def gif_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def blocky(width: int, height: int, seed: int = 0) -> Image.Image:
-    """Flat 16 x 16 grey blocks: every AC coefficient is zero, so a progressive file's AC scans are
-    a few bytes of end-of-band runs however large the picture, yet each scan visits every block."""
-    blocks = np.random.default_rng(seed).integers(0, 256, ((height + 15) // 16, (width + 15) // 16), dtype=np.uint8)
-    return Image.fromarray(np.kron(blocks, np.ones((16, 16), np.uint8))[:height, :width], "L")
+def blocky(width: int, height: int, mode: str = "L", seed: int = 0) -> Image.Image:
+    """An image of flat 16 x 16 blocks: every JPEG AC coefficient is zero (chroma subsampled
+    too), so a progressive file's AC scans are a few bytes of end-of-band runs however large
+    the image, yet the decoder still walks every block for each."""
+    bands = len(mode)
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, ((height + 15) // 16, (width + 15) // 16, bands), dtype=np.uint8)
+    pixels = np.kron(blocks, np.ones((16, 16, 1), np.uint8))[:height, :width]
+    return Image.fromarray(pixels[:, :, 0] if bands == 1 else pixels, mode)
 
 
 def jpeg_scans(data: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each scan of a JPEG: its SOS segment and the entropy-coded data after it."""
+    """(start, end) of each scan of a JPEG: its SOS segment and entropy-coded data."""
     scans, pos = [], 2
     while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0xD9:
         end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
@@ -338,10 +342,13 @@ def jpeg_scans(data: bytes) -> list[tuple[int, int]]:
     return scans
 
 
-def scan_bomb(width: int = 4096, height: int = 4096, scans: int = 500) -> bytes:
-    """A progressive JPEG with ``scans`` scans: its last AC refinement scan repeated. libjpeg
-    decodes every copy (a warning each, no error), one pass over all blocks per scan."""
-    data = _encode(blocky(width, height), "JPEG", progressive=True, quality=90)
+def scan_bomb(width: int, height: int, scans: int, mode: str = "L") -> bytes:
+    """A progressive JPEG of ``blocky(width, height, mode)`` with ``scans`` scans in all: its last
+    scan (an AC refinement, all end-of-band runs) repeated. libjpeg decodes every copy (a warning
+    per repeat, no error) to exactly the picture of the plain file, one pass over all blocks each."""
+    buffer = io.BytesIO()
+    blocky(width, height, mode).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
     own = jpeg_scans(data)
     start, end = own[-1]
     return data[:end] + data[start:end] * (scans - len(own)) + data[end:]
@@ -354,7 +361,7 @@ def jpeg_with_segments(count: int) -> bytes:
 
 
 def tiff_with_strips(strips: int, width: int = 8) -> bytes:
-    """An uncompressed grey TIFF of ``strips`` one-row strips, all pointing at the same 8 bytes."""
+    """An uncompressed grey TIFF of ``strips`` one-row strips, every one the same 8 bytes."""
     entries = 9
     offsets_at = 8 + 2 + 12 * entries + 4
     counts_at = offsets_at + 4 * strips
@@ -364,12 +371,10 @@ def tiff_with_strips(strips: int, width: int = 8) -> bytes:
     out = bytearray(b"II*\x00" + struct.pack("<IH", 8, entries))
     for tag, kind, count, value in tags:
         short = kind == 3 and count == 1
-        out += struct.pack("<HHI", tag, kind, count) + (
-            struct.pack("<HH", value, 0) if short else struct.pack("<I", value)
-        )
-    out += (
-        b"\x00" * 4 + struct.pack(f"<{strips}I", *[pixels_at] * strips) + struct.pack(f"<{strips}H", *[width] * strips)
-    )
+        field = struct.pack("<HH", value, 0) if short else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + field
+    out += b"\x00" * 4 + struct.pack(f"<{strips}I", *[pixels_at] * strips)
+    out += struct.pack(f"<{strips}H", *[width] * strips)
     return bytes(out + bytes(range(width)))
 
 
@@ -381,7 +386,7 @@ def bombs() -> list[Case]:
         Case(
             "bomb/progressive-500-scans-4096px",
             "bomb",
-            scan_bomb(),
+            scan_bomb(4096, 4096, 500),
             content_type="image/jpeg",
             expect=decoded_or_refused,
         ),

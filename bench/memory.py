@@ -21,17 +21,13 @@ from pathlib import Path
 GIB = 2**30
 
 
-class MemorySampler:
-    def __init__(self, interval_s: float = 0.5):
-        self.interval_s = interval_s
-        self.host: list[int] = []
-        self.gpu: list[int] = []
-        self.gpu_util: list[int] = []  # % of the sample period a kernel ran, per nvidia-smi
-        self._nvidia_smi = shutil.which("nvidia-smi")
-        self._cpu_first: tuple[int, int] | None = None
-        self._cpu_last: tuple[int, int] | None = None
+class PeriodicSampler:
+    """Calls ``_sample_once`` on entering, every ``interval_s`` on a daemon thread, and on leaving."""
 
-    def __enter__(self) -> "MemorySampler":
+    interval_s: float
+
+    def __enter__(self):
+        self._before_first_sample()
         self._sample_once()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -43,9 +39,29 @@ class MemorySampler:
         self._thread.join()
         self._sample_once()
 
+    def _before_first_sample(self) -> None:
+        pass
+
+    def _tick(self) -> None:
+        self._sample_once()
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._sample_once()
+            self._tick()
+
+    def _sample_once(self) -> None:
+        raise NotImplementedError
+
+
+class MemorySampler(PeriodicSampler):
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.host: list[int] = []
+        self.gpu: list[int] = []
+        self.gpu_util: list[int] = []  # % of the sample period a kernel ran, per nvidia-smi
+        self._nvidia_smi = shutil.which("nvidia-smi")
+        self._cpu_first: tuple[int, int] | None = None
+        self._cpu_last: tuple[int, int] | None = None
 
     def _sample_once(self) -> None:
         self.host.append(host_used_bytes())
@@ -142,7 +158,7 @@ def _busy_pct(first: tuple[int, int] | None, last: tuple[int, int] | None) -> fl
 TOTAL = "total"
 
 
-class RssSampler:
+class RssSampler(PeriodicSampler):
     """Resident set size of groups of processes, e.g. {"proxy": [pid], "model": [pid, pid]}, every
     ``interval_s``; ``groups`` is called again every ``refresh_s`` (replicas come and go). A
     process's children count with it (HAProxy under Serve's proxy actor); group ``total`` sums them.
@@ -154,18 +170,8 @@ class RssSampler:
         self.marked: dict[str, int] = {}  # group -> index of its first sample in the measured window
         self.ended: dict[str, int] = {}  # group -> index past its last sample in the window (default: all)
 
-    def __enter__(self) -> "RssSampler":
+    def _before_first_sample(self) -> None:
         self._groups, self._refreshed = self.groups_fn(), time.monotonic()
-        self._sample_once()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample_once()
 
     def mark(self) -> None:
         self.marked = {group: len(values) for group, values in self.samples.items()}
@@ -173,15 +179,14 @@ class RssSampler:
     def mark_end(self) -> None:
         self.ended = {group: len(values) for group, values in self.samples.items()}
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if time.monotonic() - self._refreshed >= self.refresh_s:
-                try:
-                    self._groups = self.groups_fn()
-                except Exception:  # keep the last known processes; the next refresh tries again
-                    pass
-                self._refreshed = time.monotonic()
-            self._sample_once()
+    def _tick(self) -> None:
+        if time.monotonic() - self._refreshed >= self.refresh_s:
+            try:
+                self._groups = self.groups_fn()
+            except Exception:  # keep the last known processes; the next refresh tries again
+                pass
+            self._refreshed = time.monotonic()
+        self._sample_once()
 
     def _sample_once(self) -> None:
         total = 0

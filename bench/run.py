@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench.memory import MemorySampler
+from bench.provenance import provenance
 from twinfer.ports import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,9 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         images = sum(1 for _ in data_dir.rglob("*.jpg"))
         ray.init(include_dashboard=False, log_to_driver=False)
         result = {
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.node()} ({os.cpu_count()} cores)",
-            "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+            **provenance("bench.run", argv),
             "model": args.model,
             "weights": args.weights,
             "images": images,

@@ -32,9 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.provenance import provenance
 from bench.soak_classify import DOC_4XX, DOC_503, OK, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -644,24 +643,12 @@ def _loadavg() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench.dataset import make_dataset
     from bench.soak_classify import error_codes
 
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} ({os.cpu_count()} cores)",
-            "commit": _commit(),
-            "command": "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "ingress": args.ingress, "load_average_start": _loadavg()}  # fmt: skip
+    meta = {**provenance("bench.soak", argv), "ingress": args.ingress, "load_average_start": _loadavg()}
     with tempfile.TemporaryDirectory(prefix="soak-", dir="/tmp") as tmp:
         work = Path(tmp)
         bodies = [p.read_bytes() for p in make_dataset(work / "images", args.images)]

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from bench.provenance import provenance
 from twinfer.ports import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.rounds)
     ]
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.node()} ({os.cpu_count()} cores)",
-        "command": "python -m bench.v2_load " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **provenance("bench.v2_load", argv),
         "clients": args.clients,
         "ingress": args.ingress,
         "compile": args.compile,

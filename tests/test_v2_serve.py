@@ -252,6 +252,12 @@ def test_http_one_bad_image_fails_the_request_naming_its_index(triton_http, phot
     assert caught.value.status() == "400" and caught.value.message().startswith("invalid_image: image 3:")
 
 
+def json_infer_body(data: bytes) -> bytes:
+    """A JSON infer request of one image, base64 in the ``image`` tensor."""
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(data).decode()]}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
 def test_http_unknown_model_and_version(triton_http):
     for call in (
         lambda: triton_http.get_model_metadata("alexnet"),
@@ -280,18 +286,7 @@ ERRORS = [
         "not_image",
         "POST",
         f"/v2/models/{CLASSIFIER}/infer",
-        json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "image",
-                        "datatype": "BYTES",
-                        "shape": [1],
-                        "data": [base64.b64encode(images.not_an_image()).decode()],
-                    }
-                ]
-            }
-        ).encode(),
+        json_infer_body(images.not_an_image()),
         {},
         400,
         "invalid_image",
@@ -300,18 +295,7 @@ ERRORS = [
         "pixel_bomb",
         "POST",
         f"/v2/models/{CLASSIFIER}/infer",
-        json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "image",
-                        "datatype": "BYTES",
-                        "shape": [1],
-                        "data": [base64.b64encode(images.pixel_bomb()).decode()],
-                    }
-                ]
-            }
-        ).encode(),
+        json_infer_body(images.pixel_bomb()),
         {},
         413,
         "image_too_large",

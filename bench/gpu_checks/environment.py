@@ -16,7 +16,8 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-from bench.gpu_checks.common import GIB, ROOT
+from bench.gpu_checks.common import GIB
+from bench.provenance import commit
 
 MIN_DRIVER = 580  # the cu13 wheels' minimum (R580)
 PACKAGES = (
@@ -121,7 +122,7 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             found[name] = None
     found.update(torch=torch.__version__, torchvision=torchvision.__version__)  # with the build's local tag (+cu130)
-    found["commit"] = _commit()
+    found["commit"] = commit()
     return found
 
 
@@ -201,13 +202,3 @@ def _number(text: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None

@@ -17,20 +17,18 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
+from deployments.http import error_headers
 from deployments.v2.tensors import InferRequest, InvalidRequest, OutputTensor, image_count, split_bytes_elements
-from shared.errors import BodyTooLarge, TwinferError, Unauthorized, UnsupportedMediaType
+from shared.errors import BodyTooLarge, TwinferError, UnsupportedMediaType
 
 HEADER_LENGTH = "inference-header-content-length"
 
 
 def error_response(error: TwinferError) -> JSONResponse:
     """The spec's ``{"error": "<message>"}``; the message starts with twinfer's error code."""
-    headers = {}
-    if error.retry_after_s is not None:
-        headers["Retry-After"] = str(error.retry_after_s)
-    if isinstance(error, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="twinfer"'
-    return JSONResponse({"error": f"{error.code}: {error}"}, status_code=error.http_status, headers=headers)
+    return JSONResponse(
+        {"error": f"{error.code}: {error}"}, status_code=error.http_status, headers=error_headers(error)
+    )
 
 
 def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
