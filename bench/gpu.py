@@ -15,7 +15,7 @@ run in that order; a section that would not fit in what is left of ``--budget-mi
 skipped (default 8 for the quick matrix, 25 with --full, 9.5 otherwise). It generates its own
 dataset (``--n``, 40 000 JPEGs; reused from the temp dir when there).
 
-On a machine that stops each command at 10 minutes (the lent H100), run the checklist as three
+On a machine that stops each command at 10 minutes (a time-sliced GPU host), run the checklist as three
 commands; the second and third add their sections to the first's JSON (``--merge``), and the
 last prints the whole table:
 
@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.gpu_checks import environment
 
+    ray_was_running = _ray_running()  # a caller's Ray (and Serve) is left as it was
     status = environment.cuda_status()
     if not status["available"] and not args.allow_cpu:
         print(environment.refusal(status), file=sys.stderr)
@@ -395,25 +396,35 @@ def main(argv: list[str] | None = None) -> int:
             result["dataset"] = ctx.dataset_info or result.get("dataset") or previous.get("dataset")
             result["minutes"] = round((time.perf_counter() - started) / 60, 2)
             write_json(args.out, result)
-        _stop_ray()
+        _stop_what_was_started(serve_started=ctx.serve_started, ray_started=not ray_was_running)
     print(table(result))
     print(f"\nJSON: {args.out}")
     statuses = [result["sections"][s.name]["status"] for s in selected]
     return 1 if any(status in ("fail", "error") for status in statuses) else 0
 
 
-def _stop_ray() -> None:
+def _ray_running() -> bool:
     if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized()
+
+
+def _stop_what_was_started(*, serve_started: bool, ray_started: bool) -> None:
+    """Serve if this run started it, Ray if this run started it: a caller's stay as they were."""
+    if not _ray_running():
         return
     import ray
 
-    if ray.is_initialized():
+    if serve_started or ray_started:
         try:
             from ray import serve
 
             serve.shutdown()
         except Exception:  # noqa: BLE001 - shutting down; nothing left to measure
             pass
+    if ray_started:
         ray.shutdown()
 
 

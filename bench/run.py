@@ -117,18 +117,18 @@ def timed_backfill(config, data_dir: Path, output: Path, **backfill) -> dict:
 
 def ray_data_throughput(stats: str) -> float | None:
     """The model stage's rows/s as Ray Data's stats report it (its "Operator throughput": rows over
-    the operator's wall time, listing and Ray start-up excluded), or None if absent.
+    the operator's wall time, listing and Ray start-up excluded); where the stats have no model
+    operator, the "Dataset throughput"; None if neither is there.
 
-    The dataset-wide figure cannot serve: the last operator is the Parquet write, which outputs no
-    rows, so Ray Data reports none for the dataset."""
-    sections = re.split(r"^(?=Operator \d+ )", stats or "", flags=re.MULTILINE)
-    for section in sections:
-        header = section.split("\n", 1)[0]
-        if "Predictor" in header:
+    A backfill's dataset-wide figure is not reported: its last operator is the Parquet write,
+    which outputs no rows."""
+    for section in re.split(r"^(?=Operator \d+ )", stats or "", flags=re.MULTILINE):
+        if "Predictor" in section.split("\n", 1)[0]:
             match = re.search(r"\* Ray Data throughput: ([0-9.]+) rows/s", section)
             if match:
                 return round(float(match.group(1)), 1)
-    return None
+    match = re.search(r"Dataset throughput:\s*\n\s*\* Ray Data throughput: ([0-9.]+) rows/s", stats or "")
+    return round(float(match.group(1)), 1) if match else None
 
 
 def top1_agreement(rows: list[dict], config, sample: int) -> dict:

@@ -190,6 +190,13 @@ def test_an_isolated_section_runs_in_a_child_process(tmp_path, monkeypatch, no_c
     assert {f["figure"] for f in entry["figures"]} >= {"NVIDIA driver", "/dev/shm"}
 
 
+def test_a_callers_ray_is_left_running(ray_session, tmp_path, no_cuda):
+    """In-process callers (this test session) keep their Ray: the harness stops only what it started."""
+    cpus = ray_session.cluster_resources()["CPU"]
+    assert gpu.main(["--allow-cpu", "--sections", "env", "--out", str(tmp_path / "gpu.json")]) == 0
+    assert ray_session.is_initialized() and ray_session.cluster_resources()["CPU"] == cpus
+
+
 @pytest.mark.slow
 def test_model_alone_runs_tiny(tmp_path, no_cuda):
     out = tmp_path / "gpu.json"
@@ -284,6 +291,14 @@ def test_ray_datas_throughput_is_read_from_its_stats():
     )
     assert ray_data_throughput(stats) == 5123.4
     assert ray_data_throughput("") is None
+    # a backfill: the model operator's own figure wins over the (absent or zero) dataset one
+    operators = (
+        "Operator 2 MapBatches(decode_batch): 4 tasks executed\n* Operator throughput:\n"
+        "\t* Ray Data throughput: 900.0 rows/s\n"
+        "Operator 3 MapBatches(Predictor): 2 tasks executed\n* Operator throughput:\n"
+        "\t* Ray Data throughput: 77.7 rows/s\n"
+    )
+    assert ray_data_throughput(operators + stats) == 77.7
 
 
 def test_the_sampler_reports_how_busy_the_machine_was():

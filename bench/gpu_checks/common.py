@@ -87,6 +87,10 @@ class Context:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
 
+    @property
+    def serve_started(self) -> bool:
+        return self._serve_port is not None
+
     def serve_port(self) -> int:
         """Serve's HTTP port, starting Ray and Serve on first use."""
         if self._serve_port is None:
