@@ -125,6 +125,7 @@ def run_backfill(config: BackfillConfig) -> dict:
         if not config.address:
             cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
             check_cpus_leave_room_for_decode(config, cluster_cpus)
+            warn_if_cpus_are_held(config, ray.available_resources().get("CPU", 0.0), cluster_cpus)
             config = config.resolved(len(readable), cluster_cpus)
         with _progress_bars(config.progress):
             ds = build_dataset(config, source, readable, dim)
@@ -183,6 +184,26 @@ def check_cpus_leave_room_for_decode(config: BackfillConfig, cluster_cpus: float
             f"for a decode task > the {cluster_cpus:g} CPUs Ray has: decoding could never run. "
             "Lower --cpus-per-actor (fractions are fine) or --actors, or --decode-cpus"
         )
+
+
+def warn_if_cpus_are_held(config: BackfillConfig, free_cpus: float, cluster_cpus: float) -> bool:
+    """Other work on the same Ray (Serve replicas, other jobs) may hold the CPUs the job needs:
+    then it waits, without progress, until they are released. Say so at start-up; the job is
+    not refused, since they may be released. Returns whether it warned."""
+    needed = config.actor_pool_size * config.num_cpus_per_actor + config.decode_cpus
+    if needed <= free_cpus:
+        return False
+    logger.warning(
+        "only %g of Ray's %g CPUs are free (other actors hold the rest, e.g. Serve replicas): the job needs %g "
+        "(%d model actor(s) x %g CPU + %g CPU for a decode task) and waits until they are released",
+        free_cpus,
+        cluster_cpus,
+        needed,
+        config.actor_pool_size,
+        config.num_cpus_per_actor,
+        config.decode_cpus,
+    )
+    return True
 
 
 def summary_line(summary: dict) -> str:

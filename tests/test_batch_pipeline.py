@@ -160,6 +160,33 @@ def test_bench_reads_the_model_stage_throughput_from_ray_data_stats(local_run):
     assert ray_data_throughput(summary["stats"]) > 0, summary["stats"]
 
 
+def test_cpus_held_by_other_actors_are_named_at_start_up(ray_session, tmp_path, caplog):
+    """A backfill beside Serve replicas that hold the CPUs it needs waits for them: it says so."""
+    import logging
+
+    from batch.pipeline import warn_if_cpus_are_held
+
+    ray = ray_session
+    total = ray.cluster_resources()["CPU"]
+    holder = ray.remote(num_cpus=total - 0.5)(_Holder).remote()
+    ray.get(holder.ready.remote())
+    try:
+        free = ray.available_resources().get("CPU", 0.0)
+        config = BackfillConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"))
+        with caplog.at_level(logging.WARNING, logger="batch.pipeline"):
+            assert warn_if_cpus_are_held(config, free, total)
+    finally:
+        ray.kill(holder)
+    assert f"only {free:g} of Ray's {total:g} CPUs are free" in caplog.text
+    assert "the job needs 2 (1 model actor(s) x 1 CPU + 1 CPU for a decode task)" in caplog.text
+    assert not warn_if_cpus_are_held(config, free_cpus=2, cluster_cpus=total)
+
+
+class _Holder:
+    def ready(self) -> bool:
+        return True
+
+
 def test_rerun_writes_zero_rows(local_run, planted):
     _, output, table = local_run
     before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
