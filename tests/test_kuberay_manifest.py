@@ -82,6 +82,7 @@ def test_ray_version_and_ports_match(manifest, serve_config_v2):
     for group in groups:  # KubeRay's Serve service and health checks use the container port named "serve"
         ports = {p["name"]: p["containerPort"] for c in containers(group) for p in c.get("ports", [])}
         assert ports.get("serve") == port, group.get("groupName", "head")
+        assert ports.get("grpc") == serve_config_v2["grpc_options"]["port"], group.get("groupName", "head")
     head_ports = {p["name"]: p["containerPort"] for c in containers(cluster["headGroupSpec"]) for p in c["ports"]}
     assert head_ports["dashboard"] == 8265  # where KubeRay submits serveConfigV2
 

@@ -119,11 +119,12 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
     (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, RAY_ADDRESS="local")  # its own Ray, not the test session's
     serve_bin = Path(sys.executable).parent / "serve"
+    log = tmp_path / "serve-run.log"  # a file, not a pipe: nobody reads a pipe until the end, and a full one blocks
     process = subprocess.Popen(
         [str(serve_bin), "run", str(tmp_path / "serve_config.yaml")],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -132,7 +133,7 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
         with httpx.Client(base_url=base, timeout=30) as client:
             deadline = time.monotonic() + 240
             while True:  # poll /healthz until every deployment is HEALTHY
-                assert process.poll() is None, process.stdout.read().decode()[-3000:]
+                assert process.poll() is None, log.read_text(errors="replace")[-3000:]
                 assert time.monotonic() < deadline, "serve run never became healthy"
                 try:
                     if client.get("/healthz").status_code == 200:
@@ -154,7 +155,10 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
         with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as triton:
             assert triton.is_server_live() and triton.is_model_ready("efficientnet_lite0")
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=90) == 0
+        try:
+            assert process.wait(timeout=90) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail("serve run did not stop within 90 s of SIGINT:\n" + log.read_text(errors="replace")[-3000:])
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

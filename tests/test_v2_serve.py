@@ -242,7 +242,10 @@ def test_http_detections_are_ragged_safe_tensors(triton_http, http):
         assert np.allclose(
             boxes[mine].reshape(-1, 4), np.array([d["box"] for d in detections]).reshape(-1, 4), atol=0.02
         )
-        assert np.allclose(scores[mine], [d["score"] for d in detections], atol=1e-5)
+        # float32 convolutions over a batch of 2 and of 1 may round differently (oneDNN picks its
+        # kernels by shape), and random weights leave many near-equal scores: at times more than 1e-5 apart
+        gap = np.abs(scores[mine] - np.array([d["score"] for d in detections])).max()
+        assert gap <= 1e-4, gap
 
 
 def test_http_one_bad_image_fails_the_request_naming_its_index(triton_http, photos):
