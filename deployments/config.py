@@ -100,6 +100,13 @@ class IngressConfig(StrictModel):
     decode_threads: int = Field(4, ge=1, le=64, description="per ingress replica, off the event loop")
     max_ongoing_requests: int = Field(512, ge=1)
     max_queued_requests: int = Field(1024, ge=0)
+    max_inflight_images: int = Field(
+        64,
+        ge=1,
+        description="images one ingress replica works on at once (decoding or awaiting the model); a request "
+        "beyond it gets 503 overloaded before its images are decoded (deployments/admission.py says why). "
+        "Size it to what the replica's models answer well within the proxy's request_timeout_s",
+    )
     max_body_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="larger bodies get 413")
     model_call_timeout_s: float = Field(
         20.0,

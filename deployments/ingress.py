@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from deployments.admission import Admission
 from deployments.config import IngressConfig
 from deployments.http import check_bearer, error_response, image_bytes, load_api_keys
 from deployments.metrics import NO_MODEL, UNKNOWN_MODEL, IngressMetrics
@@ -60,6 +61,7 @@ class Ingress(OpenInferenceProtocol):  # + /v2/... and gRPC: the Open Inference 
         self.settings = IngressConfig.model_validate(ingress)
         self.api_keys = load_api_keys(self.settings)  # refuses to start when a configured source has no key
         self.pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
+        self.admission = Admission(self.settings.max_inflight_images)
         self.metrics = IngressMetrics()
         self.site = Site(build_openapi(self.settings))  # GET /, its files, /openapi.json: open, like /healthz
         if self.settings.api_keys_enabled:
@@ -155,11 +157,11 @@ class Ingress(OpenInferenceProtocol):  # + /v2/... and gRPC: the Open Inference 
         params = task.params(request.query_params)
         data = await image_bytes(request, self.settings.max_body_bytes)
 
-        started = time.perf_counter()
-        item = await asyncio.get_running_loop().run_in_executor(self.pool, loader.load, data)
-        self.metrics.decode_seconds.observe(time.perf_counter() - started, tags={"model": model})
-
-        result = await self._call(model, "infer", item, params)
+        with self.admission.admit(1):
+            started = time.perf_counter()
+            item = await asyncio.get_running_loop().run_in_executor(self.pool, loader.load, data)
+            self.metrics.decode_seconds.observe(time.perf_counter() - started, tags={"model": model})
+            result = await self._call(model, "infer", item, params)
         if isinstance(result, TwinferError):  # a JPEG left for the device decoder that no decoder could read
             raise result
         return JSONResponse(task.response(model, result))

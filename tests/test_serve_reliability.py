@@ -109,6 +109,70 @@ def test_requests_beyond_ongoing_plus_queued_get_503_without_waiting(serve_url):
         ray.kill(gate)
 
 
+def test_admission_counts_images_and_admits_one_request_alone_whatever_its_size():
+    from deployments.admission import Admission
+    from shared.errors import Overloaded
+
+    admission = Admission(max_images=4)
+    with admission.admit(9):  # a batch over the cap runs when nothing else does
+        with pytest.raises(Overloaded):
+            with admission.admit(1):
+                pass
+    with admission.admit(3):
+        with admission.admit(1):
+            assert admission.images == 4
+            with pytest.raises(Overloaded, match="4 images in progress, at most 4"):
+                with admission.admit(1):
+                    pass
+    assert admission.images == 0  # released on the way out, errors included
+
+
+def test_an_ingress_at_its_image_cap_refuses_at_once_before_decoding(serve_url):
+    """One image in progress (held at the model) fills a cap of 1: the next request is refused with
+    the documented JSON 503 while the first still runs, and the first then succeeds."""
+    gate = Gate.options(name=GATE, namespace="twinfer-tests").remote()
+    args = AppArgs.model_validate(
+        {
+            "ingress": {"num_cpus": 0.25, "decode_threads": 1, "max_inflight_images": 1},
+            "models": [
+                {
+                    "model": {"name": "efficientnet_lite0", "weights": "random"},
+                    "num_cpus": 0.25,
+                    "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "max_concurrent_batches": 1},
+                }
+            ],
+        }
+    )
+    serve.run(build(args, model_server_cls=HeldModelServer), name="capped", route_prefix="/capped")
+    data = small_jpeg("coffee")
+    pool = cf.ThreadPoolExecutor(1)
+    try:
+        with httpx.Client(base_url=f"{serve_url}/capped", timeout=120) as client:
+
+            def post():
+                return client.post(
+                    "/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"}
+                )
+
+            first = pool.submit(post)
+            deadline = time.monotonic() + 60
+            while ray.get(gate.waiters.remote()) == 0:  # the first image is decoded and at the model
+                assert time.monotonic() < deadline and not first.done(), first.done() and first.result().text
+                time.sleep(0.05)
+            refused = post()
+            assert refused.status_code == 503 and refused.headers.get("retry-after") == "1"
+            error = refused.json()["error"]
+            assert error["code"] == "overloaded" and "ingress replica is at capacity" in error["message"]
+            gate.open.remote()
+            assert first.result(timeout=60).status_code == 200
+            assert post().status_code == 200  # the slot is free again
+    finally:
+        gate.open.remote()
+        pool.shutdown(wait=True)
+        serve.delete("capped")
+        ray.kill(gate)
+
+
 @pytest.mark.timeout(300)
 def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())

@@ -216,8 +216,9 @@ class OpenInferenceProtocol:
         task = loader.task
         params = task.params(request.parameters)
         outputs = task.v2_requested(request.outputs)
-        items = await self._v2_load(model, loader, request.images)
-        answers = await self._v2_answers(model, items, task.v2_params(params, outputs))
+        with self.admission.admit(len(request.images)):
+            items = await self._v2_load(model, loader, request.images)
+            answers = await self._v2_answers(model, items, task.v2_params(params, outputs))
         return [OutputTensor.of(name, array) for name, array in task.v2_tensors(answers, outputs, params).items()]
 
     async def _v2_load(self, model: str, loader: ImageLoader, images: list[bytes]) -> list:
