@@ -38,8 +38,8 @@ class DecodeConfig(StrictModel):
         None,
         gt=0,
         description=f"cap on JPEG decode work, scans x pixels (JPEG-compressed TIFF: scans x strip/tile "
-        f"pixels); None = {JPEG_SCANS_AT_MAX_PIXELS} x max_pixels (960M by default: ~1-2.5 s of "
-        f"libjpeg-turbo at worst; a real 40 Mpx progressive photo takes ~0.9 s). Over it: image_too_complex (413)",
+        f"pixels); None = {JPEG_SCANS_AT_MAX_PIXELS} x max_pixels (960M by default; the decode time it "
+        f"allows at worst is in bench/RESULTS.md). Over it: image_too_complex (413)",
     )
     formats: tuple[str, ...] = tuple(sorted(DEFAULT_FORMATS))
     draft: bool = Field(True, description="let libjpeg decode JPEGs at a reduced scale (Pillow draft)")
