@@ -132,6 +132,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=900.0,
         help="seconds for Serve to start or redeploy (2 loaded cores: minutes)",
     )
+    p.add_argument(
+        "--keep-logs", action="store_true", help="keep the started server's folder (Ray's and Serve's logs) afterwards"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak.json")
     args = p.parse_args(argv)
     for name, (quick, full) in SCALE.items():
@@ -649,7 +652,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench.soak_classify import error_codes
 
     meta = {**provenance("bench.soak", argv), "ingress": args.ingress, "load_average_start": _loadavg()}
-    with tempfile.TemporaryDirectory(prefix="soak-", dir="/tmp") as tmp:
+    folder = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="soak-", dir="/tmp"))
+        if args.keep_logs
+        else tempfile.TemporaryDirectory(prefix="soak-", dir="/tmp")
+    )
+    with folder as tmp:
         work = Path(tmp)
         bodies = [p.read_bytes() for p in make_dataset(work / "images", args.images)]
         server = None
