@@ -4,24 +4,68 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo lint test bench bench-gpu clean v2-stubs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch torchvision
 	$(BIN)/pip install -q -c constraints.txt -e '.[demo,test]'
+	# tritonclient[grpc] (test extra) declares protobuf<7, so the resolver above settles on protobuf 6
+	# and an older grpcio-reflection. What is tested is protobuf 7 (grpcio-reflection >= 1.85, which
+	# Serve imports, needs >= 7.35.1); both tritonclient clients work on it. pip warns of the conflict.
+	$(BIN)/pip install -q -c constraints.txt 'protobuf>=7.35.1,<8'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The page's browser tests (tests/test_ui_browser.py) drive the system Chromium with Playwright; no
+# browser is downloaded. When it is missing, this installs Debian's chromium with apt (as root, or
+# with passwordless sudo). If that is impossible the browser tests skip, saying why, unless
+# TWINFER_REQUIRE_BROWSER is set (.ci/run sets it): then this step fails the run.
+CHROMIUM ?= $(or $(TWINFER_CHROMIUM),/usr/bin/chromium)
+APT := env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0
+
+browser:
+	@if [ ! -x "$(CHROMIUM)" ] && command -v apt-get >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then as=""; elif sudo -n true 2>/dev/null; then as="sudo -n"; else as=none; fi; \
+	  if [ "$$as" != none ]; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    $$as $(APT) update && $$as $(APT) install --no-install-recommends chromium fonts-liberation; \
+	  fi; \
+	fi; \
+	if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if [ -n "$$TWINFER_REQUIRE_BROWSER" ]; then \
+	  echo "error: no Chromium at $(CHROMIUM) and it could not be installed (apt-get install chromium); TWINFER_REQUIRE_BROWSER is set" >&2; \
+	  exit 1; \
+	fi; \
+	echo "warning: no Chromium at $(CHROMIUM): the browser tests will be skipped (apt-get install chromium)" >&2
+
 demo: $(STAMP)
 	$(BIN)/twinfer demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
+test: $(STAMP) browser lint
+	TWINFER_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+
+# twinfer as a user runs it (every setting at its default) against the seeds' pipeline and a docs-style deployment
 bench: $(STAMP)
-	$(BIN)/python -m bench.run --n 2000 --precision fp32 --compile --batch-size 4 --online-batch 4
+	$(BIN)/python -m bench.run --n 2000 --clients 1,16
+
+# the GPU matrix (refuses without CUDA): bench/gpu.py's docstring has the commands for 10-minute slots
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.gpu
+
+# The Open Inference Protocol's gRPC stubs (checked in; deployments/v2/__init__.py). grpcio-tools
+# 1.76.0 makes code that runs on protobuf >= 6.31.1 and grpcio >= 1.76 (pyproject's floors); it is
+# installed in a venv of its own so that it changes nothing in $(VENV).
+v2-stubs:
+	$(PYTHON) -m venv .venv-protoc
+	.venv-protoc/bin/pip install -q grpcio-tools==1.76.0
+	.venv-protoc/bin/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+		deployments/v2/open_inference_grpc.proto
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-protoc build *.egg-info

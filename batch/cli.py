@@ -2,143 +2,98 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
-from shared.config import ModelConfig
-from shared.registry import DEFAULT_MODEL
-from shared.wrapper import DEFAULT_TOP_K
-
+from batch import flags
 from batch.config import BackfillConfig
 from batch.uris import S3Options
+from shared.registry import DEFAULT_MODEL
+
+# flag names kept from before the flags were generated, or shorter than the field's
+BACKFILL_RENAMES = {
+    "model.name": "model",
+    "actor_pool_size": "actors",
+    "num_gpus_per_actor": "gpus-per-actor",
+    "num_cpus_per_actor": "cpus-per-actor",
+    "min_rows_per_file": "rows-per-file",
+    "s3.endpoint_override": "s3-endpoint",
+}
+S3_RENAMES = {"endpoint_override": "s3-endpoint"}
+REQUIRED = ("input", "output")
+_BACKFILL_FLAGS: dict[str, tuple[str, ...]] = {}
+_EVALUATE_FLAGS: dict[str, tuple[str, ...]] = {}
 
 
 def register(subparsers) -> None:
     backfill = subparsers.add_parser(
-        "backfill", help="classify (or detect) every image under a URI with Ray Data, writing Parquet",
+        "backfill",
+        help="classify, detect or embed every image under a URI with Ray Data, writing Parquet",
+        description="Every option below is a field of BackfillConfig / ModelConfig (the vocabulary of "
+        "serve_config.yaml); an option not given keeps the config's default.",
     )
-    model = backfill.add_argument_group(
-        "model (the ModelConfig vocabulary of serve_config.yaml; flags override --model-config)"
-    )
-    model.add_argument(
-        "--model-config", default=None, metavar="FILE",
+    backfill.add_argument(
+        "--model-config",
+        default=None,
+        metavar="FILE",
         help="YAML/JSON: a model mapping (as under `model:` in serve_config.yaml), or a Serve config "
-        "file itself, whose entry for --model (or its one enabled model) is used",
+        "file itself, whose entry for --model (or its one enabled model) is used; model flags override it",
     )
-    model.add_argument("--model", default=None, help=f"registry name (default {ModelConfig().name})")
-    model.add_argument("--weights", default=None, help="default | pretrained | random | path to a state dict")
-    model.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    model.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "bf16"])
-    model.add_argument("--compile", action="store_true", default=None, help="torch.compile, warmed at actor start")
-    model.add_argument("--cpu-threads", type=int, default=None, help="torch threads per actor on CPU")
-    model.add_argument("--score-threshold", type=float, default=None, help="detection: minimum score")
-    model.add_argument(
-        "--decode-on-device", action="store_true", default=None,
-        help="decode.on_device: JPEGs decoded in batches on the GPU (nvJPEG); needs --device cuda",
+    _BACKFILL_FLAGS.update(
+        flags.add_flags(
+            backfill,
+            BackfillConfig,
+            renames=BACKFILL_RENAMES,
+            flatten=("model",),
+            group_titles={
+                "model": "model (ModelConfig)",
+                "model.decode": "decoding (ModelConfig.decode)",
+                "s3": S3_TITLE,
+            },
+        )
     )
-    backfill.add_argument("--input", required=True, help="s3://bucket/prefix, s3://anonymous@bucket/prefix or a local directory")
-    backfill.add_argument(
-        "--output", required=True,
-        help="directory URI for the Parquet files (s3:// or local): new, empty, or an earlier output of the same model to resume",
-    )
-    backfill.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"classification: predictions kept per image ({DEFAULT_TOP_K})")
-    backfill.add_argument("--batch-size", type=int, default=64, help="images per model call (64)")
-    backfill.add_argument("--rows-per-call", type=int, default=None, help="rows per model-actor call, run --batch-size at a time (max(batch size, 256))")
-    backfill.add_argument("--actors", dest="actor_pool_size", type=int, default=1, help="model actor pool size (1)")
-    backfill.add_argument("--gpus-per-actor", dest="num_gpus_per_actor", type=float, default=0.0, help="0 on CPU (default)")
-    backfill.add_argument("--cpus-per-actor", dest="num_cpus_per_actor", type=float, default=1.0, help="CPUs reserved per model actor (1)")
-    backfill.add_argument(
-        "--resources-per-actor", type=json.loads, default=None, metavar="JSON",
-        help='custom Ray resources per model actor, e.g. \'{"worker": 1}\': only nodes started with them run the actors',
-    )
-    backfill.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs reserved per decode task (1)")
-    backfill.add_argument("--decode-parallelism", type=int, default=None, help="most decode tasks at once (default: as resources allow)")
-    backfill.add_argument("--read-blocks", type=int, default=None, help="override the number of read blocks")
-    backfill.add_argument("--rows-per-file", dest="min_rows_per_file", type=int, default=1024, help="rows gathered per Parquet file (1024)")
-    backfill.add_argument("--extensions", default=None, help="comma-separated, e.g. jpg,jpeg,png (default: every file)")
-    backfill.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto or ray://host:10001)")
-    backfill.add_argument("--no-progress", dest="progress", action="store_false", help="hide Ray Data progress bars")
-    backfill.add_argument("--evaluate", action="store_true", help="then report accuracy against the label column")
-    backfill.add_argument("--evaluation-output", default=None, help="JSON report URI (default: <output>.evaluation.json)")
-    _add_s3_arguments(backfill)
     backfill.set_defaults(handler=_backfill)
 
     evaluate = subparsers.add_parser(
-        "evaluate", help="top-1 / top-5 / per-class accuracy of a backfill's predictions",
+        "evaluate",
+        help="top-1 / top-5 / per-class accuracy of a backfill's predictions",
     )
     evaluate.add_argument("--predictions", required=True, help="the backfill's output URI")
     evaluate.add_argument("--output", default=None, help="JSON report URI (default: <predictions>.evaluation.json)")
-    _add_s3_arguments(evaluate)
+    _EVALUATE_FLAGS.update(
+        flags.add_flags(evaluate.add_argument_group(S3_TITLE), S3Options, prefix="s3-", renames=S3_RENAMES)
+    )
     evaluate.set_defaults(handler=_evaluate)
 
 
-def _add_s3_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("S3 (unset values fall back to AWS_* environment variables)")
-    group.add_argument("--s3-endpoint", default=None, help="custom endpoint, host:port or http(s)://host:port")
-    group.add_argument("--s3-region", default=None)
-    group.add_argument("--s3-scheme", default=None, choices=["http", "https"])
-    group.add_argument("--s3-anonymous", action="store_true", help="unsigned requests (public buckets)")
-    group.add_argument("--s3-access-key", default=None, help="prefer AWS_ACCESS_KEY_ID or ~/.aws/credentials (AWS_PROFILE)")
-    group.add_argument(
-        "--s3-secret-key", default=None,
-        help="prefer AWS_SECRET_ACCESS_KEY or ~/.aws/credentials: a flag shows in process listings and shell history",
-    )
-
-
-def _s3_options(args) -> dict:
-    return {
-        "endpoint_override": args.s3_endpoint,
-        "region": args.s3_region,
-        "scheme": args.s3_scheme,
-        "anonymous": args.s3_anonymous,
-        "access_key": args.s3_access_key,
-        "secret_key": args.s3_secret_key,
-    }
+S3_TITLE = (
+    "S3 (unset values fall back to the AWS environment variables and ~/.aws/credentials; prefer those to "
+    "key flags, which show in process listings and shell history)"
+)
 
 
 def config_from_args(args) -> BackfillConfig:
     """The validated ``BackfillConfig`` for parsed ``backfill`` flags (raises pydantic's ValidationError)."""
-    return BackfillConfig(
-        model=model_mapping(args),
-        input=args.input,
-        output=args.output,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        rows_per_call=args.rows_per_call,
-        actor_pool_size=args.actor_pool_size,
-        num_gpus_per_actor=args.num_gpus_per_actor,
-        num_cpus_per_actor=args.num_cpus_per_actor,
-        resources_per_actor=args.resources_per_actor or {},
-        decode_cpus=args.decode_cpus,
-        decode_parallelism=args.decode_parallelism,
-        read_blocks=args.read_blocks,
-        min_rows_per_file=args.min_rows_per_file,
-        extensions=tuple(e for e in args.extensions.split(",") if e) if args.extensions else None,
-        s3=_s3_options(args),
-        address=args.address,
-        progress=args.progress,
-        evaluate=args.evaluate,
-        evaluation_output=args.evaluation_output,
-    )
+    given = flags.values(args, _BACKFILL_FLAGS)
+    missing = [name for name in REQUIRED if name not in given]
+    if missing:
+        raise ValueError(f"required: {', '.join('--' + name for name in missing)}")
+    model = given.get("model", {})
+    if args.model_config:
+        model = _merged(read_model_config(args.model_config, model.get("name")), model)
+    return BackfillConfig.model_validate({**given, "model": model})
 
 
-MODEL_FLAGS = {"model": "name", "weights": "weights", "device": "device", "precision": "precision",
-               "compile": "compile", "cpu_threads": "cpu_threads", "score_threshold": "score_threshold"}
-
-
-def model_mapping(args) -> dict:
-    """--model-config's mapping with the model flags given on the command line on top."""
-    flags = {key: getattr(args, flag) for flag, key in MODEL_FLAGS.items() if getattr(args, flag) is not None}
-    base = read_model_config(args.model_config, flags.get("name")) if args.model_config else {}
-    mapping = {**base, **flags}
-    if args.decode_on_device:
-        mapping["decode"] = {**(mapping.get("decode") or {}), "on_device": True}
-    return mapping
+def _merged(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, nested mappings merged key by key (a --decode-* flag keeps the file's
+    other decode keys)."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def read_model_config(path: str, name: str | None = None) -> dict:
@@ -195,7 +150,7 @@ def _evaluate(args) -> int:
     from batch.ownership import OutputRefused
 
     try:
-        s3 = S3Options(**_s3_options(args))
+        s3 = S3Options.model_validate(flags.values(args, _EVALUATE_FLAGS))
     except ValidationError as exc:
         print(f"twinfer evaluate: invalid S3 settings\n{describe(exc)}", file=sys.stderr)
         return 2

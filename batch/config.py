@@ -6,14 +6,15 @@ and adds what only a batch job has: where to read and write, and how Ray Data ru
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from shared.config import ModelConfig, StrictModel, check_gpu_request
-from shared.wrapper import DEFAULT_TOP_K, MAX_TOP_K
-
 from batch.uris import S3Options, is_within, parse_uri
+from shared import auto
+from shared.config import ModelConfig, StrictModel, check_gpu_request
+from shared.devices import planned_device_type
+from shared.tasks import DEFAULT_TOP_K, MAX_TOP_K, TASKS
 
 
 class BackfillConfig(StrictModel):
@@ -23,20 +24,27 @@ class BackfillConfig(StrictModel):
     input: str = Field(description="s3://bucket/prefix, s3://anonymous@bucket/prefix, file:// or a local directory")
     output: str = Field(description="directory URI for the Parquet files")
     top_k: int = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="classification: predictions kept per image")
-    batch_size: int = Field(64, gt=0, description="images per model call")
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="images per model call; auto = small on a CPU, large on a GPU (shared/auto.py)"
+    )
     rows_per_call: int | None = Field(
-        None, gt=0, description="rows Ray Data hands a model actor per call, run batch_size at a time; "
+        None,
+        gt=0,
+        description="rows Ray Data hands a model actor per call, run batch_size at a time; "
         "None = max(batch_size, 256): fewer, larger calls cut Ray Data's per-call cost (bench/RESULTS.md)",
     )
     actor_pool_size: int = Field(1, ge=1, description="model actors (one model copy each)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="0 on CPU")
-    num_cpus_per_actor: float = Field(1.0, gt=0)
+    num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per model actor (fractions are fine)")
     resources_per_actor: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=dict, description='custom Ray resources per model actor, e.g. {"worker": 1} pins '
+        default_factory=dict,
+        description='custom Ray resources per model actor, e.g. {"worker": 1} pins '
         "the actors to nodes started with that resource (ray start --resources)",
     )
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
-    decode_parallelism: int | None = Field(None, ge=1, description="most decode tasks at once; None = as resources allow")
+    decode_parallelism: int | None = Field(
+        None, ge=1, description="most decode tasks at once; None = as resources allow"
+    )
     read_blocks: int | None = Field(None, ge=1, description="override the number of read blocks (tests, tuning)")
     min_rows_per_file: int | None = Field(1024, ge=1, description="rows gathered before a Parquet file is written")
     extensions: tuple[str, ...] | None = Field(None, description="only read these file extensions; None = every file")
@@ -44,11 +52,47 @@ class BackfillConfig(StrictModel):
     address: str | None = Field(None, description="join this Ray cluster; None = the current or a new local one")
     progress: bool = Field(True, description="Ray Data progress bars")
     evaluate: bool = Field(False, description="compute accuracy against the label column after the run")
-    evaluation_output: str | None = None
+    evaluation_output: str | None = Field(
+        None, description="where evaluate writes its JSON report; None = <output>.evaluation.json"
+    )
 
     @property
     def actor_call_rows(self) -> int:
-        return self.rows_per_call or max(self.batch_size, 256)
+        return self.rows_per_call or max(self.resolved_batch_size, 256)
+
+    @property
+    def device_type(self) -> str:
+        """Where the model actors will run: CUDA exactly when they reserve a GPU (or ask for it)."""
+        return planned_device_type(self.model.device, self.num_gpus_per_actor)
+
+    @property
+    def resolved_batch_size(self) -> int:
+        if self.batch_size != "auto":
+            return self.batch_size
+        return auto.batch_size(TASKS[self.model.resolved_task], self.device_type, online=False)
+
+    def resolved(self, images: int, node_cpus: float | None) -> "BackfillConfig":
+        """This config with every ``auto`` settled for a run of ``images`` files, the model actors
+        sharing ``node_cpus`` cores (None: a remote cluster, where the reservation decides)."""
+        task = TASKS[self.model.resolved_task]
+        model: dict = {}
+        if self.model.compile == "auto":
+            model["compile"] = auto.compiles(task, self.device_type, images)
+        if self.model.cpu_threads == "auto" and self.device_type == "cpu" and node_cpus:
+            model["cpu_threads"] = auto.backfill_threads(node_cpus, self.actor_pool_size)
+        return self.model_copy(
+            update={"batch_size": self.resolved_batch_size, "model": self.model.model_copy(update=model)}
+        )
+
+    def settings(self) -> dict:
+        """What a run uses for the choices ``auto`` makes (after ``resolved``)."""
+        return {
+            "device": self.device_type,
+            "batch_size": self.resolved_batch_size,
+            "compile": self.model.compile,
+            "cpu_threads": self.model.cpu_threads,
+            "actors": self.actor_pool_size,
+        }
 
     @field_validator("input", "output", "evaluation_output")
     @classmethod
@@ -71,8 +115,12 @@ class BackfillConfig(StrictModel):
             raise ValueError("input must not be inside the output: the output folder holds only twinfer's files")
         if self.evaluation_output is not None and is_within(parse_uri(self.evaluation_output), sink):
             raise ValueError("evaluation_output must not be inside the output folder, which holds only twinfer's files")
-        if self.rows_per_call is not None and self.rows_per_call < self.batch_size:
-            raise ValueError(f"rows_per_call ({self.rows_per_call}) must be at least batch_size ({self.batch_size})")
-        if self.evaluate and self.model.task != "classify":
-            raise ValueError("evaluate needs a classification model")
+        if self.rows_per_call is not None and self.rows_per_call < self.resolved_batch_size:
+            raise ValueError(
+                f"rows_per_call ({self.rows_per_call}) must be at least batch_size ({self.resolved_batch_size})"
+            )
+        if self.evaluate and not TASKS[self.model.resolved_task].evaluable:
+            raise ValueError(
+                f"evaluate needs a classification model; task {self.model.resolved_task!r} has no top-k to score"
+            )
         return self

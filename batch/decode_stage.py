@@ -18,14 +18,13 @@ import logging
 import numpy as np
 import pyarrow as pa
 
+from batch.listing import label_for
+from batch.uris import Location
 from shared.config import ModelConfig
 from shared.device_decode import Encoded
 from shared.errors import TwinferError
 from shared.prepare import Prepared
 from shared.wrapper import ImageLoader, Item
-
-from batch.listing import label_for
-from batch.uris import Location
 
 logger = logging.getLogger(__name__)
 

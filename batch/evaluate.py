@@ -18,11 +18,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from shared.labels import class_index_lookup
-
 from batch.ownership import OutputRefused
 from batch.resume import output_files
 from batch.uris import Resolved, S3Options, is_within, parse_uri, redact_uri, resolve
+from shared.labels import class_index_lookup
 
 TOP_KS = (1, 5)
 REPORT_FORMAT = "twinfer-evaluation/1"
@@ -105,7 +104,9 @@ def run_evaluate(predictions: str, output: str | None = None, s3: S3Options | No
     report_uri = output or default_report_uri(predictions)
     where = resolve(report_uri, s3)
     if is_within(where.location, parse_uri(predictions)):
-        raise OutputRefused(f"the report {redact_uri(report_uri)} must not be inside the predictions folder {redact_uri(predictions)}")
+        raise OutputRefused(
+            f"the report {redact_uri(report_uri)} must not be inside the predictions folder {redact_uri(predictions)}"
+        )
     check_report_target(where, report_uri)
     report = {"format": REPORT_FORMAT, **evaluate_table(read_predictions(predictions, s3))}
     if where.location.scheme == "local":  # object stores have no directories to make
@@ -113,7 +114,10 @@ def run_evaluate(predictions: str, output: str | None = None, s3: S3Options | No
     with where.filesystem.open_output_stream(where.path) as stream:
         stream.write(json.dumps(report, indent=2).encode())
     print(format_report(report))
-    print(f"evaluation: top-1 {_fmt(report['top1'])}, top-5 {_fmt(report['top5'])} over {report['count']} images -> {redact_uri(report_uri)}")
+    print(
+        f"evaluation: top-1 {_fmt(report['top1'])}, top-5 {_fmt(report['top5'])} "
+        f"over {report['count']} images -> {redact_uri(report_uri)}"
+    )
     return {**report, "report": redact_uri(report_uri)}
 
 

@@ -49,7 +49,11 @@ def list_input_files(fs: pafs.FileSystem, root: str, extensions: Iterable[str] |
     if isinstance(fs, pafs.LocalFileSystem):
         found: Iterable[InputFile] = _walk_local(root)
     else:
-        found = (InputFile(f.path, f.size) for f in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if f.type == pafs.FileType.File)
+        found = (
+            InputFile(f.path, f.size)
+            for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if f.type == pafs.FileType.File
+        )
     return sorted(
         (f for f in found if not _hidden(f.path, root) and (wanted is None or _extension(f.path) in wanted)),
         key=lambda f: f.path,

@@ -102,9 +102,15 @@ def check_marker(fs: pafs.FileSystem, info: pafs.FileInfo, identity: JobIdentity
         with fs.open_input_stream(info.path) as stream:
             content = _json_object(stream.read(MAX_MARKER_BYTES + 1))
     if content is None or content.get("format") != FORMAT:
-        raise OutputRefused(f"output {shown} holds a {MARKER_NAME} that twinfer did not write. Nothing was changed: choose another output")
+        raise OutputRefused(
+            f"output {shown} holds a {MARKER_NAME} that twinfer did not write. "
+            "Nothing was changed: choose another output"
+        )
     if not isinstance(content.get("version"), int) or content["version"] > FORMAT_VERSION:
-        raise OutputRefused(f"output {shown} was written by a newer twinfer (format version {content.get('version')!r}); resume it with that version")
+        raise OutputRefused(
+            f"output {shown} was written by a newer twinfer (format version {content.get('version')!r}); "
+            "resume it with that version"
+        )
     problem = mismatch(content, identity)
     if problem:
         raise OutputRefused(f"output {shown} holds {problem}. Nothing was changed: choose another output")

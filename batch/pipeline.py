@@ -19,8 +19,6 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset, TaskPoolStrategy
 
-from shared.errors import ImageTooLarge
-
 from batch.config import BackfillConfig
 from batch.decode_stage import decode_batch
 from batch.evaluate import check_report_target, default_report_uri, run_evaluate
@@ -30,6 +28,8 @@ from batch.predict_actor import Predictor, output_schema
 from batch.resume import read_output
 from batch.sink import IdempotentParquetSink
 from batch.uris import Resolved, redact_uri, resolve
+from shared.errors import ImageTooLarge
+from shared.wrapper import planned_output_dim
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 DECODE_MAX_CALLS = 10_000
 
 
-def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str]) -> Dataset:
-    """The lazy Dataset for ``paths`` (filesystem paths under ``source``), ending before the write."""
+def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str], dim: int | None = None) -> Dataset:
+    """The lazy Dataset for ``paths`` (filesystem paths under ``source``), ending before the write.
+    ``dim``: the width of vector answers (embeddings) the output schema was planned with."""
     read_args = {"num_cpus": config.decode_cpus, "max_calls": DECODE_MAX_CALLS}
     ds = ray.data.read_binary_files(
         paths,
@@ -62,7 +63,12 @@ def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str]) ->
     )
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": config.model, "top_k": config.top_k, "batch_size": config.batch_size},
+        fn_constructor_kwargs={
+            "model": config.model,
+            "top_k": config.top_k,
+            "batch_size": config.resolved_batch_size,
+            "dim": dim,
+        },
         batch_size=config.actor_call_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=config.actor_pool_size),
@@ -82,7 +88,7 @@ def run_backfill(config: BackfillConfig) -> dict:
     shown = redact_uri(config.output)
     source = resolve(config.input, config.s3)
     target = resolve(config.output, config.s3)
-    identity = JobIdentity(config.model.name, config.model.task)
+    identity = JobIdentity(config.model.name, config.model.resolved_task)
     if config.evaluate:
         report_uri = config.evaluation_output or default_report_uri(config.output)
         check_report_target(resolve(report_uri, config.s3), report_uri)
@@ -92,10 +98,17 @@ def run_backfill(config: BackfillConfig) -> dict:
     cap = config.model.decode.max_bytes
     too_large = [f for f in pending if f.size is not None and f.size > cap]
     readable = [f.path for f in pending if f.size is None or f.size <= cap]
-    logger.info("%d input files, %d already in %s, %d to do (%d over the byte cap)",
-                len(inputs), len(inputs) - len(pending), shown, len(pending), len(too_large))
+    logger.info(
+        "%d input files, %d already in %s, %d to do (%d over the byte cap)",
+        len(inputs),
+        len(inputs) - len(pending),
+        shown,
+        len(pending),
+        len(too_large),
+    )
 
-    schema = output_schema(config.model.task).with_metadata(identity.parquet_metadata())
+    dim = planned_output_dim(config.model)
+    schema = output_schema(config.model, dim).with_metadata(identity.parquet_metadata())
     sink = IdempotentParquetSink(target.filesystem, target.path, schema, config.min_rows_per_file)
     written: list[dict] = []
     stats = ""
@@ -106,12 +119,16 @@ def run_backfill(config: BackfillConfig) -> dict:
         for start in range(0, len(too_large), chunk):
             rows = too_large_rows(config, source, too_large[start : start + chunk], schema)
             written.append(sink.write_tables([rows]))
+    config = config.resolved(len(readable), None)  # what runs: no model build may see an auto value
     if readable:
         _ensure_ray(config.address)
         if not config.address:
-            check_cpus_leave_room_for_decode(config, ray.cluster_resources().get("CPU", 0.0))
+            cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
+            check_cpus_leave_room_for_decode(config, cluster_cpus)
+            warn_if_cpus_are_held(config, ray.available_resources().get("CPU", 0.0), cluster_cpus)
+            config = config.resolved(len(readable), cluster_cpus)
         with _progress_bars(config.progress):
-            ds = build_dataset(config, source, readable)
+            ds = build_dataset(config, source, readable, dim)
             ds.write_datasink(sink)
             stats = ds.stats()
         written += sink.written
@@ -127,6 +144,7 @@ def run_backfill(config: BackfillConfig) -> dict:
         "files": sorted(w["file"] for w in written),
         "seconds": round(seconds, 3),
         "img_per_s": round(rows / seconds, 2) if seconds > 0 else 0.0,
+        "settings": config.settings(),
         "stats": stats,
     }
     print(summary_line(summary), flush=True)
@@ -168,11 +186,35 @@ def check_cpus_leave_room_for_decode(config: BackfillConfig, cluster_cpus: float
         )
 
 
+def warn_if_cpus_are_held(config: BackfillConfig, free_cpus: float, cluster_cpus: float) -> bool:
+    """Other work on the same Ray (Serve replicas, other jobs) may hold the CPUs the job needs:
+    then it waits, without progress, until they are released. Say so at start-up; the job is
+    not refused, since they may be released. Returns whether it warned."""
+    needed = config.actor_pool_size * config.num_cpus_per_actor + config.decode_cpus
+    if needed <= free_cpus:
+        return False
+    logger.warning(
+        "only %g of Ray's %g CPUs are free (other actors hold the rest, e.g. Serve replicas): the job needs %g "
+        "(%d model actor(s) x %g CPU + %g CPU for a decode task) and waits until they are released",
+        free_cpus,
+        cluster_cpus,
+        needed,
+        config.actor_pool_size,
+        config.num_cpus_per_actor,
+        config.decode_cpus,
+    )
+    return True
+
+
 def summary_line(summary: dict) -> str:
+    settings = summary["settings"]
     return (
         f"backfill: {summary['rows']} rows written ({summary['errors']} errors, "
         f"{summary['skipped']} of {summary['inputs']} inputs already done) in {summary['seconds']:.1f} s, "
-        f"{summary['img_per_s']:.1f} img/s -> {summary['output']}"
+        f"{summary['img_per_s']:.1f} img/s -> {summary['output']} "
+        f"[{settings['device']}, batch {settings['batch_size']}, "
+        f"compile {'on' if settings['compile'] else 'off'}, torch threads {settings['cpu_threads']}, "
+        f"{settings['actors']} actor(s)]"
     )
 
 

@@ -29,9 +29,7 @@ def output_files(fs: pafs.FileSystem, directory: str) -> list[str]:
         return []
     infos = fs.get_file_info(pafs.FileSelector(directory, recursive=False))
     return sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not _hidden(i.path)
+        i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not _hidden(i.path)
     )
 
 
@@ -71,7 +69,8 @@ def read_output(
     if foreign:
         raise OutputRefused(
             f"output {shown} holds Parquet files named like twinfer's but without its metadata "
-            f"({', '.join(sorted(foreign)[:5])}): not written by this twinfer version. Nothing was changed: choose another output"
+            f"({', '.join(sorted(foreign)[:5])}): not written by this twinfer version. "
+            "Nothing was changed: choose another output"
         )
     for path in folder.temps:
         fs.delete_file(path)

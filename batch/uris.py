@@ -130,7 +130,10 @@ def parse_uri(uri: str) -> Location:
             raise ValueError(f"unknown S3 URI parameters {sorted(unknown)}; known: {list(_QUERY_KEYS)}")
         key = parts.path.strip("/")
         if key and any(segment in ("", ".", "..") for segment in key.split("/")):
-            raise ValueError(f"S3 key with an empty, '.' or '..' segment in {shown!r}: S3 does not resolve them; spell the key plainly")
+            raise ValueError(
+                f"S3 key with an empty, '.' or '..' segment in {shown!r}: "
+                "S3 does not resolve them; spell the key plainly"
+            )
         path = f"{bucket}/{key}".rstrip("/")
         return Location("s3", path, anonymous=user == "anonymous", query=query)
     if scheme in ("", "file", "local"):
@@ -156,7 +159,8 @@ def redact_uri(uri: str) -> str:
         user, _, host = netloc.rpartition("@")
         netloc = f"{user if user == 'anonymous' else '***'}@{host}"
     query = "&".join(
-        f"{key}={value if key in _QUERY_KEYS else '***'}" for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        f"{key}={value if key in _QUERY_KEYS else '***'}"
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
@@ -173,7 +177,9 @@ def is_within(inner: Location, outer: Location) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/")
 
 
-def s3_filesystem_kwargs(location: Location, options: S3Options | None = None, env: Mapping[str, str] | None = None) -> dict:
+def s3_filesystem_kwargs(
+    location: Location, options: S3Options | None = None, env: Mapping[str, str] | None = None
+) -> dict:
     """Keyword arguments for ``pyarrow.fs.S3FileSystem``: URI flags over options over environment."""
     options = (options or S3Options()).with_env(env)
     endpoint = location.query.get("endpoint_override", options.endpoint_override)

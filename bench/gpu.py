@@ -15,7 +15,7 @@ run in that order; a section that would not fit in what is left of ``--budget-mi
 skipped (default 8 for the quick matrix, 25 with --full, 9.5 otherwise). It generates its own
 dataset (``--n``, 40 000 JPEGs; reused from the temp dir when there).
 
-On a machine that stops each command at 10 minutes (the lent H100), run the checklist as three
+On a machine that stops each command at 10 minutes (a time-sliced GPU host), run the checklist as three
 commands; the second and third add their sections to the first's JSON (``--merge``), and the
 last prints the whole table:
 
@@ -73,26 +73,44 @@ HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     choose = parser.add_mutually_exclusive_group()
     choose.add_argument("--sections", type=_names, help="comma-separated sections to run (default: the quick matrix)")
-    choose.add_argument("--piece", type=int, choices=(1, 2, 3), help="one of the three sets that each fit a 10-minute command")
+    choose.add_argument(
+        "--piece", type=int, choices=(1, 2, 3), help="one of the three sets that each fit a 10-minute command"
+    )
     choose.add_argument("--full", action="store_true", help="every section (the whole checklist)")
     parser.add_argument("--skip", type=_names, default=[], help="comma-separated sections to leave out")
     parser.add_argument("--plan", action="store_true", help="print the sections and expected minutes, run nothing")
-    parser.add_argument("--budget-minutes", type=float, help="skip sections that would not fit (default 8 quick, 25 --full, else 9.5)")
-    parser.add_argument("--allow-cpu", action="store_true", help="without CUDA, run the harness with tiny sizes (CUDA sections skip)")
+    parser.add_argument(
+        "--budget-minutes", type=float, help="skip sections that would not fit (default 8 quick, 25 --full, else 9.5)"
+    )
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="without CUDA, run the harness with tiny sizes (CUDA sections skip)"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny sizes even on CUDA (a smoke test of the harness)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--merge", action="store_true", help="keep the sections already in --out and add this run's")
     parser.add_argument("--n", type=int, help="images in the generated dataset (default 40000; 12 tiny)")
-    parser.add_argument("--data", type=Path, help="dataset folder (default: twinfer-bench-<n> in the temp dir; reused if it holds JPEGs)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="dataset folder (default: twinfer-bench-<n> in the temp dir; reused if it holds JPEGs)",
+    )
     parser.add_argument("--clients", type=_ints, default=[1, 16, 128], help="serve: client counts")
     parser.add_argument("--duration", type=float, default=10.0, help="serve: measured seconds per client count")
     parser.add_argument("--warmup", type=float, default=2.0, help="serve: unmeasured seconds before each")
-    parser.add_argument("--ingress", choices=["haproxy", "default"], default="haproxy", help="serve: Serve's HTTP ingress")
-    parser.add_argument("--recompile-backend", default="eager", help="recompile: torch.compile backend of the 9-size check")
-    parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)  # one isolated section, run for a parent
+    parser.add_argument(
+        "--ingress", choices=["haproxy", "default"], default="haproxy", help="serve: Serve's HTTP ingress"
+    )
+    parser.add_argument(
+        "--recompile-backend", default="eager", help="recompile: torch.compile backend of the 9-size check"
+    )
+    parser.add_argument(
+        "--in-child", action="store_true", help=argparse.SUPPRESS
+    )  # one isolated section, run for a parent
     args = parser.parse_args(argv)
     known = by_name()
     unknown = [name for name in [*(args.sections or []), *args.skip] if name not in known]
@@ -133,19 +151,32 @@ def budget_minutes(args: argparse.Namespace) -> float:
 
 def plan_text(selected: list[Section], budget: float) -> str:
     names = {s.name for s in selected}
-    lines = ["bench.gpu sections (minutes: expected on one H100 + 16 cores, from reading the code; the JSON records real ones)",
-             f"  {'':2}{'section':<15}{'min':>5}  piece  CUDA  what"]
+    lines = [
+        (
+            "bench.gpu sections (minutes: expected on one H100 + 16 cores, from reading the code; "
+            "the JSON records real ones)"
+        ),
+        f"  {'':2}{'section':<15}{'min':>5}  piece  CUDA  what",
+    ]
     for s in SECTIONS:
         mark = "*" if s.name in names else " "
-        lines.append(f"  {mark} {s.name:<14}{s.minutes:>5.1f}  {s.piece:^5}  {'yes' if s.needs_cuda else 'no':<4}  {s.about}")
+        lines.append(
+            f"  {mark} {s.name:<14}{s.minutes:>5.1f}  {s.piece:^5}  {'yes' if s.needs_cuda else 'no':<4}  {s.about}"
+        )
     total = sum(s.minutes for s in selected) + DATASET_MINUTES
     lines.append(f"selected (*): {total:.1f} min with the dataset ({DATASET_MINUTES} min); budget {budget:g} min")
     for number in (1, 2, 3):
         minutes = sum(s.minutes for s in piece(number)) + DATASET_MINUTES
-        lines.append(f"  piece {number} ({minutes:.1f} min): python -m bench.gpu --piece {number}{' --merge' if number > 1 else ''}")
+        lines.append(
+            f"  piece {number} ({minutes:.1f} min): "
+            f"python -m bench.gpu --piece {number}{' --merge' if number > 1 else ''}"
+        )
     full = sum(s.minutes for s in SECTIONS) + DATASET_MINUTES
     quick = sum(s.minutes for s in piece(1)) + DATASET_MINUTES
-    lines.append(f"quick matrix (piece 1): {quick:.1f} min, budget {QUICK_BUDGET_MINUTES:g}; whole checklist: {full:.1f} min, budget {FULL_BUDGET_MINUTES:g}")
+    lines.append(
+        f"quick matrix (piece 1): {quick:.1f} min, budget {QUICK_BUDGET_MINUTES:g}; "
+        f"whole checklist: {full:.1f} min, budget {FULL_BUDGET_MINUTES:g}"
+    )
     return "\n".join(lines)
 
 
@@ -162,8 +193,12 @@ def run_section(section: Section, ctx, log) -> dict:
         entry["status"] = "error"
         entry["error"] = traceback.format_exc()
         log(entry["error"])
-    entry.update(minutes=round((time.perf_counter() - started) / 60, 2), estimate_minutes=section.minutes,
-                 figures=report.figures, details=report.details)
+    entry.update(
+        minutes=round((time.perf_counter() - started) / 60, 2),
+        estimate_minutes=section.minutes,
+        figures=report.figures,
+        details=report.details,
+    )
     return entry
 
 
@@ -177,8 +212,21 @@ def run_isolated(section: Section, ctx, args: argparse.Namespace, minutes_left: 
     from bench.gpu_checks.common import run_child
 
     out = ctx.work / f"child-{section.name}.json"
-    argv = ["--sections", section.name, "--in-child", "--out", str(out), "--budget-minutes", f"{max(minutes_left, 1):.2f}",
-            "--n", str(ctx.images_wanted), "--data", str(ctx.data_dir), "--recompile-backend", args.recompile_backend]
+    argv = [
+        "--sections",
+        section.name,
+        "--in-child",
+        "--out",
+        str(out),
+        "--budget-minutes",
+        f"{max(minutes_left, 1):.2f}",
+        "--n",
+        str(ctx.images_wanted),
+        "--data",
+        str(ctx.data_dir),
+        "--recompile-backend",
+        args.recompile_backend,
+    ]
     argv += ["--allow-cpu"] if args.allow_cpu else []
     argv += ["--tiny"] if args.tiny else []
     child = run_child("bench.gpu", argv, timeout=max(60.0, minutes_left * 60 + 60))
@@ -190,8 +238,12 @@ def run_isolated(section: Section, ctx, args: argparse.Namespace, minutes_left: 
     if entry is None:
         from bench.gpu_checks.common import child_failure
 
-        return {"status": "error", "error": f"the child process gave no result: {child_failure(child)}\n{child['stderr_tail']}",
-                "figures": [], "child": process}
+        return {
+            "status": "error",
+            "error": f"the child process gave no result: {child_failure(child)}\n{child['stderr_tail']}",
+            "figures": [],
+            "child": process,
+        }
     if child["rc"] not in (0, 1):  # it wrote the section, then died (at exit, say)
         entry.setdefault("notes", []).append(f"child process ended with {child_failure(child)}")
     return entry | {"child": process}
@@ -206,13 +258,18 @@ def write_json(path: Path, result: dict) -> None:
 
 def table(result: dict) -> str:
     machine = result["machine"]
-    gpus = sorted({entry.get("gpu", "?") for entry in result.get("sections", {}).values() if entry["status"] != "skipped"})
+    gpus = sorted(
+        {entry.get("gpu", "?") for entry in result.get("sections", {}).values() if entry["status"] != "skipped"}
+    )
     header = [
-        f"bench.gpu, {result['date']}: {machine['gpu'] or 'no GPU'}, driver {machine['driver']}, CUDA {machine['torch_cuda']}, "
+        f"bench.gpu, {result['date']}: {machine['gpu'] or 'no GPU'}, "
+        f"driver {machine['driver']}, CUDA {machine['torch_cuda']}, "
         f"{machine['cores']} cores" + (" (tiny sizes: a harness test, not measurements)" if result["tiny"] else ""),
     ]
     if len(gpus) > 1:
-        header.append(f"NOTE: these sections ran on different GPUs ({', '.join(gpus)}); see each section's 'gpu' in the JSON")
+        header.append(
+            f"NOTE: these sections ran on different GPUs ({', '.join(gpus)}); see each section's 'gpu' in the JSON"
+        )
     rows = [("section", "figure", "value", "check")]
     order = [s.name for s in SECTIONS] + [name for name in result.get("sections", {}) if name not in by_name()]
     for name in order:
@@ -252,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.gpu_checks import environment
 
+    ray_was_running = _ray_running()  # a caller's Ray (and Serve) is left as it was
     status = environment.cuda_status()
     if not status["available"] and not args.allow_cpu:
         print(environment.refusal(status), file=sys.stderr)
@@ -269,16 +327,33 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.out.read_text()) if args.merge and args.out.exists() else {}
     command = "python -m bench.gpu " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command, "commands": [*previous.get("commands", []), command],
-        "machine": environment.machine(), "versions": environment.versions(), "cuda": status, "tiny": tiny,
-        "budget_minutes": budget, "selected": [s.name for s in selected], "ingress": args.ingress, "sections": previous.get("sections", {}),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": command,
+        "commands": [*previous.get("commands", []), command],
+        "machine": environment.machine(),
+        "versions": environment.versions(),
+        "cuda": status,
+        "tiny": tiny,
+        "budget_minutes": budget,
+        "selected": [s.name for s in selected],
+        "ingress": args.ingress,
+        "sections": previous.get("sections", {}),
     }
     gpu_name = result["machine"]["gpu"] or "no GPU"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as work:
         ctx = Context(
-            cuda=cuda, tiny=tiny, images_wanted=args.n or (12 if tiny else 40_000), data_root=args.data, work=Path(work),
-            options={"clients": args.clients, "duration": args.duration, "warmup": args.warmup, "recompile_backend": args.recompile_backend},
+            cuda=cuda,
+            tiny=tiny,
+            images_wanted=args.n or (12 if tiny else 40_000),
+            data_root=args.data,
+            work=Path(work),
+            options={
+                "clients": args.clients,
+                "duration": args.duration,
+                "warmup": args.warmup,
+                "recompile_backend": args.recompile_backend,
+            },
             deadline=time.monotonic() + budget * 60,
         )
         data_error = None
@@ -298,36 +373,58 @@ def main(argv: list[str] | None = None) -> int:
             elif section.data and data_error:
                 entry = {"status": "error", "error": f"no dataset: {data_error}", "figures": []}
             elif section.minutes > left and not args.in_child:
-                entry = {"status": "skipped", "reason": f"would not fit: ~{section.minutes:g} min expected, {left:.1f} of --budget-minutes {budget:g} left"}
+                entry = {
+                    "status": "skipped",
+                    "reason": (
+                        f"would not fit: ~{section.minutes:g} min expected, "
+                        f"{left:.1f} of --budget-minutes {budget:g} left"
+                    ),
+                }
                 log(f"{section.name}: {entry['reason']}")
             else:
                 log(f"{section.name} (~{section.minutes:g} min): {section.about}")
-                entry = run_isolated(section, ctx, args, left, log) if runs_isolated(section, cuda, args) else run_section(section, ctx, log)
-                log(f"{section.name}: {entry['status']}" + (f" in {entry['minutes']} min" if "minutes" in entry else ""))
+                entry = (
+                    run_isolated(section, ctx, args, left, log)
+                    if runs_isolated(section, cuda, args)
+                    else run_section(section, ctx, log)
+                )
+                log(
+                    f"{section.name}: {entry['status']}" + (f" in {entry['minutes']} min" if "minutes" in entry else "")
+                )
             entry["gpu"] = gpu_name  # pieces merged from several commands may come from different machines
             result["sections"][section.name] = entry
             result["dataset"] = ctx.dataset_info or result.get("dataset") or previous.get("dataset")
             result["minutes"] = round((time.perf_counter() - started) / 60, 2)
             write_json(args.out, result)
-        _stop_ray()
+        _stop_what_was_started(serve_started=ctx.serve_started, ray_started=not ray_was_running)
     print(table(result))
     print(f"\nJSON: {args.out}")
     statuses = [result["sections"][s.name]["status"] for s in selected]
     return 1 if any(status in ("fail", "error") for status in statuses) else 0
 
 
-def _stop_ray() -> None:
+def _ray_running() -> bool:
     if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized()
+
+
+def _stop_what_was_started(*, serve_started: bool, ray_started: bool) -> None:
+    """Serve if this run started it, Ray if this run started it: a caller's stay as they were."""
+    if not _ray_running():
         return
     import ray
 
-    if ray.is_initialized():
+    if serve_started or ray_started:
         try:
             from ray import serve
 
             serve.shutdown()
         except Exception:  # noqa: BLE001 - shutting down; nothing left to measure
             pass
+    if ray_started:
         ray.shutdown()
 
 

@@ -1,4 +1,10 @@
-"""Closed-loop HTTP load on loopback: ``clients`` workers each POST, await, repeat, for a bounded time.
+"""Closed-loop load on loopback: ``clients`` workers each send, await, repeat, for a bounded time.
+
+``--protocol v1`` (default) POSTs each image's bytes to ``--url``; ``v2`` POSTs it as the Open
+Inference Protocol's binary request (one image, Triton's binary tensor data, the top 5 through
+the classification extension, answered in binary: what a tritonclient user sends) to
+``--url`` = ``.../v2/models/<m>/infer``; ``grpc`` sends the same request as ``ModelInfer`` to
+``--url`` = ``host:port``.
 
 Run as its own process (``python -m bench.load ...``) so the client does not share the server's
 interpreter; prints one JSON line: requests, errors, req/s, p50/p99 latency in ms, and the p99 of
@@ -16,6 +22,7 @@ import contextlib
 import http.client
 import importlib.util
 import json
+import struct
 import threading
 import time
 import urllib.parse
@@ -24,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-HEADERS = {"content-type": "image/jpeg"}
+V1_HEADERS = {"content-type": "image/jpeg"}
+V2_OUTPUTS = [{"name": "probabilities", "parameters": {"classification": 5, "binary_data": True}}]
 FIRST = 50  # requests whose latency is reported separately, warm-up or not
 CLIENTS = ("aiohttp", "httpx", "stdlib")
 
@@ -33,7 +41,34 @@ def default_client() -> str:
     return next((name for name in CLIENTS[:2] if importlib.util.find_spec(name)), "stdlib")
 
 
-async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: float, warmup: float, client: str | None = None) -> dict:
+def v2_request(image: bytes) -> tuple[bytes, dict[str, str]]:
+    """One image as tritonclient.http sends it: JSON header, then the BYTES element (4-byte LE length + bytes)."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(image) + 4}}
+            ],
+            "outputs": V2_OUTPUTS,
+        }
+    ).encode()
+    headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
+    return header + struct.pack("<I", len(image)) + image, headers
+
+
+async def closed_loop(
+    url: str,
+    bodies: list[bytes],
+    clients: int,
+    duration: float,
+    warmup: float,
+    client: str | None = None,
+    protocol: str = "v1",
+    model: str = "",
+    application: str = "",
+) -> dict:
+    if protocol == "grpc":
+        return await grpc_closed_loop(url, bodies, clients, duration, warmup, model, application)
+    requests = [v2_request(b) if protocol == "v2" else (b, V1_HEADERS) for b in bodies]
     client = client or default_client()
     latencies: list[float] = []
     first: list[float] = []
@@ -45,7 +80,7 @@ async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: flo
         async def worker(offset: int) -> None:
             i = offset
             while (now := time.perf_counter()) < stop_at:
-                status = await post(url, bodies[i % len(bodies)])
+                status = await post(url, *requests[i % len(requests)])
                 done = time.perf_counter()
                 if len(first) < FIRST:
                     first.append(done - now)
@@ -55,12 +90,8 @@ async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: flo
                 i += clients
 
         await asyncio.gather(*(worker(c) for c in range(clients)))
-    ok = statuses.get(200, 0)
-    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {
-        "clients": clients, "requests": len(latencies), "ok": ok, "errors": len(latencies) - ok,
-        "req_s": round(ok / duration, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
-        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        **_summary(latencies, statuses, 200, clients, duration),
         "first50_p99_ms": round(float(np.percentile(np.array(first) * 1000, 99)), 1) if first else None,
         "client": client,
     }
@@ -73,9 +104,9 @@ async def _aiohttp_poster(clients: int):
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
 
-        async def post(url: str, body: bytes) -> int:
+        async def post(url: str, body: bytes, headers: dict) -> int:
             try:
-                async with session.post(url, data=body, headers=HEADERS) as r:
+                async with session.post(url, data=body, headers=headers) as r:
                     await r.read()
                     return r.status
             except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -91,9 +122,9 @@ async def _httpx_poster(clients: int):
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=60) as session:
 
-        async def post(url: str, body: bytes) -> int:
+        async def post(url: str, body: bytes, headers: dict) -> int:
             try:
-                return (await session.post(url, content=body, headers=HEADERS)).status_code
+                return (await session.post(url, content=body, headers=headers)).status_code
             except (httpx.HTTPError, asyncio.TimeoutError):
                 return -1
 
@@ -106,13 +137,15 @@ async def _stdlib_poster(clients: int):
     pool = ThreadPoolExecutor(clients, thread_name_prefix="load")
     loop = asyncio.get_running_loop()
 
-    def blocking_post(url: str, body: bytes) -> int:
+    def blocking_post(url: str, body: bytes, headers: dict) -> int:
         parts = urllib.parse.urlsplit(url)
         connection = getattr(local, "connection", None)
         if connection is None:
             connection = local.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         try:
-            connection.request("POST", parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=HEADERS)
+            connection.request(
+                "POST", parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers
+            )
             response = connection.getresponse()
             response.read()
             return response.status
@@ -121,13 +154,70 @@ async def _stdlib_poster(clients: int):
             local.connection = None
             return -1
 
-    async def post(url: str, body: bytes) -> int:
-        return await loop.run_in_executor(pool, blocking_post, url, body)
+    async def post(url: str, body: bytes, headers: dict) -> int:
+        return await loop.run_in_executor(pool, blocking_post, url, body, headers)
 
     try:
         yield post
     finally:
         pool.shutdown(wait=False)
+
+
+async def grpc_closed_loop(
+    address: str, bodies: list[bytes], clients: int, duration: float, warmup: float, model: str, application: str
+) -> dict:
+    """``ModelInfer`` with pre-serialised requests over one channel (as tritonclient.grpc does);
+    ``application`` is Serve's routing key, needed when more than one application runs."""
+    import grpc
+
+    from deployments.v2.open_inference_grpc_pb2 import ModelInferRequest
+
+    def serialized(image: bytes) -> bytes:
+        request = ModelInferRequest(model_name=model)
+        request.inputs.add(name="image", datatype="BYTES", shape=[1])
+        request.outputs.add(name="probabilities").parameters["classification"].int64_param = 5
+        request.raw_input_contents.append(struct.pack("<I", len(image)) + image)
+        return request.SerializeToString()
+
+    requests = [serialized(b) for b in bodies]
+    metadata = (("application", application),) if application else None
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+    async with grpc.aio.insecure_channel(address) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+
+        async def worker(offset: int) -> None:
+            i = offset
+            while (now := time.perf_counter()) < stop_at:
+                try:
+                    await infer(requests[i % len(requests)], timeout=60, metadata=metadata)
+                    status = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    status = exc.code().name
+                done = time.perf_counter()
+                if now >= measure_from:
+                    latencies.append(done - now)
+                    statuses[status] = statuses.get(status, 0) + 1
+                i += clients
+
+        await asyncio.gather(*(worker(c) for c in range(clients)))
+    return _summary(latencies, statuses, "OK", clients, duration)
+
+
+def _summary(latencies: list[float], statuses: dict, ok_status, clients: int, duration: float) -> dict:
+    ok = statuses.get(ok_status, 0)
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "ok": ok,
+        "errors": len(latencies) - ok,
+        "req_s": round(ok / duration, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+    }
 
 
 _POSTERS = {"aiohttp": _aiohttp_poster, "httpx": _httpx_poster, "stdlib": _stdlib_poster}
@@ -140,10 +230,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--client", choices=CLIENTS, default=None, help="HTTP client library (default: the first installed)")
+    parser.add_argument(
+        "--client", choices=CLIENTS, default=None, help="HTTP client library (default: the first installed)"
+    )
+    parser.add_argument("--protocol", choices=("v1", "v2", "grpc"), default="v1")
+    parser.add_argument("--model", default="efficientnet_lite0", help="grpc: the model to call")
+    parser.add_argument("--application", default="", help="grpc: Serve's application name (when several run)")
     args = parser.parse_args(argv)
     bodies = [p.read_bytes() for p in sorted(Path(args.files).rglob("*.jpg"))[:512]]
-    print(json.dumps(asyncio.run(closed_loop(args.url, bodies, args.clients, args.duration, args.warmup, args.client))))
+    result = closed_loop(
+        args.url,
+        bodies,
+        args.clients,
+        args.duration,
+        args.warmup,
+        args.client,
+        args.protocol,
+        args.model,
+        args.application,
+    )
+    print(json.dumps(asyncio.run(result)))
 
 
 if __name__ == "__main__":

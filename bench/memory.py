@@ -1,5 +1,6 @@
-"""Memory while a benchmark block runs: host (whole machine) and GPU (whole device, nvidia-smi);
-with it, how busy the CPUs (/proc/stat) and the GPU (nvidia-smi's utilization) were on average.
+"""Memory while a benchmark block runs: host (whole machine), GPU (whole device, nvidia-smi), and
+the resident set of named groups of processes (``RssSampler``: Serve's proxy, replicas...); with it,
+how busy the CPUs (/proc/stat) and the GPU (nvidia-smi's utilization) were on average.
 
 Reports the peak above the start and the growth: the median of the last tenth of the samples
 minus the median of the samples from 20 % to 30 % of the run (past start-up and warm-up). A
@@ -13,22 +14,20 @@ import shutil
 import statistics
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 GIB = 2**30
 
 
-class MemorySampler:
-    def __init__(self, interval_s: float = 0.5):
-        self.interval_s = interval_s
-        self.host: list[int] = []
-        self.gpu: list[int] = []
-        self.gpu_util: list[int] = []  # % of the sample period a kernel ran, per nvidia-smi
-        self._nvidia_smi = shutil.which("nvidia-smi")
-        self._cpu_first: tuple[int, int] | None = None
-        self._cpu_last: tuple[int, int] | None = None
+class PeriodicSampler:
+    """Calls ``_sample_once`` on entering, every ``interval_s`` on a daemon thread, and on leaving."""
 
-    def __enter__(self) -> "MemorySampler":
+    interval_s: float
+
+    def __enter__(self):
+        self._before_first_sample()
         self._sample_once()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -40,9 +39,29 @@ class MemorySampler:
         self._thread.join()
         self._sample_once()
 
+    def _before_first_sample(self) -> None:
+        pass
+
+    def _tick(self) -> None:
+        self._sample_once()
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._sample_once()
+            self._tick()
+
+    def _sample_once(self) -> None:
+        raise NotImplementedError
+
+
+class MemorySampler(PeriodicSampler):
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.host: list[int] = []
+        self.gpu: list[int] = []
+        self.gpu_util: list[int] = []  # % of the sample period a kernel ran, per nvidia-smi
+        self._nvidia_smi = shutil.which("nvidia-smi")
+        self._cpu_first: tuple[int, int] | None = None
+        self._cpu_last: tuple[int, int] | None = None
 
     def _sample_once(self) -> None:
         self.host.append(host_used_bytes())
@@ -71,12 +90,19 @@ class MemorySampler:
 
 
 def growth(samples: list[int]) -> float | None:
+    """GiB: median of the last tenth minus median of the samples at 20-30 % of the run."""
+    early_late = growth_window(samples)
+    return None if early_late is None else round((early_late[1] - early_late[0]) / GIB, 3)
+
+
+def growth_window(samples: list[int]) -> tuple[float, float] | None:
+    """(median of the samples at 20-30 % of the run, median of the last tenth); None under 10 samples."""
     if len(samples) < 10:
         return None
     n = len(samples)
     early = statistics.median(samples[int(n * 0.2) : max(int(n * 0.3), int(n * 0.2) + 1)])
     late = statistics.median(samples[-max(1, n // 10) :])
-    return round((late - early) / GIB, 3)
+    return early, late
 
 
 def _peak_above_start(samples: list[int]) -> float | None:
@@ -101,7 +127,10 @@ def gpu_sample(nvidia_smi: str) -> tuple[int, int] | None:
     try:
         out = subprocess.run(
             [nvidia_smi, "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits", "--id=0"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         used, util = out.stdout.strip().splitlines()[0].split(",")
         return int(used) * 2**20, int(util)  # MiB, %
@@ -124,3 +153,94 @@ def _busy_pct(first: tuple[int, int] | None, last: tuple[int, int] | None) -> fl
     if not first or not last or last[1] <= first[1]:
         return None
     return round(100 * (last[0] - first[0]) / (last[1] - first[1]), 1)
+
+
+TOTAL = "total"
+
+
+class RssSampler(PeriodicSampler):
+    """Resident set size of groups of processes, e.g. {"proxy": [pid], "model": [pid, pid]}, every
+    ``interval_s``; ``groups`` is called again every ``refresh_s`` (replicas come and go). A
+    process's children count with it (HAProxy under Serve's proxy actor); group ``total`` sums them.
+    ``mark()`` and ``mark_end()`` bound the measured window that ``summary()`` reports on."""
+
+    def __init__(self, groups: Callable[[], dict[str, list[int]]], interval_s: float = 0.5, refresh_s: float = 5.0):
+        self.groups_fn, self.interval_s, self.refresh_s = groups, interval_s, refresh_s
+        self.samples: dict[str, list[int]] = {}
+        self.marked: dict[str, int] = {}  # group -> index of its first sample in the measured window
+        self.ended: dict[str, int] = {}  # group -> index past its last sample in the window (default: all)
+
+    def _before_first_sample(self) -> None:
+        self._groups, self._refreshed = self.groups_fn(), time.monotonic()
+
+    def mark(self) -> None:
+        self.marked = {group: len(values) for group, values in self.samples.items()}
+
+    def mark_end(self) -> None:
+        self.ended = {group: len(values) for group, values in self.samples.items()}
+
+    def _tick(self) -> None:
+        if time.monotonic() - self._refreshed >= self.refresh_s:
+            try:
+                self._groups = self.groups_fn()
+            except Exception:  # keep the last known processes; the next refresh tries again
+                pass
+            self._refreshed = time.monotonic()
+        self._sample_once()
+
+    def _sample_once(self) -> None:
+        total = 0
+        for group, pids in self._groups.items():
+            value = sum(rss_bytes(pid) for pid in pids)
+            self.samples.setdefault(group, []).append(value)
+            total += value
+        self.samples.setdefault(TOTAL, []).append(total)
+
+    def summary(self) -> dict[str, dict]:
+        """Per group, MiB: ``start`` (first sample), ``before`` / ``after`` (first / last of the window), ``peak``, and
+        ``growth_pct`` (``growth_window`` over the window, relative to its early median)."""
+        out = {}
+        for group, values in self.samples.items():
+            window = values[self.marked.get(group, 0) : self.ended.get(group, len(values))] or values
+            early_late = growth_window(window)
+            growth_pct = None
+            if early_late and early_late[0] > 0:
+                growth_pct = round(100 * (early_late[1] - early_late[0]) / early_late[0], 2)
+            out[group] = {
+                "start_mib": _mib(values[0]),
+                "before_mib": _mib(window[0]),
+                "after_mib": _mib(window[-1]),
+                "peak_mib": _mib(max(values)),
+                "growth_pct": growth_pct,
+                "samples": len(window),
+            }
+        return out
+
+
+def rss_bytes(pid: int) -> int:
+    """RSS of a process and its descendants; 0 once it is gone."""
+    psutil = import_psutil()
+
+    try:
+        process = psutil.Process(pid)
+        total = process.memory_info().rss
+        for child in process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return 0
+
+
+def import_psutil():
+    """psutil ships inside Ray (ray/thirdparty_files, put on sys.path by ``import ray``)."""
+    import psutil
+    import ray  # noqa: F401
+
+    return psutil
+
+
+def _mib(value: int) -> float:
+    return round(value / 2**20, 1)

@@ -60,15 +60,25 @@ def measure(
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         config = ModelConfig(
-            name=model, weights=weights, precision=precision, channels_last=memory_format, compile=compiled, cudnn_benchmark=cudnn_benchmark,
+            name=model,
+            weights=weights,
+            precision=precision,
+            channels_last=memory_format,
+            compile=compiled,
+            cudnn_benchmark=cudnn_benchmark,
         )
         # eager CUDA batches are padded to warmed sizes too, so every measured size is warmed
         wrapper = ModelWrapper(config, batch_sizes=sizes if compiled or cuda else (1,))
         items = [wrapper.load(data) for data in images]
         top1 = [r[0]["index"] for r in wrapper.predict_batch(items)]
         reference = reference or top1
-        row = {"precision": precision, "channels_last": wrapper.channels_last, "compile": compiled, "device": str(wrapper.device),
-               "top1_agree": f"{sum(a == b for a, b in zip(top1, reference))}/{len(top1)}"}
+        row = {
+            "precision": precision,
+            "channels_last": wrapper.channels_last,
+            "compile": compiled,
+            "device": str(wrapper.device),
+            "top1_agree": f"{sum(a == b for a, b in zip(top1, reference))}/{len(top1)}",
+        }
         row |= {f"b{bs}": round(rate(wrapper, items, bs, seconds), 1) for bs in sizes}
         if cuda:
             row["max_mem_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
@@ -86,18 +96,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--compile", action="store_true", help="also rows with compile (channels_last), each size warmed first")
-    parser.add_argument("--channels-last", choices=["both", "on", "off"], default="both", help="eager rows' memory formats")
-    parser.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on", help="CUDA: cuDNN autotune (a process-wide switch)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also rows with compile (channels_last), each size warmed first"
+    )
+    parser.add_argument(
+        "--channels-last", choices=["both", "on", "off"], default="both", help="eager rows' memory formats"
+    )
+    parser.add_argument(
+        "--cudnn-benchmark", choices=["on", "off"], default="on", help="CUDA: cuDNN autotune (a process-wide switch)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     formats = {"both": (False, True), "on": (True,), "off": (False,)}[args.channels_last]
     rows = measure(
-        args.model, args.weights, args.precisions.split(","), [int(bs) for bs in args.batch_sizes.split(",")], args.seconds,
-        compile=args.compile, channels_last=formats, cudnn_benchmark=args.cudnn_benchmark == "on",
+        args.model,
+        args.weights,
+        args.precisions.split(","),
+        [int(bs) for bs in args.batch_sizes.split(",")],
+        args.seconds,
+        compile=args.compile,
+        channels_last=formats,
+        cudnn_benchmark=args.cudnn_benchmark == "on",
         log=lambda line: print(line, flush=True),
     )
-    print(json.dumps({"model": args.model, "threads": args.threads, "cudnn_benchmark": args.cudnn_benchmark == "on", "rows": rows}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "threads": args.threads,
+                "cudnn_benchmark": args.cudnn_benchmark == "on",
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

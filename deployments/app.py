@@ -22,22 +22,29 @@ def model_deployment_name(model: str) -> str:
 
 
 def build(
-    args: AppArgs, model_server_cls: type = ModelServer, ingress_cls: type = Ingress, ingress_runtime_env: dict | None = None
+    args: AppArgs,
+    model_server_cls: type = ModelServer,
+    ingress_cls: type = Ingress,
+    ingress_runtime_env: dict | None = None,
 ) -> Application:
     """The app; tests swap ``model_server_cls`` for one held by a signal, and give the ingress
     environment variables through ``ingress_runtime_env``."""
     handles, configs = {}, {}
     for entry in args.enabled_models:
-        name = entry.model.name
+        name = entry.served_name
         deployment = serve.deployment(model_server_cls).options(
             name=model_deployment_name(name),
             num_replicas=entry.num_replicas,
             max_ongoing_requests=entry.max_ongoing_requests,
             max_queued_requests=entry.max_queued_requests,
-            ray_actor_options={"num_cpus": entry.num_cpus, "num_gpus": entry.num_gpus, "resources": dict(entry.resources)},
-            user_config=entry.batching.model_dump(),
+            ray_actor_options={
+                "num_cpus": entry.num_cpus,
+                "num_gpus": entry.num_gpus,
+                "resources": dict(entry.resources),
+            },
+            user_config=entry.resolved_batching.model_dump(),
         )
-        handles[name] = deployment.bind(entry.model.model_dump(), entry.max_ongoing_requests)
+        handles[name] = deployment.bind(entry.model.model_dump(), entry.max_ongoing_requests, name)
         configs[name] = entry.model.model_dump()
     ingress_actor_options = {"num_cpus": args.ingress.num_cpus}
     if ingress_runtime_env:

@@ -3,23 +3,46 @@ annotation). The model part is ``shared.config.ModelConfig``: the same vocabular
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from shared import auto
 from shared.config import ModelConfig, StrictModel, check_gpu_request
 from shared.decode import DEFAULT_MAX_BYTES
+from shared.devices import planned_device_type
+from shared.tasks import TASKS
 
 
 class BatchingConfig(StrictModel):
     """``@serve.batch`` settings; also the deployment's ``user_config`` (changeable at run time)."""
 
-    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto", description="auto = small on a CPU, large on a GPU (shared/auto.py)"
+    )
+
+    def resolved(self, model: ModelConfig, device_type: str) -> "BatchingConfig":
+        """This batching with ``max_batch_size: auto`` settled for ``model`` on ``device_type``."""
+        if self.max_batch_size != "auto":
+            return self
+        return self.model_copy(
+            update={"max_batch_size": auto.batch_size(TASKS[model.resolved_task], device_type, online=True)}
+        )
+
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
     max_concurrent_batches: int = Field(2, ge=1, le=16)
 
 
+SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"  # one URL path segment
+
+
 class ModelDeploymentConfig(StrictModel):
+    name: str | None = Field(
+        None,
+        description="what clients call it: /v1/models/{name}/...; default the model's name, when that is one "
+        "path segment (an hf: directory is not)",
+    )
     model: ModelConfig = ModelConfig()
     enabled: bool = True
     batching: BatchingConfig = BatchingConfig()
@@ -27,15 +50,30 @@ class ModelDeploymentConfig(StrictModel):
     num_gpus: float = Field(0.0, ge=0.0, description="per replica; 0 on a CPU-only machine")
     num_cpus: float = Field(1.0, ge=0.0)
     resources: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
-        default_factory=dict, description='custom Ray resources per replica, e.g. {"worker": 1}: only nodes '
+        default_factory=dict,
+        description='custom Ray resources per replica, e.g. {"worker": 1}: only nodes '
         "started with them (ray start --resources) run this model",
     )
     max_ongoing_requests: int = Field(128, ge=1)
     max_queued_requests: int = Field(256, ge=-1, description="beyond this, callers get 503 at once; -1 = no limit")
 
+    @property
+    def served_name(self) -> str:
+        return self.name or self.model.name
+
+    @property
+    def resolved_batching(self) -> BatchingConfig:
+        """``batching`` with ``auto`` settled for the device the replicas will run on (from the reservation)."""
+        return self.batching.resolved(self.model, planned_device_type(self.model.device, self.num_gpus))
+
     @model_validator(mode="after")
     def _consistent(self) -> "ModelDeploymentConfig":
-        check_batches_can_fill(self.batching, self.max_ongoing_requests)
+        if not re.match(SERVED_NAME, self.served_name):
+            raise ValueError(
+                f"{self.served_name!r} cannot be one URL path segment: give this entry a name "
+                "(letters, digits, '_', '.', ':', '-'), e.g. name: my-model"
+            )
+        check_batches_can_fill(self.resolved_batching, self.max_ongoing_requests)
         check_gpu_request(self.model, self.num_gpus)
         if {"CPU", "GPU"} & set(self.resources):
             raise ValueError("resources is for custom resources: use num_cpus / num_gpus for CPU and GPU")
@@ -62,21 +100,36 @@ class IngressConfig(StrictModel):
     decode_threads: int = Field(4, ge=1, le=64, description="per ingress replica, off the event loop")
     max_ongoing_requests: int = Field(512, ge=1)
     max_queued_requests: int = Field(1024, ge=0)
+    max_inflight_images: int = Field(
+        64,
+        ge=1,
+        description="images one ingress replica works on at once (decoding or awaiting the model); a request "
+        "beyond it gets 503 overloaded before its images are decoded (deployments/admission.py says why). "
+        "Size it to what the replica's models answer well within the proxy's request_timeout_s",
+    )
     max_body_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="larger bodies get 413")
     model_call_timeout_s: float = Field(
-        20.0, gt=0.0, le=600.0,
+        20.0,
+        gt=0.0,
+        le=600.0,
         description="deadline of one request's model call, retries included; past it the client gets 503 "
         "unavailable. Keep it below http_options.request_timeout_s, or the proxy answers 408 first",
     )
     model_call_retries: int = Field(
-        2, ge=0, le=2, description="re-sends, within the deadline, of a call whose model replica died or was unreachable",
+        2,
+        ge=0,
+        le=2,
+        description="re-sends, within the deadline, of a call whose model replica died or was unreachable",
     )
     api_keys_env: str | None = Field(
-        None, pattern=ENV_NAME,
+        None,
+        pattern=ENV_NAME,
         description="name of an environment variable (of the ingress replicas) holding comma-separated API keys",
     )
     api_keys_file: str | None = Field(
-        None, min_length=1, description="path (on the ingress replicas' nodes) of a file with one API key per line",
+        None,
+        min_length=1,
+        description="path (on the ingress replicas' nodes) of a file with one API key per line",
     )
 
     @property
@@ -90,11 +143,13 @@ class AppArgs(StrictModel):
 
     @model_validator(mode="after")
     def _some_unique_models(self) -> "AppArgs":
-        names = [m.model.name for m in self.enabled_models]
+        names = [m.served_name for m in self.enabled_models]
         if not names:
             raise ValueError("no model is enabled")
         if len(names) != len(set(names)):
-            raise ValueError(f"a model is listed twice: {names}")
+            raise ValueError(
+                f"a name is served twice: {names}; give one entry another name (e.g. to serve a model as embed too)"
+            )
         return self
 
     @property

@@ -18,13 +18,18 @@ RAW_TYPES = ("application/octet-stream",)
 MIN_KEY_LENGTH = 16
 
 
-def error_response(error: TwinferError) -> JSONResponse:
+def error_headers(error: TwinferError) -> dict[str, str]:
+    """Retry-After for the errors that say when to come back; the challenge for a missing key."""
     headers = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="twinfer"'
-    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status, headers=headers)
+    return headers
+
+
+def error_response(error: TwinferError) -> JSONResponse:
+    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status, headers=error_headers(error))
 
 
 def load_api_keys(settings: IngressConfig) -> tuple[bytes, ...]:

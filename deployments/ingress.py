@@ -5,9 +5,10 @@ answered with its own 4xx and never reaches (or fails) a model batch. With ``dec
 only a JPEG's header is checked here (``twinfer_decode_seconds`` then times that check); a JPEG
 that no decoder can read comes back from the model as its own ``TwinferError``, answered the same way.
 
-Every answer is JSON: a model call that cannot finish (its replica died, none is reachable) is
-retried within the call's deadline and otherwise answered 503 ``unavailable``; anything
-unexpected is a 500 ``internal``, logged with its traceback, never Serve's bare 500.
+Every answer is JSON (but the web page's files, ``deployments/page.py``): a model call that
+cannot finish (its replica died, none is reachable) is retried within the call's deadline and
+otherwise answered 503 ``unavailable``; anything unexpected is a 500 ``internal``, logged with its
+traceback, never Serve's bare 500.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from deployments.admission import Admission
 from deployments.config import IngressConfig
 from deployments.http import check_bearer, error_response, image_bytes, load_api_keys
-from deployments.metrics import IngressMetrics
+from deployments.metrics import NO_MODEL, UNKNOWN_MODEL, IngressMetrics
+from deployments.openapi import build_openapi
+from deployments.page import Site
+from deployments.v2.protocol import OpenInferenceProtocol
 from shared import ImageLoader, ModelConfig
 from shared.errors import (
     MethodNotAllowed,
@@ -37,13 +42,9 @@ from shared.errors import (
     Unavailable,
     WrongTask,
 )
-from shared.wrapper import DEFAULT_TOP_K, validate_score_threshold, validate_top_k
+from shared.tasks import TASKS
 
 logger = logging.getLogger("ray.serve")
-
-TASK_ROUTES = {"classify": "classify", "detect": "detect"}
-UNKNOWN_MODEL = "unknown"  # the metrics' model tag for names not served: a bounded set of time series
-NO_MODEL = "-"  # ... and for routes that name no model
 
 # What a handle call raises when its replica died mid-request (ActorDiedError) or could not be
 # reached (ActorUnavailableError; both RayActorError), or Serve gave up on a chosen replica.
@@ -53,16 +54,22 @@ RETRYABLE = (RayActorError, ReplicaUnavailableError)
 RETRY_BACKOFF_S = (0.05, 0.25)
 
 
-class Ingress:
+class Ingress(OpenInferenceProtocol):  # + /v2/... and gRPC: the Open Inference Protocol (deployments/v2)
     def __init__(self, models: dict[str, DeploymentHandle], model_configs: dict[str, dict], ingress: dict):
         self.handles = models
         self.loaders = {name: ImageLoader(ModelConfig.model_validate(cfg)) for name, cfg in model_configs.items()}
         self.settings = IngressConfig.model_validate(ingress)
         self.api_keys = load_api_keys(self.settings)  # refuses to start when a configured source has no key
         self.pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
+        self.admission = Admission(self.settings.max_inflight_images)
         self.metrics = IngressMetrics()
+        self.site = Site(build_openapi(self.settings))  # GET /, its files, /openapi.json: open, like /healthz
         if self.settings.api_keys_enabled:
-            logger.info("API keys on: %d key(s); every route but /healthz needs 'Authorization: Bearer'", len(self.api_keys))
+            logger.info(
+                "API keys on: %d key(s); every route but /healthz, the page and /openapi.json "
+                "needs 'Authorization: Bearer'",
+                len(self.api_keys),
+            )
 
     async def __call__(self, request: Request) -> Response:
         model_tag = NO_MODEL
@@ -70,12 +77,18 @@ class Ingress:
             parts = _route_parts(request)
             if parts == ["healthz"]:
                 return await self._healthz(request)
+            if parts[:1] == ["v2"]:  # answers every error itself, in the protocol's format
+                return await self.v2_http(request, parts[1:])
+            asset = self.site.get(parts)
+            if asset is not None:
+                _require(request, "GET")
+                return self.site.answer(request, asset)
             if self.settings.api_keys_enabled:
                 check_bearer(request, self.api_keys)
             if parts[:2] == ["v1", "models"] and len(parts) == 2:
                 _require(request, "GET")
                 return await self._list_models()
-            if parts[:2] == ["v1", "models"] and len(parts) == 4 and parts[3] in TASK_ROUTES:
+            if parts[:2] == ["v1", "models"] and len(parts) == 4 and parts[3] in TASKS:
                 model = parts[2]
                 model_tag = model if model in self.handles else UNKNOWN_MODEL
                 _require(request, "POST")
@@ -115,7 +128,9 @@ class Ingress:
             if not done:
                 waiter.cancel()
                 response.cancel()
-                raise Unavailable(f"model {model!r} did not answer within {timeout_s:g} s ({attempt + 1} attempt(s)); retry later")
+                raise Unavailable(
+                    f"model {model!r} did not answer within {timeout_s:g} s ({attempt + 1} attempt(s)); retry later"
+                )
             try:
                 return waiter.result()
             except DeploymentUnavailableError:
@@ -124,34 +139,32 @@ class Ingress:
                 reason = type(exc).__name__
                 backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 if attempt >= self.settings.model_call_retries or loop.time() + backoff >= deadline:
-                    raise Unavailable(f"model {model!r} is unavailable ({reason}, {attempt + 1} attempt(s)); retry later") from None
+                    raise Unavailable(
+                        f"model {model!r} is unavailable ({reason}, {attempt + 1} attempt(s)); retry later"
+                    ) from None
                 attempt += 1
                 logger.warning("model %r: %s from the replica; re-sending (retry %d)", model, reason, attempt)
                 self.metrics.retries.inc(tags={"model": model, "reason": reason})
                 await asyncio.sleep(backoff)
 
-    async def _infer(self, request: Request, model: str, task: str) -> Response:
+    async def _infer(self, request: Request, model: str, route: str) -> Response:
         loader = self.loaders.get(model)
         if loader is None:
             raise ModelNotFound(f"model {model!r} is not served here; served: {', '.join(self.loaders)}")
-        if loader.spec.task != task:
-            raise WrongTask(f"model {model!r} does {loader.spec.task}, not {task}; use /v1/models/{model}/{loader.spec.task}")
-        if task == "classify":
-            params = {"top_k": validate_top_k(request.query_params.get("top_k", DEFAULT_TOP_K))}
-        else:
-            default = loader.config.score_threshold
-            params = {"score_threshold": validate_score_threshold(request.query_params.get("score_threshold", default))}
+        task = loader.task
+        if task.name != route:
+            raise WrongTask(f"model {model!r} serves {task.name}, not {route}; use /v1/models/{model}/{task.name}")
+        params = task.params(request.query_params)
         data = await image_bytes(request, self.settings.max_body_bytes)
 
-        started = time.perf_counter()
-        item = await asyncio.get_running_loop().run_in_executor(self.pool, loader.load, data)
-        self.metrics.decode_seconds.observe(time.perf_counter() - started, tags={"model": model})
-
-        result = await self._call(model, "infer", item, params)
+        with self.admission.admit(1):
+            started = time.perf_counter()
+            item = await asyncio.get_running_loop().run_in_executor(self.pool, loader.load, data)
+            self.metrics.decode_seconds.observe(time.perf_counter() - started, tags={"model": model})
+            result = await self._call(model, "infer", item, params)
         if isinstance(result, TwinferError):  # a JPEG left for the device decoder that no decoder could read
             raise result
-        key = "predictions" if task == "classify" else "detections"
-        return JSONResponse({"model": model, key: result})
+        return JSONResponse(task.response(model, result))
 
     async def _list_models(self) -> Response:
         described = await asyncio.gather(*(self._call(name, "describe") for name in self.handles))
@@ -163,9 +176,13 @@ class Ingress:
         app = serve.get_replica_context().app_name
         status = await asyncio.get_running_loop().run_in_executor(None, serve.status)
         deployments = status.applications[app].deployments
-        states = {name: str(d.status.value if hasattr(d.status, "value") else d.status) for name, d in deployments.items()}
+        states = {
+            name: str(d.status.value if hasattr(d.status, "value") else d.status) for name, d in deployments.items()
+        }
         healthy = all(state == "HEALTHY" for state in states.values())
-        return JSONResponse({"status": "ok" if healthy else "unavailable", "deployments": states}, status_code=200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", "deployments": states}, status_code=200 if healthy else 503
+        )
 
 
 async def _awaited(response):

@@ -15,6 +15,7 @@ import collections
 import time
 from typing import Any
 
+import torch
 from ray import serve
 
 from deployments.config import BatchingConfig, check_batches_can_fill
@@ -25,19 +26,24 @@ from shared.wrapper import Item, bucket_sizes
 
 
 class ModelServer:
-    def __init__(self, model_config: ModelConfig, max_ongoing_requests: int | None = None):
+    def __init__(self, model_config: ModelConfig, max_ongoing_requests: int | None = None, name: str | None = None):
+        """``name``: what clients call the model (the deployment entry's ``served_name``)."""
         self.config = ModelConfig.model_validate(model_config)
+        self.name = name or self.config.name
         self.max_ongoing_requests = max_ongoing_requests
         self.wrapper = ModelWrapper(self.config, batch_sizes=())  # reconfigure warms the batcher's sizes
-        self.metrics = ModelMetrics(self.config.name)
+        self.metrics = ModelMetrics(self.name)
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # debug view of batching
         self.batching: BatchingConfig | None = None
-        self._apply(BatchingConfig())  # Serve then calls reconfigure(user_config) before any request
+        self._apply(
+            BatchingConfig().resolved(self.config, self.wrapper.device.type)
+        )  # Serve then calls reconfigure(user_config)
 
     def reconfigure(self, user_config: dict) -> None:
         """``user_config`` = BatchingConfig; applied after ``__init__`` and on every update. A
         partial update keeps the other settings; the start-up invariant is checked again."""
         batching = BatchingConfig.model_validate({**self.batching.model_dump(), **user_config})
+        batching = batching.resolved(self.config, self.wrapper.device.type)
         if self.max_ongoing_requests is not None:
             check_batches_can_fill(batching, self.max_ongoing_requests)
         # every batch size the batcher may send, warmed before it may send it (with compile, no
@@ -78,11 +84,15 @@ class ModelServer:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "name": self.config.name,
-            "task": self.wrapper.spec.task,
+            "name": self.name,
+            "model": self.config.name,
+            "task": self.wrapper.task.name,
+            "dim": self.wrapper.output_dim,
             "labels": len(self.wrapper.labels),
             "device": str(self.wrapper.device),
             "precision": str(self.wrapper.dtype).removeprefix("torch."),
+            "compile": self.wrapper.compiled,
+            "cpu_threads": torch.get_num_threads() if self.wrapper.device.type == "cpu" else None,
             "weights": self.config.weights,
             "batching": self.batching.model_dump(),
             "replica": serve.get_replica_context().replica_id.unique_id,

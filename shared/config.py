@@ -13,7 +13,9 @@ from shared.decode import (
     DEFAULT_MAX_PIXELS,
     JPEG_SCANS_AT_MAX_PIXELS,
 )
-from shared.registry import DEFAULT_MODEL, REGISTRY
+from shared.errors import ModelNotFound
+from shared.registry import DEFAULT_MODEL, ModelSpec, get_spec
+from shared.tasks import TASKS, Task
 from shared.weights import SPECIAL
 
 
@@ -36,8 +38,8 @@ class DecodeConfig(StrictModel):
         None,
         gt=0,
         description=f"cap on JPEG decode work, scans x pixels (JPEG-compressed TIFF: scans x strip/tile "
-        f"pixels); None = {JPEG_SCANS_AT_MAX_PIXELS} x max_pixels (960M by default: ~1-2.5 s of "
-        f"libjpeg-turbo at worst; a real 40 Mpx progressive photo takes ~0.9 s). Over it: image_too_complex (413)",
+        f"pixels); None = {JPEG_SCANS_AT_MAX_PIXELS} x max_pixels (960M by default; the decode time it "
+        f"allows at worst is in bench/RESULTS.md). Over it: image_too_complex (413)",
     )
     formats: tuple[str, ...] = tuple(sorted(DEFAULT_FORMATS))
     draft: bool = Field(True, description="let libjpeg decode JPEGs at a reduced scale (Pillow draft)")
@@ -69,20 +71,35 @@ def pillow_formats() -> frozenset[str]:
 
 
 class ModelConfig(StrictModel):
-    name: str = DEFAULT_MODEL
-    weights: str = Field("default", description="default | pretrained | random | local path")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    name: str = Field(
+        DEFAULT_MODEL,
+        description="a curated name, or torchvision:<builder>, hf:<hub id or save_pretrained directory>, timm:<name>",
+    )
+    task: Literal["auto", "classify", "detect", "embed"] = Field(
+        "auto", description="auto = what the model's head does; any classifier can also embed"
+    )
+    weights: str = Field(
+        "default",
+        description="default | pretrained | random | a local path (| a torchvision weights name, e.g. IMAGENET1K_V2)",
+    )
+    revision: str | None = Field(None, description="hf: models: the hub revision (commit, tag or branch) to load")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = cuda where the process reserves a GPU (Ray) or sees one (outside Ray), else cpu"
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto = fp16 on CUDA, fp32 on CPU; bf16 also runs on CPUs with AVX-512 BF16/AMX"
     )
-    channels_last: bool = True
-    cpu_threads: int | None = Field(
-        None, ge=1, le=256, description="torch intra-op threads on CPU (Ray sets OMP_NUM_THREADS=num_cpus)"
+    channels_last: bool = Field(True, description="NHWC memory format for classification and embedding models")
+    cpu_threads: int | Literal["auto"] = Field(
+        "auto",
+        description="torch intra-op threads on CPU; auto = a backfill's model actors share the node's cores, "
+        "a Serve replica keeps the threads Ray gives its CPU reservation",
     )
-    compile: bool = Field(
-        False,
-        description="classification: torch.compile (static shapes, frozen weights), every batch size warmed "
-        "at replica/actor start; batches are padded to a warmed size. On CPU it needs a C++ compiler",
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile (static shapes, frozen weights) for classification and embedding, every batch "
+        "size warmed at replica/actor start and batches padded to a warmed size; needs a C++ compiler on CPU. "
+        "auto = on for CPU servers, and for CPU backfills large enough to pay back the start-up; off on CUDA",
     )
     cudnn_benchmark: bool = Field(
         True,
@@ -93,31 +110,47 @@ class ModelConfig(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict, description="architecture overrides (random weights)")
     decode: DecodeConfig = DecodeConfig()
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in REGISTRY:
-            raise ValueError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
-        return name
-
     @model_validator(mode="after")
     def _consistent(self) -> "ModelConfig":
+        spec = self.spec  # an unknown name fails here, with close matches
+        task = TASKS[self.resolved_task]
+        if task.head != spec.task:
+            raise ValueError(f"model {self.name!r} is a {spec.task} model; it cannot serve task {self.task!r}")
+        if self.revision is not None and not spec.revisioned:
+            raise ValueError(f"revision is for Hugging Face hub models (hf:...); {self.name!r} has none")
         if self.device == "cpu" and self.precision == "fp16":
             raise ValueError("precision fp16 needs device cuda; on CPU use fp32 or bf16")
-        if self.options and self.weights in ("default", "pretrained") and self.name != "fasterrcnn_v2":
-            raise ValueError("architecture options change the model; use them with weights 'random' or a path")
-        if self.compile and self.task == "detect":
-            raise ValueError("compile is for classification models; detection takes variable-size images")
-        if self.decode.on_device and (self.device != "cuda" or self.task != "classify"):
+        changes_weights = set(self.options) - spec.pretrained_options
+        if changes_weights and self.weights in ("default", "pretrained"):
+            raise ValueError(
+                f"architecture options {sorted(changes_weights)} change the model; "
+                "use them with weights 'random' or a path"
+            )
+        if self.compile is True and not task.fixed_size:
+            raise ValueError(
+                f"compile is for classification and embedding (fixed-size inputs); task {task.name!r} takes any size"
+            )
+        if self.decode.on_device and (self.device != "cuda" or not task.fixed_size):
             # on a CPU the model process would decode serially, the very thing the CPU workers are for
-            raise ValueError("decode.on_device is for classification models with device 'cuda'")
+            raise ValueError("decode.on_device is for classification and embedding models with device 'cuda'")
         if self.weights not in SPECIAL and not self.weights.strip():
             raise ValueError("weights path is empty")
         return self
 
     @property
-    def task(self) -> str:
-        return REGISTRY[self.name].task
+    def spec(self) -> ModelSpec:
+        try:
+            return get_spec(self.name, self.revision, self.weights)
+        except ModelNotFound as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def resolved_task(self) -> str:
+        return self.spec.task if self.task == "auto" else self.task
+
+    def make_task(self, labels: tuple[str, ...] | None = None) -> Task:
+        """The task object both paths ask (labels from the spec unless given)."""
+        return TASKS[self.resolved_task](labels if labels is not None else self.spec.labels(), self.score_threshold)
 
 
 def check_gpu_request(model: ModelConfig, num_gpus: float) -> None:

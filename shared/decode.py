@@ -12,22 +12,23 @@ RGBA or transposed copy.
 Decode work is bounded before any pixel is decoded, from the bytes and the header alone:
 
 - JPEG/MPO: libjpeg walks every block of the image once per scan, and a progressive file may
-  repeat scans without limit (a 23-byte scan of EOB runs costs ~1.1 ns per pixel: 45 ms at
-  40 Mpx). Every SOS marker in the file is counted (a regex scan, C speed: an upper bound on
+  repeat scans without limit (a scan of a few bytes of EOB runs still costs a pass over every
+  block). Every SOS marker in the file is counted (a regex scan, C speed: an upper bound on
   the scans libjpeg will see, thumbnails and an MPO's later pictures included) and both the
   count (``max_jpeg_scans``) and pixels x scans (``max_jpeg_scan_pixels``) are capped. The same
   budget covers JPEG-compressed TIFFs (scans x strip or tile pixels).
 - Structures Pillow walks in Python, one interpreter step each while holding the GIL: JPEG
   marker segments before the first scan, PNG chunks, GIF blocks before the first picture, TIFF
   tags and uncompressed strips. Unchecked, a 20 MiB file of empty chunks or segments costs
-  10-30 s of CPU; at most ``MAX_HEADER_STEPS`` each (a capped walk, before ``Image.open``).
-- PNG chunks Pillow inflates (iCCP, zTXt, iTXt: up to 1 MiB each, ~3 ms per MiB): at most
-  ``MAX_PNG_INFLATED_CHUNKS``; a flood of iCCP chunks otherwise costs a minute.
-- RLE-compressed BMPs, which Pillow decodes in Python (~0.3 us a pixel, ~1 us per 2 bytes):
+  seconds of CPU; at most ``MAX_HEADER_STEPS`` each (a capped walk, before ``Image.open``).
+- PNG chunks Pillow inflates (iCCP, zTXt, iTXt: up to 1 MiB each): at most
+  ``MAX_PNG_INFLATED_CHUNKS``; a flood of iCCP chunks otherwise costs about a minute.
+- RLE-compressed BMPs, which Pillow decodes in Python, per pixel and per 2 bytes:
   at most ``MAX_BMP_RLE_PIXELS`` and ``MAX_BMP_RLE_BYTES``.
 
 Everything else the allow-list admits decodes in C in time linear in pixels plus bytes (PNG,
-GIF and WebP data, uncompressed BMP, libtiff's codecs), both already capped.
+GIF and WebP data, uncompressed BMP, libtiff's codecs), both already capped. What the caps cost
+and save, measured: ``python -m bench.decode_limits`` (figures in bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -138,9 +139,7 @@ def _unidentified(data: bytes, parsers: tuple[str, ...], formats: frozenset[str]
     for name in Image.ID:
         accept = Image.OPEN[name][1]
         if name not in parsers and accept is not None and _accepts(accept, prefix):
-            return UnsupportedFormat(
-                f"image format {name!r} is not accepted (accepted: {', '.join(sorted(formats))})"
-            )
+            return UnsupportedFormat(f"image format {name!r} is not accepted (accepted: {', '.join(sorted(formats))})")
     return InvalidImage("not a recognised image")
 
 
@@ -168,9 +167,7 @@ def _check_header_steps(data: bytes, parsers: tuple[str, ...]) -> None:
     name = next((name for name in parsers if _accepts(Image.OPEN[name][1], data[:16])), None)
     walk = HEADER_WALKS.get(name)
     if walk is not None and walk(data, MAX_HEADER_STEPS) > MAX_HEADER_STEPS:
-        raise ImageTooComplex(
-            f"image header has more than {MAX_HEADER_STEPS} {walk.__doc__}; refused before decoding"
-        )
+        raise ImageTooComplex(f"image header has more than {MAX_HEADER_STEPS} {walk.__doc__}; refused before decoding")
 
 
 def _jpeg_header_steps(data: bytes, limit: int) -> int:
@@ -326,7 +323,7 @@ def _check_scans(data: bytes, pixels: int, max_scans: int | None, max_scan_pixel
     if max_scans is not None:
         limit = min(limit, max_scans)
     scans = 0
-    for scans, _ in enumerate(JPEG_SOS.finditer(data), 1):  # the regex engine's scan: ~0.5 ms a MiB
+    for scans, _ in enumerate(JPEG_SOS.finditer(data), 1):  # the regex engine's scan, at C speed
         if scans > limit:
             break
     if max_scans is not None and scans > max_scans:

@@ -52,7 +52,9 @@ JPEG_EOI = b"\xff\xd9"
 MAX_PIXELS_PER_DECODE = 100_000_000
 
 # torchvision 0.29 marks its decoders deprecated (in favour of TorchCodec) on every call
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,9 @@ def decode_jpegs(items: list[Encoded], device: torch.device) -> list[torch.Tenso
 
     # inputs must be CPU uint8 tensors; a copy of the (often read-only) bytes
     decoded = decode([torch.frombuffer(bytearray(item.data), dtype=torch.uint8) for item in items])
-    return [out if isinstance(out, InvalidImage) else orient(out, item.orientation) for out, item in zip(decoded, items)]
+    return [
+        out if isinstance(out, InvalidImage) else orient(out, item.orientation) for out, item in zip(decoded, items)
+    ]
 
 
 def pixel_budget_chunks(items: list[Encoded], max_pixels: int | None = None) -> list[list[int]]:

@@ -40,6 +40,16 @@ def ray_assigned_gpus() -> list[str] | None:
     return list(context.get_accelerator_ids().get("GPU", []))
 
 
+def planned_device_type(requested: str, num_gpus: float | None) -> str:
+    """``cuda`` or ``cpu``, from the config alone: what ``resolve_device`` will pick in a Ray
+    process that reserves ``num_gpus`` (None: outside Ray, where what torch sees decides)."""
+    if requested != "auto":
+        return requested
+    if num_gpus is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if num_gpus > 0 else "cpu"
+
+
 def resolve_device(requested: str, assigned_gpus: list[str] | None) -> torch.device:
     """``requested`` is ``auto``, ``cpu`` or ``cuda``; ``assigned_gpus`` is what
     ``ray_assigned_gpus()`` returned (None outside Ray)."""

@@ -79,6 +79,14 @@ class Unavailable(TwinferError):
     retry_after_s = 5
 
 
+class InvalidRequest(TwinferError):
+    """An Open Inference Protocol (/v2, gRPC) request that does not follow the protocol: malformed
+    JSON or binary tensor data, another input than the image tensor, a shape that does not fit."""
+
+    code = "invalid_request"
+    http_status = 400
+
+
 class Unauthorized(TwinferError):
     """API keys are on and the request has no valid ``Authorization: Bearer <key>``."""
 

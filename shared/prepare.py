@@ -23,9 +23,12 @@ class PreprocessSpec:
 
     mode: Literal["resize_crop", "resize_exact", "max_side"]
     size: int  # crop side / exact side / longest side
-    resize: int | None = None  # resize_crop: shorter side before the centre crop
+    # resize_crop: shorter side before the centre crop; resize_exact: the square side the image is
+    # squashed to before a centre crop of ``size`` (None: squash straight to ``size``)
+    resize: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN  # in [0, 1] units; used on the device
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # what the weights were trained with
 
     @property
     def draft_size(self) -> int | None:
@@ -53,19 +56,26 @@ def prepare_tensor(chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """uint8 (3, H, W) -> uint8 (3, h, w) at the model's size, on whatever device ``chw`` is on:
     the CPU half runs it on decoded arrays, the device half on JPEGs decoded on the GPU."""
     height, width = chw.shape[1:]
+    mode = INTERPOLATION[spec.interpolation]
     if spec.mode == "resize_crop":
         chw = _bound_aspect(chw, MAX_ASPECT)
-        return F.center_crop(F.resize(chw, spec.resize or spec.size, antialias=True), spec.size)
+        return F.center_crop(F.resize(chw, spec.resize or spec.size, interpolation=mode, antialias=True), spec.size)
     if spec.mode == "resize_exact":
-        return F.resize(chw, [spec.size, spec.size], antialias=True)
+        # squash, then crop: how Hugging Face processors with a height/width size and a crop_size
+        # (DeiT) and timm's crop_mode "squash" with crop_pct < 1 prepare images
+        side = spec.resize or spec.size
+        chw = F.resize(chw, [side, side], interpolation=mode, antialias=True)
+        return chw if side == spec.size else F.center_crop(chw, spec.size)
     if spec.mode == "max_side":
         scale = spec.size / max(height, width)
         if scale < 1:
-            return F.resize(chw, [max(1, round(height * scale)), max(1, round(width * scale))], antialias=True)
+            size = [max(1, round(height * scale)), max(1, round(width * scale))]
+            return F.resize(chw, size, interpolation=mode, antialias=True)
         return chw
     raise ValueError(spec.mode)  # pragma: no cover - the Literal keeps this out
 
 
+INTERPOLATION = {"bilinear": F.InterpolationMode.BILINEAR, "bicubic": F.InterpolationMode.BICUBIC}
 MAX_ASPECT = 4  # the centre crop never reaches beyond this; bounds resize's intermediate
 
 

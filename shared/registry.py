@@ -1,47 +1,67 @@
-"""Models by name. Adding a model = one entry here + its builder in ``shared/models/``.
+"""Models by name: curated aliases, or any model of an ecosystem named with its prefix.
 
-Each entry carries everything the two paths need to agree: task, builder, preprocessing spec,
-labels and the usual weights source.
+    efficientnet_lite0 | resnet152 | vit_b16 | fasterrcnn_v2     curated (``shared/models/``)
+    torchvision:<builder>                                        any torchvision classifier or detector
+    hf:<hub id or save_pretrained directory>                     any AutoModelForImageClassification
+    timm:<name>                                                  any timm model (``pip install twinfer[timm]``)
+
+A ``ModelSpec`` carries everything both paths must agree on: the natural task, how to build the
+module, the preprocessing and the labels, plus the model's own rules (which ``options`` keep
+pretrained weights valid). Adding a curated model = one entry here + its builder in ``shared/models/``.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Literal
 
 import torch
 
 from shared.errors import ModelNotFound
 from shared.labels import coco_categories, imagenet_categories
-from shared.prepare import PreprocessSpec
+from shared.prepare import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
 Task = Literal["classify", "detect"]
 DEFAULT_MODEL = "efficientnet_lite0"
+Builder = Callable[[str, dict], torch.nn.Module]  # (weights, options) -> module
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    task: Task
-    builder: str  # module in shared.models exposing build(weights, options)
+    task: Task  # what the model's head does; classifiers can also serve task "embed"
+    build: Builder
     preprocess: PreprocessSpec
     labels: Callable[[], tuple[str, ...]]
-    default_weights: Literal["embedded", "pretrained"]
     description: str
+    default_weights: Literal["embedded", "pretrained"] = "pretrained"
+    pretrained_options: frozenset[str] = field(default_factory=frozenset)  # options that keep pretrained weights valid
+    revisioned: bool = False  # whether ``revision`` means something (Hugging Face hub ids)
+    # how this family takes off its classifier for embeddings: module -> (feature module, width);
+    # None = the last Linear layer becomes the identity (shared.tasks.EmbedTask)
+    embed_head: Callable[[torch.nn.Module], tuple[torch.nn.Module, int]] | None = None
 
-    def build(self, weights: str, options: dict) -> torch.nn.Module:
-        module = importlib.import_module(f"shared.models.{self.builder}")
-        return module.build(weights, dict(options))
+
+def curated_builder(module: str) -> Builder:
+    def build(weights: str, options: dict) -> torch.nn.Module:
+        return importlib.import_module(f"shared.models.{module}").build(weights, dict(options))
+
+    return build
 
 
-REGISTRY: dict[str, ModelSpec] = {
+# torchvision detectors resize inside the model; these only change how, not the weights
+DETECTOR_OPTIONS = frozenset({"min_size", "max_size", "box_score_thresh", "box_nms_thresh", "box_detections_per_img"})
+
+CURATED: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec(
             name="efficientnet_lite0",
             task="classify",
-            builder="efficientnet_lite0",
+            build=curated_builder("efficientnet_lite0"),
             preprocess=PreprocessSpec("resize_crop", 224, resize=256, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
             labels=imagenet_categories,
             default_weights="embedded",
@@ -50,41 +70,64 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="resnet152",
             task="classify",
-            builder="resnet152",
-            preprocess=PreprocessSpec("resize_crop", 224, resize=256),
+            build=curated_builder("resnet152"),
+            # ResNet152_Weights.IMAGENET1K_V2's own transforms (torchvision:resnet152 derives the same)
+            preprocess=PreprocessSpec("resize_crop", 224, resize=232, mean=IMAGENET_MEAN, std=IMAGENET_STD),
             labels=imagenet_categories,
-            default_weights="pretrained",
             description="torchvision ResNet152, ImageNet-1k (IMAGENET1K_V2 weights)",
         ),
         ModelSpec(
             name="vit_b16",
             task="classify",
-            builder="vit_b16",
+            build=curated_builder("vit_b16"),
             preprocess=PreprocessSpec("resize_exact", 224, mean=(0.5,) * 3, std=(0.5,) * 3),
             labels=imagenet_categories,
-            default_weights="pretrained",
-            description="Hugging Face google/vit-base-patch16-224, ImageNet-1k",
+            description="Hugging Face google/vit-base-patch16-224 (pinned revision), ImageNet-1k",
         ),
         ModelSpec(
             name="fasterrcnn_v2",
             task="detect",
-            builder="fasterrcnn_v2",
+            build=curated_builder("fasterrcnn_v2"),
             # Its own transform resizes to min 800 / max 1333 and normalises; 1333 caps what crosses.
             preprocess=PreprocessSpec("max_side", 1333, mean=(0.0,) * 3, std=(1.0,) * 3),
             labels=coco_categories,
-            default_weights="pretrained",
             description="torchvision Faster R-CNN ResNet50-FPN v2, COCO (91 categories)",
+            pretrained_options=DETECTOR_OPTIONS,
         ),
     )
 }
+REGISTRY = CURATED  # tests register extra entries here
+PREFIXES = ("torchvision", "hf", "timm")
 
 
 def list_models() -> list[str]:
+    """The curated names (any ``torchvision:``, ``hf:`` or ``timm:`` name works too)."""
     return list(REGISTRY)
 
 
-def get_spec(name: str) -> ModelSpec:
-    try:
+def get_spec(name: str, revision: str | None = None, weights: str = "default") -> ModelSpec:
+    """The spec for ``name``; ``ModelNotFound`` (with close matches) for a name nothing knows.
+    ``weights`` matters to sources whose preprocessing depends on the checkpoint (torchvision's
+    weight enums: IMAGENET1K_V1 resizes to 256, V2 to 232)."""
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        raise ModelNotFound(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
+    return _source_spec(name, revision, weights)
+
+
+@lru_cache(maxsize=64)
+def _source_spec(name: str, revision: str | None, weights: str) -> ModelSpec:
+    prefix, _, rest = name.partition(":")
+    if not rest or prefix not in PREFIXES:
+        raise ModelNotFound(f"unknown model {name!r}{suggest(name, list(REGISTRY))}; {naming_help()}")
+    source = importlib.import_module(f"shared.sources.{prefix}_models")
+    return source.spec_for(rest, revision=revision, weights=weights)
+
+
+def naming_help() -> str:
+    return f"curated: {', '.join(REGISTRY)}; or torchvision:<builder>, hf:<hub id or directory>, timm:<name>"
+
+
+def suggest(name: str, known: list[str]) -> str:
+    """' (did you mean a, b?)' for the closest of ``known``, or ''."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""

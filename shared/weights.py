@@ -50,9 +50,10 @@ def load_into(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Modul
     return model
 
 
-def torchvision_pretrained(builder, weights_enum, **kwargs) -> torch.nn.Module:
-    """``builder(weights=weights_enum.DEFAULT)``, with a clear message when it cannot download."""
-    enum_value = weights_enum.DEFAULT
+def torchvision_pretrained(builder, weights, **kwargs) -> torch.nn.Module:
+    """``builder(weights=member)``, with a clear message when it cannot download. ``weights`` is a
+    torchvision weights enum (its ``DEFAULT`` is used) or one of its members (``IMAGENET1K_V1``)."""
+    enum_value = weights.DEFAULT if isinstance(weights, type) else weights
     try:
         return builder(weights=enum_value, **kwargs)
     except OSError as exc:  # URLError and friends: no network and nothing cached

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from shared import device_decode
+from shared import auto, device_decode
 from shared.config import ModelConfig
 from shared.decode import decode_image, decode_opened, open_image
 from shared.device_decode import (
@@ -36,15 +36,15 @@ from shared.device_decode import (
     pixel_budget_chunks,
 )
 from shared.devices import ray_assigned_gpus, resolve_device
-from shared.errors import InvalidImage, InvalidParameter, TwinferError
+from shared.errors import InvalidImage, TwinferError
+from shared.memory import RELEASE_FROM_PIXELS, release_freed_memory
 from shared.prepare import Prepared, prepare_image, prepare_tensor, stack
-from shared.registry import ModelSpec, get_spec
+from shared.registry import ModelSpec
 from shared.rwlock import ReadWriteLock
+from shared.tasks import DEFAULT_TOP_K, Task
 
 logger = logging.getLogger(__name__)
 
-MAX_TOP_K = 100
-DEFAULT_TOP_K = 5
 
 Item = Prepared | Encoded  # what the CPU half hands the device half
 # batches share it, warm-ups (which compile) take it alone: one per process, as dynamo's state is
@@ -57,7 +57,8 @@ class ImageLoader:
 
     def __init__(self, config: ModelConfig):
         self.config = config
-        self.spec: ModelSpec = get_spec(config.name)
+        self.spec: ModelSpec = config.spec
+        self.task: Task = config.make_task()
         self._formats = frozenset(config.decode.formats)
         self._draft = self.spec.preprocess.draft_size if config.decode.draft else None  # None for detection
         decode = config.decode
@@ -79,10 +80,18 @@ class ImageLoader:
     def load(self, data: bytes) -> Item:
         """Every check, then the pixels at the model's size; with ``decode.on_device`` a JPEG the
         device can decode comes back ``Encoded`` after the header checks alone."""
-        if not self.config.decode.on_device:
-            return self.prepare(self.decode(data))
-        image = open_image(data, **self._limits)
-        return encoded_if_device_decodable(image, data) or self.prepare(decode_opened(image, draft_size=self._draft))
+        image = open_image(data, **self._limits)  # the header checks: nothing decoded yet
+        large = image.width * image.height >= RELEASE_FROM_PIXELS
+        try:
+            if self.config.decode.on_device:
+                encoded = encoded_if_device_decodable(image, data)
+                if encoded is not None:
+                    return encoded
+            return self.prepare(decode_opened(image, draft_size=self._draft))
+        finally:
+            if large:
+                image = None  # the full-size pixels go now, then what malloc kept of them
+                release_freed_memory()
 
 
 class ModelWrapper(ImageLoader):
@@ -92,26 +101,30 @@ class ModelWrapper(ImageLoader):
         """``batch_sizes``: warmed here (with ``compile``, and on CUDA, the only sizes batches are
         run at until ``warmup`` adds more). The Serve replica passes none and warms in ``reconfigure``."""
         super().__init__(config)
-        self.labels = self.spec.labels()
+        self.labels = self.task.labels
         self.device = resolve_device(config.device, ray_assigned_gpus())
         if config.decode.on_device and self.device.type == "cuda":
             device_decode.DECODING_ON_DEVICE.set()  # from now on every CUDA batch here takes the lock
         self.dtype = _resolve_dtype(config.precision, self.device)
-        if self.spec.task == "detect":
-            self.dtype = torch.float32  # torchvision detection heads are fp32 code
-        model = self.spec.build(config.weights, config.options).eval()
+        if not self.task.fixed_size:
+            self.dtype = torch.float32  # torchvision's detection heads are fp32 code
+        model = self.task.adapt_model(self.spec.build(config.weights, config.options).eval(), self.spec.embed_head)
+        self.output_dim = self.task.output_dim(model)
         model = model.to(self.device, dtype=self.dtype)
-        if config.cpu_threads and self.device.type == "cpu":
-            torch.set_num_threads(config.cpu_threads)
+        if isinstance(config.cpu_threads, int) and self.device.type == "cpu":
+            torch.set_num_threads(config.cpu_threads)  # auto: what Ray set from the reservation (OMP_NUM_THREADS)
         # channels_last pays on CPU too for the embedded model (bench/RESULTS.md)
-        self.channels_last = config.channels_last and self.spec.task == "classify"
+        self.channels_last = config.channels_last and self.task.fixed_size
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if self.device.type == "cuda" and self.spec.task == "classify" and config.cudnn_benchmark:
+        if self.device.type == "cuda" and self.task.fixed_size and config.cudnn_benchmark:
             # autotuned per input shape, so only ever at the warmed (padded-to) batch sizes, at start-up;
             # detection inputs vary in size and would autotune on user requests
             torch.backends.cudnn.benchmark = True
-        self.model = _compile(model) if config.compile else model
+        self.compiled = (
+            config.compile if isinstance(config.compile, bool) else auto.compiles(self.task, self.device.type)
+        )
+        self.model = _compile(model) if self.compiled else model
         # batch sizes run once before any request
         self.warmed_batch_sizes: tuple[int, ...] = ()
         pre = self.spec.preprocess
@@ -127,7 +140,7 @@ class ModelWrapper(ImageLoader):
     def pads_batches(self) -> bool:
         """Compiled graphs are static and cuDNN autotunes per shape: such batches are zero-padded
         (or split) to the warmed sizes, so neither a compile nor an autotune lands on a request."""
-        return self.spec.task == "classify" and (self.config.compile or self.device.type == "cuda")
+        return self.task.fixed_size and (self.compiled or self.device.type == "cuda")
 
     def warmup(self, batch_sizes: Sequence[int]) -> None:
         """Run dummy batches of these sizes, so compilation and cuDNN autotune never land on a user
@@ -138,15 +151,15 @@ class ModelWrapper(ImageLoader):
         dummy = Prepared(np.zeros((3, size, size), np.uint8), (size, size))
         with SERVING.exclusive():
             new = sorted(set(batch_sizes) - set(self.warmed_batch_sizes))
-            if self.config.compile:
+            if self.compiled:
                 _allow_compiled_graphs(len(new))
             # eager on CPU has nothing to warm (no compile, no CUDA context or cuDNN autotune)
-            for n in new if (self.config.compile or self.device.type == "cuda") else ():
+            for n in new if (self.compiled or self.device.type == "cuda") else ():
                 # at exactly size n, not padded to a size warmed before; through the device
                 # decoder when it is on, so its first (slow) call is here too
                 items = [blank_jpeg(size)] * n if self.config.decode.on_device else [dummy] * n
                 with torch.compiler.set_stance("default"):  # compiling is the point here
-                    if self.spec.task == "classify":
+                    if self.task.fixed_size:
                         images = self.decode_on_device(items)
                         with self._exclusive_device(items):
                             self._forward(self._batch_on_device([image.pixels for image in images]))
@@ -154,17 +167,17 @@ class ModelWrapper(ImageLoader):
                         with self._exclusive_device(items):
                             self.predict(items)
             self.warmed_batch_sizes = tuple(sorted({*self.warmed_batch_sizes, *new}))
-            if self.config.compile:
+            if self.compiled:
                 # from here on a new shape is an error, never a silent compile on a request thread
                 torch.compiler.set_stance("fail_on_recompile")
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW on the device -> class probabilities (float32) on the device, at exactly this batch size."""
+        """uint8 NCHW on the device -> the model's output on the device, at exactly this batch size."""
         x = torch.addcmul(self._shift, x.to(self.dtype), self._scale)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x).float().softmax(dim=-1)
+        return self.model(x)
 
     def _forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """``_forward`` at the warmed sizes: pad to the nearest one, split above the largest."""
@@ -261,40 +274,35 @@ class ModelWrapper(ImageLoader):
             logger.exception("unexpected error decoding an image on the CPU fallback")
             return InvalidImage(f"{type(exc).__name__}: {exc}")
 
-    def _classify_on_device(self, items: Sequence[Prepared]) -> torch.Tensor:
-        """uint8 images -> class probabilities on the device."""
-        x = self._batch_on_device([item.pixels for item in items])
-        return self._forward_padded(x) if self.pads_batches else self._forward(x)
+    def _run(self, items: Sequence[Prepared]) -> Any:
+        """uint8 images -> the model's output on the device (one batch tensor, or per-image dicts
+        for a model that takes images of any size)."""
+        if self.task.fixed_size:
+            x = self._batch_on_device([item.pixels for item in items])
+            return self._forward_padded(x) if self.pads_batches else self._forward(x)
+        return self.model([self._image_to_device(item.pixels).to(self.dtype).div_(255.0) for item in items])
 
     @torch.inference_mode()
     def predict(self, items: Sequence[Prepared]) -> Any:
-        """uint8 images -> raw model output on the CPU (all class probabilities, or detection dicts)."""
+        """uint8 images -> the model's whole output on the host: class probabilities, embeddings,
+        or detection dicts (benchmarks and agreement checks; requests use ``predict_batch``)."""
         if not items:
-            return torch.zeros((0, len(self.labels))) if self.spec.task == "classify" else []
-        if self.spec.task == "classify":
-            return self._classify_on_device(items).cpu()
-        images = [self._image_to_device(item.pixels).to(self.dtype).div_(255.0) for item in items]
-        return [{k: _float_cpu(v) for k, v in out.items()} for out in self.model(images)]
+            return [] if not self.task.fixed_size else torch.zeros((0, self.output_dim or len(self.labels)))
+        return self.task.full(self._run(items))
 
     @torch.inference_mode()
     def _predict_reduced(self, items: Sequence[Prepared], params: Sequence[dict]) -> Any:
-        """``predict``, with classification reduced to the top-k on the device: only the batch's
-        largest k scores and indices per image cross to the host, not every class's probability."""
-        if self.spec.task != "classify" or not items:
+        """The model's output reduced on the device to what the answers need (e.g. only the top k)."""
+        if not items:
             return self.predict(items)
-        k_max = min(max(p.get("top_k", DEFAULT_TOP_K) for p in params), len(self.labels))
-        scores, indices = self._classify_on_device(items).topk(k_max, dim=1)
-        return scores.cpu(), indices.cpu()
+        return self.task.reduce(self._run(items), params)
 
-    def postprocess(self, raw: Any, items: Sequence[Prepared], params: Sequence[dict]) -> list[list[dict]]:
-        if self.spec.task == "classify":
-            return self._top_k(raw, [p.get("top_k", DEFAULT_TOP_K) for p in params])
-        return [
-            self._detections(out, item, p.get("score_threshold", self.config.score_threshold))
-            for out, item, p in zip(raw, items, params)
-        ]
+    def postprocess(self, raw: Any, items: Sequence[Prepared], params: Sequence[dict]) -> list:
+        return self.task.answers(raw, items, params)
 
-    def predict_batch(self, items: Sequence[Item], params: Sequence[dict] | None = None) -> list[list[dict] | TwinferError]:
+    def predict_batch(
+        self, items: Sequence[Item], params: Sequence[dict] | None = None
+    ) -> list[list[dict] | TwinferError]:
         """The device half for a batch; ``params[i]`` holds request i's top_k / score_threshold.
         Result i is image i's predictions, or the ``TwinferError`` of an ``Encoded`` image that
         turned out undecodable (the only way one image can fail here; its neighbours still run)."""
@@ -330,52 +338,15 @@ class ModelWrapper(ImageLoader):
         with self._exclusive_device(()):
             _device_probe(self.device)
 
-    # ---- postprocess -------------------------------------------------------------------------
-    def _top_k(self, raw: torch.Tensor | tuple[torch.Tensor, torch.Tensor], ks: list[int]) -> list[list[dict]]:
-        """Predictions from all probabilities, or from (scores, indices) already reduced to the
-        batch's largest k; each image keeps its own k."""
-        if not ks:
-            return []
-        if isinstance(raw, torch.Tensor):
-            raw = raw.topk(min(max(ks), raw.shape[1]), dim=1)
-        scores, indices = raw[0].tolist(), raw[1].tolist()
-        return [
-            [{"label": self.labels[i], "index": i, "score": s} for s, i in zip(scores[row][:k], indices[row][:k])]
-            for row, k in enumerate(ks)
-        ]
 
-    def _detections(self, out: dict, item: Prepared, threshold: float) -> list[dict]:
-        height, width = item.original_size
-        sy, sx = height / item.pixels.shape[1], width / item.pixels.shape[2]
-        scale = torch.tensor([sx, sy, sx, sy])
-        keep = out["scores"] >= threshold
-        boxes = (out["boxes"][keep] * scale).clamp_min(0)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp_max(width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp_max(height)
-        return [
-            {"label": self.labels[i], "index": i, "score": s, "box": [round(v, 2) for v in box]}
-            for i, s, box in zip(out["labels"][keep].tolist(), out["scores"][keep].tolist(), boxes.tolist())
-        ]
-
-
-def validate_top_k(value: Any) -> int:
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"top_k must be an integer, got {value!r}") from None
-    if not 1 <= k <= MAX_TOP_K:
-        raise InvalidParameter(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
-    return k
-
-
-def validate_score_threshold(value: Any) -> float:
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"score_threshold must be a number, got {value!r}") from None
-    if not 0.0 <= t <= 1.0:
-        raise InvalidParameter(f"score_threshold must be within [0, 1], got {t}")
-    return t
+def planned_output_dim(config: ModelConfig) -> int | None:
+    """The width of each answer vector (embeddings) without loading weights or touching a device:
+    the architecture is built on torch's meta device, where tensors have shapes but no data."""
+    task = config.make_task(labels=())
+    if not task.vector_output:
+        return None
+    with torch.device("meta"):
+        return task.output_dim(task.adapt_model(config.spec.build("random", config.options), config.spec.embed_head))
 
 
 COMPILE_BACKEND = "inductor"  # tests swap in a cheaper backend; dynamo's rules are the same
@@ -420,11 +391,9 @@ def _device_probe(device: torch.device) -> None:
 
 def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
     """Batch sizes to warm for a batcher that may send 1..max_batch_size: powers of two, and the max."""
-    return tuple(sorted({1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size} | {max_batch_size}))
-
-
-def _float_cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return (tensor.float() if tensor.is_floating_point() else tensor).cpu()
+    return tuple(
+        sorted({1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size} | {max_batch_size})
+    )
 
 
 def _resolve_dtype(precision: str, device: torch.device) -> torch.dtype:

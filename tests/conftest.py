@@ -2,6 +2,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# compile: auto would compile every CPU model the tests build (seconds per batch size); tests that
+# test compiling ask for it explicitly
+os.environ.setdefault("TWINFER_AUTO_COMPILE", "0")
 
 import pytest  # noqa: E402
 
@@ -25,11 +28,30 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def serve_url(ray_session):
-    """Serve on the shared Ray instance, HTTP on a free loopback port."""
+def serve_ports(ray_session):
+    """Serve on the shared Ray instance: HTTP on a free loopback port, and the Open Inference
+    Protocol's gRPC service on another (Serve's gRPC options are fixed when it starts)."""
     from ray import serve
 
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
+    from deployments.v2.grpc_service import SERVICER_FUNCTION
+
+    http_port = free_loopback_port()
+    grpc_port = free_loopback_port()
+    while grpc_port == http_port:
+        grpc_port = free_loopback_port()
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": http_port},
+        grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
+    )
+    yield http_port, grpc_port
     serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_url(serve_ports):
+    return f"http://127.0.0.1:{serve_ports[0]}"
+
+
+@pytest.fixture(scope="session")
+def serve_grpc_address(serve_ports):
+    return f"127.0.0.1:{serve_ports[1]}"

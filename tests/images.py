@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import re
 import struct
 import zlib
 
 import numpy as np
 from PIL import Image
 
+from bench.malformed import blocky, jpeg_scans, scan_bomb, tiff_with_strips  # noqa: F401  (tests use images.<name>)
 from twinfer.samples import encode, sample_array
 
 
@@ -107,41 +107,6 @@ def multi_picture_jpeg(size=(30, 20)) -> bytes:
 # ---- decode-work bombs: valid files that cost far more to decode than their size suggests ----
 
 
-def blocky(width: int, height: int, mode: str = "L", seed: int = 0) -> Image.Image:
-    """An image of flat 16 x 16 blocks: every JPEG AC coefficient is zero (chroma subsampled
-    too), so a progressive file's AC scans are a few bytes of end-of-band runs however large
-    the image, yet the decoder still walks every block for each."""
-    bands = len(mode)
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, ((height + 15) // 16, (width + 15) // 16, bands), dtype=np.uint8)
-    pixels = np.kron(blocks, np.ones((16, 16, 1), np.uint8))[:height, :width]
-    return Image.fromarray(pixels[:, :, 0] if bands == 1 else pixels, mode)
-
-
-def jpeg_scans(data: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each scan of a JPEG: its SOS segment and entropy-coded data."""
-    scans, pos = [], 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0xD9:
-        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if data[pos + 1] == 0xDA:  # entropy-coded data runs to the next marker other than RSTn
-            end = re.compile(rb"\xff[^\x00\xd0-\xd7]").search(data, end).start()
-            scans.append((pos, end))
-        pos = end
-    return scans
-
-
-def scan_bomb(width: int, height: int, scans: int, mode: str = "L") -> bytes:
-    """A progressive JPEG of ``blocky(width, height, mode)`` with ``scans`` scans in all: its last
-    scan (an AC refinement, all end-of-band runs) repeated. libjpeg decodes every copy (a warning
-    per repeat, no error) to exactly the picture of the plain file, at ~1.1 ns a pixel per scan."""
-    buffer = io.BytesIO()
-    blocky(width, height, mode).save(buffer, "JPEG", progressive=True, quality=90)
-    data = buffer.getvalue()
-    own = jpeg_scans(data)
-    start, end = own[-1]
-    return data[:end] + data[start:end] * (scans - len(own)) + data[end:]
-
-
 def tiff_around(strip: bytes, width: int, height: int, compression: int = 7) -> bytes:
     """A grey TIFF of one strip holding ``strip`` (JPEG compression: a whole JPEG stream)."""
     entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, compression), (262, 3, 1, 1),
@@ -153,24 +118,6 @@ def tiff_around(strip: bytes, width: int, height: int, compression: int = 7) -> 
         field = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
         out += struct.pack("<HHI", tag, kind, count) + field
     return bytes(out + b"\x00" * 4 + strip)
-
-
-def tiff_with_strips(strips: int, width: int = 8) -> bytes:
-    """An uncompressed grey TIFF of ``strips`` one-row strips, every one the same 8 bytes."""
-    entries = 9
-    offsets_at = 8 + 2 + 12 * entries + 4
-    counts_at = offsets_at + 4 * strips
-    pixels_at = counts_at + 2 * strips
-    tags = [(256, 3, 1, width), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-            (273, 4, strips, offsets_at), (277, 3, 1, 1), (278, 3, 1, 1), (279, 3, strips, counts_at)]  # fmt: skip
-    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, entries))
-    for tag, kind, count, value in tags:
-        short = kind == 3 and count == 1
-        field = struct.pack("<HH", value, 0) if short else struct.pack("<I", value)
-        out += struct.pack("<HHI", tag, kind, count) + field
-    out += b"\x00" * 4 + struct.pack(f"<{strips}I", *[pixels_at] * strips)
-    out += struct.pack(f"<{strips}H", *[width] * strips)
-    return bytes(out + bytes(range(width)))
 
 
 def png_chunk(kind: bytes, payload: bytes = b"") -> bytes:

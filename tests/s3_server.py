@@ -31,7 +31,13 @@ class S3Server:
     @property
     def options(self) -> dict:
         """Settings for ``batch.uris.S3Options``."""
-        return {"endpoint_override": self.endpoint, "scheme": "http", "region": REGION, "access_key": ACCESS_KEY, "secret_key": SECRET_KEY}
+        return {
+            "endpoint_override": self.endpoint,
+            "scheme": "http",
+            "region": REGION,
+            "access_key": ACCESS_KEY,
+            "secret_key": SECRET_KEY,
+        }
 
     def filesystem(self) -> pafs.S3FileSystem:
         return pafs.S3FileSystem(**self.options, allow_bucket_creation=True)

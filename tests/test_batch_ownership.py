@@ -70,7 +70,12 @@ def test_a_users_files_in_the_output_are_kept_and_the_job_refused(tmp_path, no_r
     code = cli.main(["backfill", "--input", str(tmp_path / "in"), "--output", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "did not write" in err and "'sales-2024.parquet'" in err and "'.tmp-foo'" in err and "Nothing was changed" in err
+    assert (
+        "did not write" in err
+        and "'sales-2024.parquet'" in err
+        and "'.tmp-foo'" in err
+        and "Nothing was changed" in err
+    )
     assert snapshot(out) == before
 
 
@@ -172,7 +177,7 @@ def test_the_evaluation_report_never_replaces_a_users_file(tmp_path, no_ray, cap
 
 
 # ---- S3 --------------------------------------------------------------------------------------
-def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_path, no_ray):
+def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_path, no_ray):  # noqa: F811
     write_inputs(tmp_path / "in")
     s3_server.create_bucket("owned")
     fs = s3_server.filesystem()
@@ -191,7 +196,7 @@ def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_pa
     )
 
 
-def test_s3_files_over_the_byte_cap_become_error_rows_and_count_as_done(s3_server, no_ray):
+def test_s3_files_over_the_byte_cap_become_error_rows_and_count_as_done(s3_server, no_ray):  # noqa: F811
     """Never read (no Ray, no read at all): the listing's sizes decide; a resume writes nothing."""
     s3_server.create_bucket("capped")
     sizes = {}
@@ -212,4 +217,9 @@ def test_s3_files_over_the_byte_cap_become_error_rows_and_count_as_done(s3_serve
     again = backfill("s3://capped/in", "s3://capped/out", s3=s3_server.options)
     assert again["rows"] == 0 and again["skipped"] == 3
     with pytest.raises(ValueError, match="this job runs 'vit_b16'"):
-        backfill("s3://capped/in", "s3://capped/out", s3=s3_server.options, model={**TINY_CAP, "name": "vit_b16", "weights": "random"})
+        backfill(
+            "s3://capped/in",
+            "s3://capped/out",
+            s3=s3_server.options,
+            model={**TINY_CAP, "name": "vit_b16", "weights": "random"},
+        )

@@ -67,7 +67,9 @@ def test_a_backfill_over_links_writes_one_row_per_real_input(tmp_path, monkeypat
 
     monkeypatch.setattr(batch.pipeline, "_ensure_ray", lambda address: pytest.fail("Ray was started"))
     root = tree(tmp_path)
-    config = BackfillConfig(input=str(root), output=str(tmp_path / "out"), model={"decode": {"max_bytes": 100}}, progress=False)
+    config = BackfillConfig(
+        input=str(root), output=str(tmp_path / "out"), model={"decode": {"max_bytes": 100}}, progress=False
+    )
     summary = run_backfill(config)
     paths = sorted(pq.read_table(tmp_path / "out").column("path").to_pylist())
     assert paths == [f"{root}/n01/a.jpg", f"{root}/n01/same.jpg", f"{root}/n02/c.jpg", f"{root}/top.jpg"]
@@ -80,7 +82,12 @@ def test_output_and_input_overlap_is_checked_on_resolved_paths(tmp_path):
     os.symlink(tmp_path / "in", tmp_path / "in-link")
     os.symlink(tmp_path / "in" / "preds", tmp_path / "preds-link")  # resolves inside the input
     os.symlink(tmp_path / "elsewhere", tmp_path / "out-link")
-    for output in (tmp_path / "in-link" / "preds", tmp_path / "preds-link", tmp_path / "in-link", f"{tmp_path}/elsewhere/../in/p"):
+    for output in (
+        tmp_path / "in-link" / "preds",
+        tmp_path / "preds-link",
+        tmp_path / "in-link",
+        f"{tmp_path}/elsewhere/../in/p",
+    ):
         with pytest.raises(ValidationError, match="output must not be inside the input"):
             BackfillConfig(input=str(tmp_path / "in"), output=str(output))
     with pytest.raises(ValidationError, match="input must not be inside the output"):
@@ -89,7 +96,13 @@ def test_output_and_input_overlap_is_checked_on_resolved_paths(tmp_path):
 
 
 def test_s3_keys_with_dot_segments_are_refused():
-    for uri in ("s3://b/x/../in", "s3://b/in/..", "s3://b/./in", "s3://b/x//in", "s3://anonymous@b/in/../../etc?region=us-east-1"):
+    for uri in (
+        "s3://b/x/../in",
+        "s3://b/in/..",
+        "s3://b/./in",
+        "s3://b/x//in",
+        "s3://anonymous@b/in/../../etc?region=us-east-1",
+    ):
         with pytest.raises(ValueError, match=r"'\.\.' segment"):
             parse_uri(uri)
     with pytest.raises(ValidationError, match=r"'\.\.' segment"):

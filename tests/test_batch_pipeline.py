@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -24,7 +25,7 @@ from PIL import Image
 from batch.config import BackfillConfig
 from batch.evaluate import read_predictions
 from batch.pipeline import run_backfill
-from batch.predict_actor import CLASSIFY_SCHEMA, DETECT_SCHEMA
+from batch.predict_actor import output_schema
 from batch.uris import S3Options
 from shared import ModelConfig
 from shared.labels import class_index_lookup, coco_categories, imagenet_categories, imagenet_wnids
@@ -62,7 +63,12 @@ def thumbnail_jpeg(array: np.ndarray, size: int = 80) -> bytes:
 def crops(name: str) -> dict[str, bytes]:
     photo = sample_array(name)
     h, w = photo.shape[:2]
-    views = {"full": photo, "centre": photo[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4], "left": photo[:, : w // 2], "flipped": photo[:, ::-1]}
+    views = {
+        "full": photo,
+        "centre": photo[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4],
+        "left": photo[:, : w // 2],
+        "flipped": photo[:, ::-1],
+    }
     return {f"{name}_{view}.jpg": thumbnail_jpeg(array) for view, array in views.items()}
 
 
@@ -101,7 +107,7 @@ def local_run(ray_session, planted, tmp_path_factory):
 # ---- local -> local --------------------------------------------------------------------------
 def test_local_backfill_writes_one_row_per_input_with_the_schema(local_run, planted):
     summary, output, table = local_run
-    assert table.schema == CLASSIFY_SCHEMA
+    assert table.schema == output_schema(ModelConfig())
     paths = table.column("path").to_pylist()
     assert sorted(paths) == sorted(str(planted.root / rel) for rel in planted.files)
     assert set(table.column("model").to_pylist()) == {"efficientnet_lite0"}
@@ -113,6 +119,8 @@ def test_local_backfill_writes_one_row_per_input_with_the_schema(local_run, plan
     assert sorted(p.name for p in output.iterdir()) == ["_twinfer.json", *written]  # the job marker and its files only
     assert all(pq.read_schema(output / name).metadata[b"twinfer"] for name in written)
     assert summary["img_per_s"] > 0 and summary["output"] == str(output)
+    # what auto chose (compile is off for tests: TWINFER_AUTO_COMPILE=0); the test session's Ray has 4 CPUs
+    assert summary["settings"] == {"device": "cpu", "batch_size": 4, "compile": False, "cpu_threads": 4, "actors": 1}
 
 
 def test_broken_files_give_error_rows_and_every_other_file_predicts(local_run, planted):
@@ -145,6 +153,40 @@ def test_decode_runs_in_tasks_apart_from_the_predictor_actors(local_run):
     assert len(decode) == 1 and len(predict) == 1 and decode != predict, operators
 
 
+def test_bench_reads_the_model_stage_throughput_from_ray_data_stats(local_run):
+    from bench.run import ray_data_throughput
+
+    summary, _, _ = local_run
+    assert ray_data_throughput(summary["stats"]) > 0, summary["stats"]
+
+
+def test_cpus_held_by_other_actors_are_named_at_start_up(ray_session, tmp_path, caplog):
+    """A backfill beside Serve replicas that hold the CPUs it needs waits for them: it says so."""
+    import logging
+
+    from batch.pipeline import warn_if_cpus_are_held
+
+    ray = ray_session
+    total = ray.cluster_resources()["CPU"]
+    holder = ray.remote(num_cpus=total - 0.5)(_Holder).remote()
+    ray.get(holder.ready.remote())
+    try:
+        free = ray.available_resources().get("CPU", 0.0)
+        config = BackfillConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"))
+        with caplog.at_level(logging.WARNING, logger="batch.pipeline"):
+            assert warn_if_cpus_are_held(config, free, total)
+    finally:
+        ray.kill(holder)
+    assert f"only {free:g} of Ray's {total:g} CPUs are free" in caplog.text
+    assert "the job needs 2 (1 model actor(s) x 1 CPU + 1 CPU for a decode task)" in caplog.text
+    assert not warn_if_cpus_are_held(config, free_cpus=2, cluster_cpus=total)
+
+
+class _Holder:
+    def ready(self) -> bool:
+        return True
+
+
 def test_rerun_writes_zero_rows(local_run, planted):
     _, output, table = local_run
     before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
@@ -164,12 +206,19 @@ def test_files_over_the_byte_cap_are_never_read_and_land_in_the_same_output(ray_
     write_tree(tmp_path / "in", {**small, **large})
     handed: list[str] = []  # what reaches Ray Data's reader
     real_build = batch.pipeline.build_dataset
-    monkeypatch.setattr(batch.pipeline, "build_dataset", lambda c, s, paths: handed.extend(paths) or real_build(c, s, paths))
+    monkeypatch.setattr(
+        batch.pipeline,
+        "build_dataset",
+        lambda c, s, paths, *rest: handed.extend(paths) or real_build(c, s, paths, *rest),
+    )
     config = backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=ModelConfig(decode={"max_bytes": cap}))
     summary = run_backfill(config)
     assert sorted(handed) == sorted(str(tmp_path / "in" / rel) for rel in small)
     assert summary["rows"] == 5 and summary["errors"] == 2
-    rows = {Path(row["path"]).relative_to(tmp_path / "in").as_posix(): row for row in pq.read_table(tmp_path / "out").to_pylist()}
+    rows = {
+        Path(row["path"]).relative_to(tmp_path / "in").as_posix(): row
+        for row in pq.read_table(tmp_path / "out").to_pylist()
+    }
     assert sorted(rows) == sorted([*small, *large])
     for rel, data in large.items():
         row = rows[rel]
@@ -201,7 +250,10 @@ def expected_report(planted: Planted, wrapper) -> dict:
         "count": count,
         "top1": sum(s["top1"] for s in per_class.values()) / count,
         "top5": sum(s["top5"] for s in per_class.values()) / count,
-        "per_class": {label: {"count": s["count"], "top1": s["top1"] / s["count"], "top5": s["top5"] / s["count"]} for label, s in per_class.items()},
+        "per_class": {
+            label: {"count": s["count"], "top1": s["top1"] / s["count"], "top5": s["top5"] / s["count"]}
+            for label, s in per_class.items()
+        },
     }
 
 
@@ -220,7 +272,7 @@ def test_evaluate_gives_the_exact_expected_accuracy(local_run, planted, embedded
 
 
 # ---- S3 -> S3 --------------------------------------------------------------------------------
-def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_server, planted, embedded_wrapper):
+def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_server, planted, embedded_wrapper):  # noqa: F811
     s3_server.create_bucket("images")
     s3_server.create_bucket("results")
     for rel, data in planted.files.items():
@@ -231,7 +283,7 @@ def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_
     summary = run_backfill(config)
     options = S3Options(**s3_server.options)
     table = read_predictions("s3://results/run1", options)
-    assert table.schema == CLASSIFY_SCHEMA
+    assert table.schema == output_schema(ModelConfig())
     assert sorted(table.column("path").to_pylist()) == sorted(f"s3://images/val/{rel}" for rel in planted.files)
     rows = {row["path"]: row for row in table.to_pylist()}
     for rel, (_, code) in BROKEN.items():
@@ -252,13 +304,18 @@ def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_
 # ---- detection -------------------------------------------------------------------------------
 def test_detection_backfill_writes_boxes_in_original_pixels(ray_session, tmp_path):
     sizes = {"wide.jpg": (96, 64), "tall.jpg": (56, 88), "square.jpg": (72, 72)}  # (width, height)
-    files = {name: encode(np.asarray(Image.fromarray(sample_array("astronaut")).resize(size))) for name, size in sizes.items()}
+    files = {
+        name: encode(np.asarray(Image.fromarray(sample_array("astronaut")).resize(size)))
+        for name, size in sizes.items()
+    }
     files["corrupt.jpg"] = images.corrupt_jpeg()
     write_tree(tmp_path / "in", files)
-    model = ModelConfig(name="fasterrcnn_v2", weights="random", options={"min_size": 128, "max_size": 160}, score_threshold=0.0)
+    model = ModelConfig(
+        name="fasterrcnn_v2", weights="random", options={"min_size": 128, "max_size": 160}, score_threshold=0.0
+    )
     summary = run_backfill(backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=model))
     table = pq.read_table(tmp_path / "out")
-    assert table.schema == DETECT_SCHEMA and table.num_rows == 4 and summary["errors"] == 1
+    assert table.schema == output_schema(model) and table.num_rows == 4 and summary["errors"] == 1
     rows = {Path(row["path"]).name: row for row in table.to_pylist()}
     assert rows["corrupt.jpg"]["error"] == "invalid_image" and rows["corrupt.jpg"]["boxes"] is None
     for name, (width, height) in sizes.items():
@@ -271,20 +328,65 @@ def test_detection_backfill_writes_boxes_in_original_pixels(ray_session, tmp_pat
             assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
 
 
+# ---- embeddings ------------------------------------------------------------------------------
+def test_embedding_backfill_writes_a_vector_column_equal_to_the_direct_wrappers(ray_session, tmp_path):
+    from shared import ModelWrapper
+
+    files = {f"{name}.jpg": images.small_jpeg(name) for name in ("chelsea", "coffee")}
+    files["corrupt.jpg"] = images.corrupt_jpeg()
+    write_tree(tmp_path / "in", files)
+    model = ModelConfig(task="embed")
+    summary = run_backfill(backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=model))
+    table = pq.read_table(tmp_path / "out")
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 1280)  # a fixed-size vector column
+    assert summary["errors"] == 1 and table.num_rows == 3
+    rows = {Path(row["path"]).name: row for row in table.to_pylist()}
+    assert rows["corrupt.jpg"]["embedding"] is None and rows["corrupt.jpg"]["error"] == "invalid_image"
+    direct = ModelWrapper(model)
+    for name in ("chelsea.jpg", "coffee.jpg"):
+        (want,) = direct.predict_batch([direct.load(files[name])])
+        assert np.allclose(rows[name]["embedding"], want, atol=1e-5, rtol=0)
+    vectors = table.to_pandas()["embedding"]  # pandas reads each row as one float32 array
+    assert vectors.iloc[0] is None or vectors.dropna().map(len).eq(1280).all()
+
+
 # ---- kill and resume -------------------------------------------------------------------------
 @pytest.mark.timeout(300)
 def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_path):
-    files = {f"n0{i % 4}/img{i:02d}.jpg": images.small_jpeg(SAMPLE_NAMES[i % len(SAMPLE_NAMES)], 48 + i) for i in range(40)}
+    files = {
+        f"n0{i % 4}/img{i:02d}.jpg": images.small_jpeg(SAMPLE_NAMES[i % len(SAMPLE_NAMES)], 48 + i) for i in range(40)
+    }
     write_tree(tmp_path / "in", files)
     source, output = tmp_path / "in", tmp_path / "out"
-    command = [sys.executable, "-m", "twinfer.cli", "backfill", "--input", str(source), "--output", str(output),
-               "--batch-size", "2", "--rows-per-call", "2", "--rows-per-file", "2", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "twinfer.cli",
+        "backfill",
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--batch-size",
+        "2",
+        "--rows-per-call",
+        "2",
+        "--rows-per-file",
+        "2",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as sink:
+        driver = subprocess.Popen(
+            command, cwd=ROOT, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 180
         while not list(output.glob("*.parquet")):
-            assert driver.poll() is None, f"the backfill exited ({driver.returncode}) before writing a file"
+            assert driver.poll() is None, (
+                f"the backfill exited ({driver.returncode}) before writing a file:\n{log.read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "no output file appeared"
             time.sleep(0.02)
     finally:
@@ -292,7 +394,9 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
     done_before = pq.read_table(output).num_rows
     assert 0 < done_before < len(files), "the kill should land mid-job"
 
-    summary = run_backfill(backfill_config(str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2))
+    summary = run_backfill(
+        backfill_config(str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2)
+    )
     paths = pq.read_table(output).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == len(files)
     assert set(paths) == {str(source / rel) for rel in files}

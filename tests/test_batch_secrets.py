@@ -69,7 +69,7 @@ def test_uris_carrying_secrets_are_refused_redacted(data, capsys, caplog):
         (f"s3://AKIAEXAMPLE:{SECRET}@bucket/images", "s3://***@bucket/images"),
         (f"s3://{SECRET}@bucket/images", "s3://***@bucket/images"),
         (f"s3://bucket/images?aws_secret={SECRET}", "aws_secret"),
-        (f"s3://anonymous@bucket/x/../images?region=eu-west-1", "'s3://anonymous@bucket/x/../images?region=eu-west-1'"),
+        ("s3://anonymous@bucket/x/../images?region=eu-west-1", "'s3://anonymous@bucket/x/../images?region=eu-west-1'"),
         (f"file://user:{SECRET}@host/images", "'host'"),
     ]
     for uri, shown in cases:
@@ -95,13 +95,24 @@ def test_evaluate_and_run_time_errors_never_print_the_secret(data, capsys, caplo
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     monkeypatch.setenv("AWS_SESSION_TOKEN", SECRET)
-    code, err = run_cli(["backfill", "--input", "s3://bucket/in?endpoint_override=127.0.0.1:9", "--output", str(data / "o2")], capsys, caplog)
+    code, err = run_cli(
+        ["backfill", "--input", "s3://bucket/in?endpoint_override=127.0.0.1:9", "--output", str(data / "o2")],
+        capsys,
+        caplog,
+    )
     assert code == 2 and "give both" in err
 
 
 def test_the_python_api_hides_the_secret_too(data):
-    settings = dict(input=str(data / "in"), output=str(data / "out"), s3={"access_key": "AKIAEXAMPLE", "secret_key": SECRET})
-    for bad in ({"batch_size": 0}, {"output": str(data / "in" / "x")}, {"s3": {"secret_key": SECRET}}, {"unknown": SECRET}):
+    settings = dict(
+        input=str(data / "in"), output=str(data / "out"), s3={"access_key": "AKIAEXAMPLE", "secret_key": SECRET}
+    )
+    for bad in (
+        {"batch_size": 0},
+        {"output": str(data / "in" / "x")},
+        {"s3": {"secret_key": SECRET}},
+        {"unknown": SECRET},
+    ):
         with pytest.raises(ValidationError) as caught:
             BackfillConfig(**{**settings, **bad})
         assert_hidden(str(caught.value), repr(caught.value))
@@ -134,7 +145,9 @@ def test_without_keys_s3_signs_with_the_aws_credentials_file(tmp_path):
     """No key flags and no AWS_* keys: twinfer passes none, and pyarrow's S3FileSystem (the AWS SDK's
     default chain) signs with ~/.aws/credentials. A loopback server records the Authorization header."""
     (tmp_path / ".aws").mkdir()
-    (tmp_path / ".aws" / "credentials").write_text("[default]\naws_access_key_id = AKIAFROMTHEFILE\naws_secret_access_key = file-secret\n")
+    (tmp_path / ".aws" / "credentials").write_text(
+        "[default]\naws_access_key_id = AKIAFROMTHEFILE\naws_secret_access_key = file-secret\n"
+    )
     probe = """
 import http.server, threading
 from batch.uris import resolve
@@ -151,7 +164,14 @@ where = resolve(f"s3://bucket/key?endpoint_override=127.0.0.1:{server.server_por
 where.filesystem.get_file_info(where.path)
 print(seen[0])
 """
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "AWS_EC2_METADATA_DISABLED": "true"}
-    result = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "Credential=AKIAFROMTHEFILE/" in result.stdout

@@ -15,7 +15,7 @@ from batch.config import BackfillConfig
 from batch.decode_stage import DECODED_SCHEMA, decode_batch, item_from_row
 from batch.evaluate import evaluate_table, format_report
 from batch.listing import label_for, list_inputs
-from batch.predict_actor import CLASSIFY_SCHEMA, Predictor
+from batch.predict_actor import Predictor, output_schema
 from batch.resume import done_paths, output_files
 from batch.sink import TEMP_PREFIX, file_name_for
 from batch.uris import S3Options, parse_uri, resolve, s3_filesystem_kwargs
@@ -30,7 +30,10 @@ PUBLIC = "s3://anonymous@air-example-data-2/imagenette2/val/"
 def test_public_bucket_uri_is_anonymous_s3():
     location = parse_uri(PUBLIC)
     assert (location.scheme, location.bucket, location.path, location.anonymous) == (
-        "s3", "air-example-data-2", "air-example-data-2/imagenette2/val", True,
+        "s3",
+        "air-example-data-2",
+        "air-example-data-2/imagenette2/val",
+        True,
     )
     assert s3_filesystem_kwargs(location, env={}) == {"anonymous": True}
     file = "air-example-data-2/imagenette2/val/n01440764/ILSVRC2012_val_00009111.JPEG"
@@ -42,22 +45,36 @@ def test_public_bucket_uri_is_anonymous_s3():
 def test_uri_parameters_and_custom_endpoints_get_a_region():
     location = parse_uri("s3://anonymous@bucket/images?endpoint_override=127.0.0.1:9000&scheme=http")
     assert s3_filesystem_kwargs(location, env={}) == {
-        "endpoint_override": "127.0.0.1:9000", "scheme": "http", "region": "us-east-1", "anonymous": True,
+        "endpoint_override": "127.0.0.1:9000",
+        "scheme": "http",
+        "region": "us-east-1",
+        "anonymous": True,
     }
     keyed = S3Options(endpoint_override="https://minio.local:9000", access_key="k", secret_key="s")
     assert s3_filesystem_kwargs(parse_uri("s3://b/p"), keyed, env={}) == {
-        "endpoint_override": "minio.local:9000", "scheme": "https", "region": "us-east-1", "access_key": "k", "secret_key": "s",
+        "endpoint_override": "minio.local:9000",
+        "scheme": "https",
+        "region": "us-east-1",
+        "access_key": "k",
+        "secret_key": "s",
     }
 
 
 def test_aws_environment_variables_fill_unset_options():
     env = {
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:5000", "AWS_REGION": "eu-west-1",
-        "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+        "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_SESSION_TOKEN": "token",
     }
     assert s3_filesystem_kwargs(parse_uri("s3://b/p"), env=env) == {
-        "endpoint_override": "127.0.0.1:5000", "scheme": "http", "region": "eu-west-1",
-        "access_key": "id", "secret_key": "secret", "session_token": "token",
+        "endpoint_override": "127.0.0.1:5000",
+        "scheme": "http",
+        "region": "eu-west-1",
+        "access_key": "id",
+        "secret_key": "secret",
+        "session_token": "token",
     }
     explicit = S3Options(region="ap-south-1", anonymous=True)
     kwargs = s3_filesystem_kwargs(parse_uri("s3://b/p"), explicit, env=env)
@@ -77,15 +94,24 @@ def test_local_uris_and_rejected_ones(tmp_path):
 
 # ---- listing ---------------------------------------------------------------------------------
 def test_listing_takes_every_visible_file_and_labels_from_the_first_directory(tmp_path):
-    for relative in ("n01440764/a.jpg", "n01440764/deeper/b.JPEG", "tabby/c.png", "top.jpg", "notes/readme.txt",
-                     ".hidden.jpg", ".cache/d.jpg"):
+    for relative in (
+        "n01440764/a.jpg",
+        "n01440764/deeper/b.JPEG",
+        "tabby/c.png",
+        "top.jpg",
+        "notes/readme.txt",
+        ".hidden.jpg",
+        ".cache/d.jpg",
+    ):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_bytes(b"x")
     fs, root = pafs.LocalFileSystem(), str(tmp_path)
-    found = [p[len(root) + 1:] for p in list_inputs(fs, root)]
+    found = [p[len(root) + 1 :] for p in list_inputs(fs, root)]
     assert found == ["n01440764/a.jpg", "n01440764/deeper/b.JPEG", "notes/readme.txt", "tabby/c.png", "top.jpg"]
-    assert [p[len(root) + 1:] for p in list_inputs(fs, root, extensions=["jpg", ".jpeg"])] == [
-        "n01440764/a.jpg", "n01440764/deeper/b.JPEG", "top.jpg",
+    assert [p[len(root) + 1 :] for p in list_inputs(fs, root, extensions=["jpg", ".jpeg"])] == [
+        "n01440764/a.jpg",
+        "n01440764/deeper/b.JPEG",
+        "top.jpg",
     ]
     assert [label_for(f"{root}/{p}", root) for p in found] == ["n01440764", "n01440764", "notes", "tabby", None]
     with pytest.raises(FileNotFoundError):
@@ -138,11 +164,17 @@ def test_pixel_views_read_the_arrow_buffers_of_sliced_and_chunked_columns():
 
 
 def test_predictor_predicts_good_rows_and_passes_error_rows_through(embedded_wrapper):
-    files = {"cat.jpg": images.small_jpeg("chelsea"), "bad.jpg": images.truncated_jpeg(), "rocket.jpg": images.small_jpeg("rocket"),
-             "coffee.jpg": images.small_jpeg("coffee"), "empty.jpg": b"", "astronaut.jpg": images.small_jpeg("astronaut")}
+    files = {
+        "cat.jpg": images.small_jpeg("chelsea"),
+        "bad.jpg": images.truncated_jpeg(),
+        "rocket.jpg": images.small_jpeg("rocket"),
+        "coffee.jpg": images.small_jpeg("coffee"),
+        "empty.jpg": b"",
+        "astronaut.jpg": images.small_jpeg("astronaut"),
+    }
     decoded = decode_batch(_read_rows(files), model=ModelConfig(), input_location=parse_uri("/data"))
     out = Predictor(ModelConfig(), top_k=3, batch_size=2)(decoded)  # 6 rows, 4 good: two model calls of 2
-    assert out.schema == CLASSIFY_SCHEMA
+    assert out.schema == output_schema(ModelConfig())
     assert [p.rsplit("/", 1)[1] for p in out.column("path").to_pylist()] == list(files)  # row order kept
     rows = {row["path"].rsplit("/", 1)[1]: row for row in out.to_pylist()}
     assert rows["bad.jpg"]["error"] == "invalid_image" and rows["bad.jpg"]["top_labels"] is None
@@ -263,9 +295,33 @@ def test_backfill_flags_become_one_validated_config():
     from twinfer.cli import build_parser
 
     args = build_parser().parse_args(
-        ["backfill", "--input", PUBLIC, "--output", "s3://results/run?endpoint_override=127.0.0.1:9000", "--weights", "random",
-         "--top-k", "3", "--batch-size", "16", "--actors", "2", "--decode-parallelism", "4", "--extensions", "jpg,JPEG",
-         "--s3-endpoint", "http://127.0.0.1:9000", "--s3-access-key", "k", "--s3-secret-key", "s", "--no-progress", "--evaluate"]
+        [
+            "backfill",
+            "--input",
+            PUBLIC,
+            "--output",
+            "s3://results/run?endpoint_override=127.0.0.1:9000",
+            "--weights",
+            "random",
+            "--top-k",
+            "3",
+            "--batch-size",
+            "16",
+            "--actors",
+            "2",
+            "--decode-parallelism",
+            "4",
+            "--extensions",
+            "jpg,JPEG",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-access-key",
+            "k",
+            "--s3-secret-key",
+            "s",
+            "--no-progress",
+            "--evaluate",
+        ]
     )
     config = config_from_args(args)
     assert config.model == ModelConfig(weights="random") and config.top_k == 3 and config.batch_size == 16
@@ -285,10 +341,16 @@ def test_model_config_file_is_the_online_vocabulary_and_flags_override_it(tmp_pa
         return config_from_args(build_parser().parse_args(["backfill", "--input", "/data", "--output", "/out", *extra]))
 
     block = tmp_path / "model.yaml"
-    block.write_text("{name: efficientnet_lite0, weights: random, precision: bf16, cpu_threads: 2, decode: {draft: false}}")
+    block.write_text(
+        "{name: efficientnet_lite0, weights: random, precision: bf16, cpu_threads: 2, decode: {draft: false}}"
+    )
     config = parse("--model-config", str(block), "--precision", "fp32", "--compile")
-    assert config.model == ModelConfig(weights="random", precision="fp32", cpu_threads=2, compile=True, decode={"draft": False})
-    on_device = parse("--model-config", str(block), "--device", "cuda", "--gpus-per-actor", "1", "--decode-on-device").model
+    assert config.model == ModelConfig(
+        weights="random", precision="fp32", cpu_threads=2, compile=True, decode={"draft": False}
+    )
+    on_device = parse(
+        "--model-config", str(block), "--device", "cuda", "--gpus-per-actor", "1", "--decode-on-device"
+    ).model
     assert on_device.decode == DecodeConfig(draft=False, on_device=True)  # merged into the file's decode block
     with pytest.raises(ValueError, match="on_device"):  # without --device cuda
         parse("--model-config", str(block), "--decode-on-device")
@@ -336,13 +398,12 @@ def test_resume_deletes_nothing_in_a_folder_without_the_marker(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good, cut])
 
 
-def test_output_row_round_trips_to_the_wrappers_predictions():
-    from batch.predict_actor import CLASSIFY_COLUMNS, DETECT_COLUMNS, predictions_from_row
-
-    predictions = [{"label": "espresso", "index": 967, "score": 0.9}, {"label": "cup", "index": 968, "score": 0.05}]
-    row = {column: [p[key] for p in predictions] for column, key in CLASSIFY_COLUMNS.items()}
-    assert predictions_from_row(row) == predictions
-    assert predictions_from_row({column: None for column in CLASSIFY_COLUMNS}) is None
-    boxes = [{"box": [1.0, 2.0, 3.0, 4.0], "label": "car", "index": 3, "score": 0.8}]
-    row = {column: [b[key] for b in boxes] for column, key in DETECT_COLUMNS.items()}
-    assert predictions_from_row(row, "detect") == boxes
+def test_output_rows_read_back_as_the_answers_the_wrapper_gave(embedded_wrapper):
+    """Each task writes its answers as columns and reads them back (the demo and parity checks do)."""
+    data = images.small_jpeg("coffee")
+    answers = embedded_wrapper.predict_batch([embedded_wrapper.load(data)], [{"top_k": 3}]) + [None]
+    task = embedded_wrapper.task
+    table = pa.table(task.columns(answers))
+    assert table.schema.names == output_schema(ModelConfig()).names[5:]
+    rows = table.to_pylist()
+    assert task.answer_from_row(rows[0]) == answers[0] and task.answer_from_row(rows[1]) is None

@@ -15,7 +15,14 @@ import torch
 from PIL import Image
 
 from bench import gpu
-from bench.gpu_checks import DATASET_MINUTES, FULL_BUDGET_MINUTES, PIECE_BUDGET_MINUTES, QUICK_BUDGET_MINUTES, SECTIONS, piece
+from bench.gpu_checks import (
+    DATASET_MINUTES,
+    FULL_BUDGET_MINUTES,
+    PIECE_BUDGET_MINUTES,
+    QUICK_BUDGET_MINUTES,
+    SECTIONS,
+    piece,
+)
 from twinfer.samples import encode, sample_array
 
 
@@ -42,7 +49,9 @@ def test_default_is_the_quick_matrix_and_selections_keep_run_order():
     assert gpu.budget_minutes(gpu.parse_args(["--sections", "env", "--budget-minutes", "2"])) == 2
 
 
-@pytest.mark.parametrize("argv", [["--sections", "env,nope"], ["--skip", "nope"], ["--piece", "1", "--full"], ["--piece", "4"]])
+@pytest.mark.parametrize(
+    "argv", [["--sections", "env,nope"], ["--skip", "nope"], ["--piece", "1", "--full"], ["--piece", "4"]]
+)
 def test_unknown_sections_and_conflicting_choices_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         gpu.parse_args(argv)
@@ -74,7 +83,17 @@ def test_without_cuda_it_refuses_with_what_it_checked(tmp_path, capsys, no_cuda)
 
 def test_allow_cpu_runs_the_harness_tiny_and_skips_cuda_sections(tmp_path, capsys, no_cuda):
     out = tmp_path / "gpu.json"
-    argv = ["--allow-cpu", "--sections", "env,agreement,threads,race,fuzz,backfill,serve", "--n", "4", "--data", str(tmp_path / "images"), "--out", str(out)]
+    argv = [
+        "--allow-cpu",
+        "--sections",
+        "env,agreement,threads,race,fuzz,backfill,serve",
+        "--n",
+        "4",
+        "--data",
+        str(tmp_path / "images"),
+        "--out",
+        str(out),
+    ]
     assert gpu.main(argv) == 0
     result = json.loads(out.read_text())
     sections = result["sections"]
@@ -85,7 +104,11 @@ def test_allow_cpu_runs_the_harness_tiny_and_skips_cuda_sections(tmp_path, capsy
     for name in ("race", "fuzz", "backfill", "serve"):
         assert (sections[name]["status"], sections[name]["reason"]) == ("skipped", "needs CUDA")
     assert sections["env"]["status"] == "ok"
-    assert {f["figure"] for f in sections["env"]["figures"]} >= {"NVIDIA driver", "torch.cuda.is_available()", "/dev/shm"}
+    assert {f["figure"] for f in sections["env"]["figures"]} >= {
+        "NVIDIA driver",
+        "torch.cuda.is_available()",
+        "/dev/shm",
+    }
     (agreement,) = sections["agreement"]["figures"]
     assert agreement["value"] == "4/4 (100.00%)"  # fp32 against itself: the path, not a measurement
     assert sections["threads"]["status"] == "ok"
@@ -129,10 +152,15 @@ def test_a_section_that_raises_is_recorded_and_the_run_goes_on(no_cuda, fake_sec
 def test_budget_skips_what_would_not_fit_and_merge_adds_to_the_json(no_cuda, fake_sections):
     out, _ = fake_sections
     gpu.main(["--allow-cpu", "--sections", "env", "--out", str(out)])
-    assert gpu.main(["--allow-cpu", "--sections", "threads", "--merge", "--budget-minutes", "0.5", "--out", str(out)]) == 0
+    assert (
+        gpu.main(["--allow-cpu", "--sections", "threads", "--merge", "--budget-minutes", "0.5", "--out", str(out)]) == 0
+    )
     result = json.loads(out.read_text())
     assert result["sections"]["env"]["status"] == "error"  # from the first run
-    assert result["sections"]["threads"]["status"] == "skipped" and "would not fit" in result["sections"]["threads"]["reason"]
+    assert (
+        result["sections"]["threads"]["status"] == "skipped"
+        and "would not fit" in result["sections"]["threads"]["reason"]
+    )
     assert len(result["commands"]) == 2
 
 
@@ -160,6 +188,13 @@ def test_an_isolated_section_runs_in_a_child_process(tmp_path, monkeypatch, no_c
     entry = json.loads(out.read_text())["sections"]["env"]
     assert entry["status"] == "ok" and entry["child"]["rc"] == 0
     assert {f["figure"] for f in entry["figures"]} >= {"NVIDIA driver", "/dev/shm"}
+
+
+def test_a_callers_ray_is_left_running(ray_session, tmp_path, no_cuda):
+    """In-process callers (this test session) keep their Ray: the harness stops only what it started."""
+    cpus = ray_session.cluster_resources()["CPU"]
+    assert gpu.main(["--allow-cpu", "--sections", "env", "--out", str(tmp_path / "gpu.json")]) == 0
+    assert ray_session.is_initialized() and ray_session.cluster_resources()["CPU"] == cpus
 
 
 @pytest.mark.slow
@@ -250,9 +285,20 @@ def test_the_load_client_falls_back_to_the_standard_library():
 def test_ray_datas_throughput_is_read_from_its_stats():
     from bench.run import ray_data_throughput
 
-    stats = "Operator 1 ...\n\nDataset throughput:\n\t* Ray Data throughput: 5123.4 rows/s\n\t* Estimated single node throughput: 9 rows/s\n"
+    stats = (
+        "Operator 1 ...\n\nDataset throughput:\n\t* Ray Data throughput: 5123.4 rows/s\n"
+        "\t* Estimated single node throughput: 9 rows/s\n"
+    )
     assert ray_data_throughput(stats) == 5123.4
     assert ray_data_throughput("") is None
+    # a backfill: the model operator's own figure wins over the (absent or zero) dataset one
+    operators = (
+        "Operator 2 MapBatches(decode_batch): 4 tasks executed\n* Operator throughput:\n"
+        "\t* Ray Data throughput: 900.0 rows/s\n"
+        "Operator 3 MapBatches(Predictor): 2 tasks executed\n* Operator throughput:\n"
+        "\t* Ray Data throughput: 77.7 rows/s\n"
+    )
+    assert ray_data_throughput(operators + stats) == 77.7
 
 
 def test_the_sampler_reports_how_busy_the_machine_was():

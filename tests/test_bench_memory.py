@@ -16,7 +16,7 @@ def test_growth_ignores_start_up_and_sees_a_steady_climb():
 def test_sampler_reports_host_memory_and_no_gpu_here():
     with MemorySampler(interval_s=0.01) as sampler:
         ballast = bytearray(512 * 2**20)  # 512 MiB, touched
-        ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+        ballast[::4096] = b"x" * len(ballast[::4096])
         deadline = time.monotonic() + 30
         while len(sampler.host) < 12 and time.monotonic() < deadline:
             time.sleep(0.005)

@@ -60,7 +60,8 @@ def test_resources_per_actor_flag_reaches_the_backfill_config():
 
     assert parse().resources_per_actor == {}
     assert parse("--resources-per-actor", '{"worker": 1, "accelerator_type:T4": 0.5}').resources_per_actor == {
-        "worker": 1.0, "accelerator_type:T4": 0.5,
+        "worker": 1.0,
+        "accelerator_type:T4": 0.5,
     }
     for bad in ['{"worker": -1}', '{"CPU": 1}', '["worker"]']:
         with pytest.raises(ValidationError):
@@ -149,8 +150,14 @@ class Cluster:
 
     def start(self, name: str, args: list[str], **kwargs) -> Process:
         popen = subprocess.Popen(
-            [str(a) for a in args], cwd=ROOT, env=self.env, text=True, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, **kwargs,
+            [str(a) for a in args],
+            cwd=ROOT,
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kwargs,
         )
         process = Process(name, popen)
         self.started.append(process)
@@ -197,8 +204,10 @@ class Cluster:
     def state(self, resource: str) -> list[dict]:
         """Ray's state API (the dashboard's /api/v0 endpoints that ``ray list`` reads), dead actors included."""
         response = httpx.get(
-            f"{self.dashboard}/api/v0/{resource}", params={"limit": 10000, "detail": "true"},
-            headers={"Authorization": f"Bearer {self.token()}"}, timeout=60,
+            f"{self.dashboard}/api/v0/{resource}",
+            params={"limit": 10000, "detail": "true"},
+            headers={"Authorization": f"Bearer {self.token()}"},
+            timeout=60,
         )
         response.raise_for_status()
         body = response.json()
@@ -236,23 +245,63 @@ def cluster():
     (base / "auth_token").chmod(0o600)
     port, dashboard_port = free_loopback_port(), free_loopback_port()
     cluster = Cluster(base, _cluster_env(base), f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}")
-    common = ["--block", "--temp-dir", base / "ray", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
-              "--include-log-monitor", "false",
-              "--dashboard-agent-listen-port", None, "--metrics-export-port", None]
+    common = [
+        "--block",
+        "--temp-dir",
+        base / "ray",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--disable-usage-stats",
+        "--include-log-monitor",
+        "false",
+        "--dashboard-agent-listen-port",
+        None,
+        "--metrics-export-port",
+        None,
+    ]
 
     def node_args(extra):
         args = [RAY_BIN, "start", *extra, *common]
         return [free_loopback_port() if a is None else a for a in args]
 
     try:
-        cluster.start_node("head", node_args([
-            "--head", "--port", port, "--num-cpus", 1, "--num-gpus", 0,
-            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", dashboard_port,
-            "--ray-client-server-port", free_loopback_port(),
-        ]))
-        cluster.start_node("worker", node_args([
-            "--address", cluster.address, "--num-cpus", 2, "--num-gpus", 0, "--resources", json.dumps(WORKER_RESOURCE),
-        ]))
+        cluster.start_node(
+            "head",
+            node_args(
+                [
+                    "--head",
+                    "--port",
+                    port,
+                    "--num-cpus",
+                    1,
+                    "--num-gpus",
+                    0,
+                    "--include-dashboard",
+                    "true",
+                    "--dashboard-host",
+                    "127.0.0.1",
+                    "--dashboard-port",
+                    dashboard_port,
+                    "--ray-client-server-port",
+                    free_loopback_port(),
+                ]
+            ),
+        )
+        cluster.start_node(
+            "worker",
+            node_args(
+                [
+                    "--address",
+                    cluster.address,
+                    "--num-cpus",
+                    2,
+                    "--num-gpus",
+                    0,
+                    "--resources",
+                    json.dumps(WORKER_RESOURCE),
+                ]
+            ),
+        )
         yield cluster
     finally:
         for process in reversed(cluster.started):
@@ -269,8 +318,11 @@ def cluster():
 def test_the_cluster_requires_its_token(cluster):
     assert httpx.get(f"{cluster.dashboard}/api/v0/nodes", timeout=30).status_code in (401, 403)
     nodes = [n for n in cluster.state("nodes") if n["state"] == "ALIVE"]  # with the token
-    assert sorted((n["is_head_node"], n["resources_total"].get("CPU"), n["resources_total"].get("worker")) for n in nodes) == [
-        (False, 2.0, 1.0), (True, 1.0, None),
+    assert sorted(
+        (n["is_head_node"], n["resources_total"].get("CPU"), n["resources_total"].get("worker")) for n in nodes
+    ) == [
+        (False, 2.0, 1.0),
+        (True, 1.0, None),
     ]
 
 
@@ -293,11 +345,33 @@ def photos(tmp_path_factory) -> dict[str, bytes]:
 
 def test_backfill_model_actors_run_on_the_worker_node(cluster, photos, embedded_wrapper, tmp_path):
     output = tmp_path / "predictions"
-    log = cluster.run("backfill", [
-        sys.executable, "-m", "twinfer.cli", "backfill", "--input", Path(next(iter(photos))).parent,
-        "--output", output, "--address", cluster.address, "--resources-per-actor", json.dumps(WORKER_RESOURCE),
-        "--batch-size", 4, "--rows-per-file", 2, "--read-blocks", 1, "--decode-parallelism", 1, "--no-progress",
-    ], timeout=240)
+    log = cluster.run(
+        "backfill",
+        [
+            sys.executable,
+            "-m",
+            "twinfer.cli",
+            "backfill",
+            "--input",
+            Path(next(iter(photos))).parent,
+            "--output",
+            output,
+            "--address",
+            cluster.address,
+            "--resources-per-actor",
+            json.dumps(WORKER_RESOURCE),
+            "--batch-size",
+            4,
+            "--rows-per-file",
+            2,
+            "--read-blocks",
+            1,
+            "--decode-parallelism",
+            1,
+            "--no-progress",
+        ],
+        timeout=240,
+    )
     assert f"backfill: {len(photos)} rows written (0 errors" in log, log[-3000:]
 
     rows = {row["path"]: row for row in pq.read_table(output).to_pylist()}
@@ -321,7 +395,9 @@ def test_serve_app_deploys_its_model_replica_on_the_worker_node(cluster, embedde
     model["resources"] = WORKER_RESOURCE
     (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(config))
 
-    serve_run = cluster.start("serve run", [SERVE_BIN, "run", "--address", cluster.address, tmp_path / "serve_config.yaml"])
+    serve_run = cluster.start(
+        "serve run", [SERVE_BIN, "run", "--address", cluster.address, tmp_path / "serve_config.yaml"]
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             deadline = time.monotonic() + 180
@@ -335,12 +411,18 @@ def test_serve_app_deploys_its_model_replica_on_the_worker_node(cluster, embedde
                     pass
                 time.sleep(0.5)
             data = small_jpeg("coffee", size=200)
-            response = client.post("/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"})
+            response = client.post(
+                "/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"}
+            )
         assert response.status_code == 200, response.text
-        assert [p["label"] for p in response.json()["predictions"]] == [p["label"] for p in embedded_wrapper.classify_bytes(data)]
+        assert [p["label"] for p in response.json()["predictions"]] == [
+            p["label"] for p in embedded_wrapper.classify_bytes(data)
+        ]
 
         worker = cluster.worker_node_id()
-        replicas = [a for a in cluster.state("actors") if a["class_name"] == MODEL_REPLICA_CLASS and a["state"] == "ALIVE"]
+        replicas = [
+            a for a in cluster.state("actors") if a["class_name"] == MODEL_REPLICA_CLASS and a["state"] == "ALIVE"
+        ]
         assert [a["node_id"] for a in replicas] == [worker], (worker, replicas)
     finally:
         serve_run.stop()  # the cluster goes next: no need for serve run's own clean-up

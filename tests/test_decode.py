@@ -19,8 +19,9 @@ def test_16_bit_grey_keeps_its_range():
 
 
 def test_transparent_pixels_become_white():
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buffer = io.BytesIO()
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(buffer, "PNG")

@@ -4,10 +4,10 @@ dependency has an upper bound at a tested major, and the default ViT checkpoint 
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -41,7 +41,8 @@ def test_floor_excludes_releases_with_the_known_vulnerability(package, fixed):
 
 def test_every_runtime_dependency_has_an_upper_bound():
     unbounded = [
-        str(r) for r in runtime_requirements().values()
+        str(r)
+        for r in runtime_requirements().values()
         if not any(s.operator in ("<", "<=", "==", "~=") for s in r.specifier)
     ]
     assert not unbounded, f"no upper bound: {unbounded}"

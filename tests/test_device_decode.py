@@ -20,8 +20,7 @@ from pydantic import ValidationError
 from batch.decode_stage import DECODED_SCHEMA, decode_batch
 from batch.predict_actor import Predictor
 from batch.uris import parse_uri
-from shared import ImageLoader, ModelConfig, ModelWrapper
-from shared import device_decode
+from shared import ImageLoader, ModelConfig, device_decode
 from shared.device_decode import Encoded, decode_jpegs, orient, pixel_budget_chunks
 from shared.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 from shared.prepare import Prepared
@@ -50,7 +49,12 @@ def oriented_jpeg(orientation: int) -> bytes:
 
 
 def test_on_device_needs_a_cuda_classification_model():
-    for bad in ({}, {"device": "cpu"}, {"device": "auto"}, {"device": "cuda", "name": "fasterrcnn_v2", "weights": "random"}):
+    for bad in (
+        {},
+        {"device": "cpu"},
+        {"device": "auto"},
+        {"device": "cuda", "name": "fasterrcnn_v2", "weights": "random"},
+    ):
         with pytest.raises(ValidationError, match="on_device"):
             ModelConfig.model_validate({**bad, "decode": {"on_device": True}})
 
@@ -157,7 +161,11 @@ def test_backfill_rows_carry_jpegs_encoded_and_the_actor_decodes_them(embedded_w
     rows = {row["path"]: row for row in decoded.to_pylist()}
     coffee = rows["/data/a/coffee.jpg"]
     assert coffee["encoding"] == "jpeg" and coffee["pixels"] == files["a/coffee.jpg"] and coffee["shape"] is None
-    assert rows["/data/b/rocket.png"]["encoding"] == "uint8_chw" and rows["/data/b/rocket.png"]["shape"] == [3, 224, 224]
+    assert rows["/data/b/rocket.png"]["encoding"] == "uint8_chw" and rows["/data/b/rocket.png"]["shape"] == [
+        3,
+        224,
+        224,
+    ]
     assert rows["/data/b/text.jpg"]["error"] == "invalid_image" and rows["/data/b/text.jpg"]["encoding"] is None
 
     # the actor of a CPU model reads both encodings (a real run pairs on_device with CUDA)
@@ -330,8 +338,12 @@ def test_the_ingress_answers_a_jpeg_no_decoder_could_read_with_its_own_400():
             return {"type": "http.request", "body": body, "more_body": False}
 
         scope = {
-            "type": "http", "method": "POST", "path": f"/v1/models/{model}/classify", "root_path": "",
-            "query_string": b"top_k=1", "headers": [(b"content-type", b"image/jpeg")],
+            "type": "http",
+            "method": "POST",
+            "path": f"/v1/models/{model}/classify",
+            "root_path": "",
+            "query_string": b"top_k=1",
+            "headers": [(b"content-type", b"image/jpeg")],
         }
         response = await ingress(Request(scope, receive))
         return response.status_code, json.loads(response.body)

@@ -12,9 +12,7 @@ ESPRESSO = {967}
 MISSILE_OR_PROJECTILE = {657, 744}
 
 
-@pytest.mark.parametrize(
-    "name, expected", [("chelsea", CATS), ("coffee", ESPRESSO), ("rocket", MISSILE_OR_PROJECTILE)]
-)
+@pytest.mark.parametrize("name, expected", [("chelsea", CATS), ("coffee", ESPRESSO), ("rocket", MISSILE_OR_PROJECTILE)])
 def test_sample_photo_top5(embedded_wrapper, name, expected):
     predictions = embedded_wrapper.classify_bytes(encode(sample_array(name)), top_k=5)
     assert len(predictions) == 5

@@ -82,6 +82,7 @@ def test_ray_version_and_ports_match(manifest, serve_config_v2):
     for group in groups:  # KubeRay's Serve service and health checks use the container port named "serve"
         ports = {p["name"]: p["containerPort"] for c in containers(group) for p in c.get("ports", [])}
         assert ports.get("serve") == port, group.get("groupName", "head")
+        assert ports.get("grpc") == serve_config_v2["grpc_options"]["port"], group.get("groupName", "head")
     head_ports = {p["name"]: p["containerPort"] for c in containers(cluster["headGroupSpec"]) for p in c["ports"]}
     assert head_ports["dashboard"] == 8265  # where KubeRay submits serveConfigV2
 
@@ -90,11 +91,18 @@ def test_the_worker_group_holds_the_enabled_deployments(manifest, serve_config_v
     groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
 
     def total(resource: str) -> float:
-        return sum(cpus(c["resources"]["limits"].get(resource, 0)) * g["replicas"] for g in groups for c in containers(g))
+        return sum(
+            cpus(c["resources"]["limits"].get(resource, 0)) * g["replicas"] for g in groups for c in containers(g)
+        )
 
     cpu, gpu = total("cpu"), total("nvidia.com/gpu")
     apps = [AppArgs.model_validate(app["args"]) for app in serve_config_v2["applications"]]
-    needed_cpu = sum(a.ingress.num_cpus * a.ingress.num_replicas + sum(m.num_cpus * m.num_replicas for m in a.enabled_models) for a in apps)
+    needed_cpu = sum(
+        a.ingress.num_cpus * a.ingress.num_replicas + sum(m.num_cpus * m.num_replicas for m in a.enabled_models)
+        for a in apps
+    )
     needed_gpu = sum(m.num_gpus * m.num_replicas for a in apps for m in a.enabled_models)
     assert needed_cpu <= cpu, f"the applications need {needed_cpu} CPUs; the worker groups start with {cpu}"
-    assert needed_gpu <= gpu, f"the applications need {needed_gpu} GPUs; the worker groups start with {gpu} (the gpu group?)"
+    assert needed_gpu <= gpu, (
+        f"the applications need {needed_gpu} GPUs; the worker groups start with {gpu} (the gpu group?)"
+    )

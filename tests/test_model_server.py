@@ -1,6 +1,5 @@
 """ModelServer's batching settings change at run time through reconfigure (user_config)."""
 
-
 import pytest
 from pydantic import ValidationError
 
@@ -57,8 +56,6 @@ def test_batches_that_cannot_fill_are_refused_at_start_up():
         ModelDeploymentConfig(model={"device": "cuda"}, num_gpus=0)
     with pytest.raises(ValidationError, match="model.device is 'cpu'"):
         ModelDeploymentConfig(model={"device": "cpu"}, num_gpus=1)
-
-
 
 
 def test_reconfigure_prepares_every_batch_size_before_the_batcher_can_send_it(server):

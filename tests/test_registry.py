@@ -2,9 +2,9 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
-import numpy as np
 from pydantic import ValidationError
 
 from shared import ImageLoader, ModelConfig, ModelWrapper, list_models

@@ -29,7 +29,18 @@ def app_args(max_batch_size: int = 8, wait: float = 0.2) -> AppArgs:
                     "model": {"name": "efficientnet_lite0", "decode": {"max_pixels": 1_000_000}},
                     "num_cpus": 0.5,
                     "max_ongoing_requests": 16,
-                    "batching": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait, "max_concurrent_batches": 1},
+                    "batching": {
+                        "max_batch_size": max_batch_size,
+                        "batch_wait_timeout_s": wait,
+                        "max_concurrent_batches": 1,
+                    },
+                },
+                {
+                    "name": "lite0-embed",  # the same model served a second time, as an embedder
+                    "model": {"name": "efficientnet_lite0", "task": "embed"},
+                    "num_cpus": 0.25,
+                    "max_ongoing_requests": 8,
+                    "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1},
                 },
                 {
                     "model": {"name": "fasterrcnn_v2", "weights": "random", "options": SMALL_DETECTOR},
@@ -52,7 +63,9 @@ def client(serve_url):
 
 def classify(client, data: bytes, top_k=None, content_type="image/jpeg"):
     params = {} if top_k is None else {"top_k": top_k}
-    return client.post("/v1/models/efficientnet_lite0/classify", params=params, content=data, headers={"content-type": content_type})
+    return client.post(
+        "/v1/models/efficientnet_lite0/classify", params=params, content=data, headers={"content-type": content_type}
+    )
 
 
 def test_classify_raw_body(client):
@@ -66,7 +79,8 @@ def test_classify_raw_body(client):
 
 def test_classify_multipart(client):
     response = client.post(
-        "/v1/models/efficientnet_lite0/classify", files={"file": ("coffee.png", encode(images.small_photo("coffee", 224), "PNG"), "image/png")}
+        "/v1/models/efficientnet_lite0/classify",
+        files={"file": ("coffee.png", encode(images.small_photo("coffee", 224), "PNG"), "image/png")},
     )
     assert response.status_code == 200
     assert response.json()["predictions"][0]["label"] == "espresso"
@@ -91,7 +105,12 @@ def test_http_answer_equals_direct_wrapper(client, embedded_wrapper):
 def test_detect_returns_boxes_inside_the_image(client):
     data = images.small_jpeg("astronaut", size=150)
     height, width = images.small_photo("astronaut", size=150).shape[:2]
-    response = client.post("/v1/models/fasterrcnn_v2/detect", params={"score_threshold": 0.0}, content=data, headers={"content-type": "image/jpeg"})
+    response = client.post(
+        "/v1/models/fasterrcnn_v2/detect",
+        params={"score_threshold": 0.0},
+        content=data,
+        headers={"content-type": "image/jpeg"},
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["model"] == "fasterrcnn_v2" and body["detections"]
@@ -99,6 +118,26 @@ def test_detect_returns_boxes_inside_the_image(client):
         assert set(d) == {"label", "index", "score", "box"}
         x1, y1, x2, y2 = d["box"]
         assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from shared import ModelConfig, ModelWrapper
+
+    return ModelWrapper(ModelConfig(task="embed"))
+
+
+def test_embed_answers_the_direct_wrappers_normalised_vector(client, embedder):
+    for name in ("chelsea", "rocket"):
+        data = encode(sample_array(name))
+        response = client.post("/v1/models/lite0-embed/embed", content=data, headers={"content-type": "image/jpeg"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"model", "dim", "embedding"} and body["model"] == "lite0-embed"
+        (direct,) = embedder.predict_batch([embedder.load(data)])
+        assert body["dim"] == len(body["embedding"]) == len(direct) == 1280
+        assert np.allclose(body["embedding"], direct, atol=1e-5, rtol=0)
+        assert np.linalg.norm(body["embedding"]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_concurrent_requests_are_batched(client):
@@ -127,21 +166,158 @@ def test_one_corrupt_image_fails_only_itself(client):
 ERROR_CASES = [
     # (id, method, path, params, body, content type, status, code)
     ("empty", "POST", "/v1/models/efficientnet_lite0/classify", {}, b"", "image/jpeg", 400, "empty_input"),
-    ("corrupt", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.corrupt_jpeg(), "image/jpeg", 400, "invalid_image"),
-    ("truncated", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.truncated_jpeg(), "image/jpeg", 400, "invalid_image"),
-    ("not_image", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.not_an_image(), "application/octet-stream", 400, "invalid_image"),
-    ("unknown_model", "POST", "/v1/models/alexnet/classify", {}, images.small_jpeg(), "image/jpeg", 404, "model_not_found"),
-    ("detect_on_classifier", "POST", "/v1/models/efficientnet_lite0/detect", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
-    ("classify_on_detector", "POST", "/v1/models/fasterrcnn_v2/classify", {}, images.small_jpeg(), "image/jpeg", 404, "wrong_task"),
-    ("unknown_route", "GET", "/v2/whatever", {}, b"", None, 404, "not_found"),
+    (
+        "corrupt",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.corrupt_jpeg(),
+        "image/jpeg",
+        400,
+        "invalid_image",
+    ),
+    (
+        "truncated",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.truncated_jpeg(),
+        "image/jpeg",
+        400,
+        "invalid_image",
+    ),
+    (
+        "not_image",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.not_an_image(),
+        "application/octet-stream",
+        400,
+        "invalid_image",
+    ),
+    (
+        "unknown_model",
+        "POST",
+        "/v1/models/alexnet/classify",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "model_not_found",
+    ),
+    (
+        "detect_on_classifier",
+        "POST",
+        "/v1/models/efficientnet_lite0/detect",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "wrong_task",
+    ),
+    (
+        "classify_on_detector",
+        "POST",
+        "/v1/models/fasterrcnn_v2/classify",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "wrong_task",
+    ),
+    (
+        "embed_on_classifier",
+        "POST",
+        "/v1/models/efficientnet_lite0/embed",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "wrong_task",
+    ),
+    (
+        "classify_on_embedder",
+        "POST",
+        "/v1/models/lite0-embed/classify",
+        {},
+        images.small_jpeg(),
+        "image/jpeg",
+        404,
+        "wrong_task",
+    ),
+    ("unknown_route", "GET", "/v0/whatever", {}, b"", None, 404, "not_found"),
     ("wrong_method", "GET", "/v1/models/efficientnet_lite0/classify", {}, b"", None, 405, "method_not_allowed"),
-    ("body_over_cap", "POST", "/v1/models/efficientnet_lite0/classify", {}, b"\xff" * (BODY_CAP + 1), "image/jpeg", 413, "body_too_large"),
-    ("pixel_bomb", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.pixel_bomb(), "image/png", 413, "image_too_large"),
-    ("content_type", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.small_jpeg(), "text/plain", 415, "unsupported_media_type"),
-    ("format", "POST", "/v1/models/efficientnet_lite0/classify", {}, images.unsupported_format(), "application/octet-stream", 415, "unsupported_format"),
-    ("top_k_zero", "POST", "/v1/models/efficientnet_lite0/classify", {"top_k": 0}, images.small_jpeg(), "image/jpeg", 422, "invalid_parameter"),
-    ("top_k_text", "POST", "/v1/models/efficientnet_lite0/classify", {"top_k": "five"}, images.small_jpeg(), "image/jpeg", 422, "invalid_parameter"),
-    ("threshold", "POST", "/v1/models/fasterrcnn_v2/detect", {"score_threshold": 1.5}, images.small_jpeg(), "image/jpeg", 422, "invalid_parameter"),
+    (
+        "body_over_cap",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        b"\xff" * (BODY_CAP + 1),
+        "image/jpeg",
+        413,
+        "body_too_large",
+    ),
+    (
+        "pixel_bomb",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.pixel_bomb(),
+        "image/png",
+        413,
+        "image_too_large",
+    ),
+    (
+        "content_type",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.small_jpeg(),
+        "text/plain",
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "format",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {},
+        images.unsupported_format(),
+        "application/octet-stream",
+        415,
+        "unsupported_format",
+    ),
+    (
+        "top_k_zero",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {"top_k": 0},
+        images.small_jpeg(),
+        "image/jpeg",
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "top_k_text",
+        "POST",
+        "/v1/models/efficientnet_lite0/classify",
+        {"top_k": "five"},
+        images.small_jpeg(),
+        "image/jpeg",
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "threshold",
+        "POST",
+        "/v1/models/fasterrcnn_v2/detect",
+        {"score_threshold": 1.5},
+        images.small_jpeg(),
+        "image/jpeg",
+        422,
+        "invalid_parameter",
+    ),
     ("multipart_no_file", "POST", "/v1/models/efficientnet_lite0/classify", {}, None, "multipart", 400, "empty_input"),
 ]
 
@@ -163,6 +339,8 @@ def test_list_models_and_health(client):
     models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     assert models["efficientnet_lite0"]["task"] == "classify" and models["efficientnet_lite0"]["labels"] == 1000
     assert models["fasterrcnn_v2"]["task"] == "detect" and models["fasterrcnn_v2"]["labels"] == 91
+    assert models["lite0-embed"]["task"] == "embed" and models["lite0-embed"]["dim"] == 1280
+    assert models["lite0-embed"]["model"] == "efficientnet_lite0"
     assert models["efficientnet_lite0"]["device"] == "cpu"
     assert models["efficientnet_lite0"]["batching"]["max_batch_size"] == 8
     health = client.get("/healthz")

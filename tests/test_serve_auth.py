@@ -49,7 +49,8 @@ def test_keys_come_from_a_file_and_an_env_var(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "authorization", [None, "", "Bearer", "Bearer ", f"Basic {KEY_A}", f"Bearer {KEY_A}x", f"Bearer {KEY_A[:-1]}", KEY_A]
+    "authorization",
+    [None, "", "Bearer", "Bearer ", f"Basic {KEY_A}", f"Bearer {KEY_A}x", f"Bearer {KEY_A[:-1]}", KEY_A],
 )
 def test_anything_but_a_listed_bearer_key_is_refused(tmp_path, authorization):
     (tmp_path / "keys").write_text(KEY_A + "\n")
@@ -68,7 +69,9 @@ def test_anything_but_a_listed_bearer_key_is_refused(tmp_path, authorization):
         ("short", "short-key\n", "shorter than 16"),
     ],
 )
-def test_a_configured_source_without_usable_keys_stops_the_ingress_from_starting(tmp_path, monkeypatch, case, content, message):
+def test_a_configured_source_without_usable_keys_stops_the_ingress_from_starting(
+    tmp_path, monkeypatch, case, content, message
+):
     monkeypatch.delenv("TWINFER_KEYS_TEST", raising=False)
     if case.startswith("env") or case == "unset":
         if content is not None:
@@ -113,7 +116,11 @@ def check_routes(client: httpx.Client, prefix: str, good_keys: list[str]) -> Non
     refused = [
         client.get(f"{prefix}/v1/models"),
         client.post(classify, **image),
-        client.post(classify, content=image["content"], headers={**image["headers"], "authorization": "Bearer not-a-key-at-all!"}),
+        client.post(
+            classify,
+            content=image["content"],
+            headers={**image["headers"], "authorization": "Bearer not-a-key-at-all!"},
+        ),
         client.get(f"{prefix}/v1/models", headers={"authorization": f"Basic {good_keys[0]}"}),
         client.get(f"{prefix}/no/such/route"),  # no key: not even told whether a route exists
     ]
@@ -143,7 +150,9 @@ def test_routes_need_a_key_from_the_key_file(serve_url, tmp_path):
 def test_routes_need_a_key_from_the_env_var_and_are_open_without_keys(serve_url):
     app = "auth-env"
     env = {"env_vars": {"TWINFER_API_KEYS": f"{KEY_B},{KEY_A}"}}
-    serve.run(build(app_args(api_keys_env="TWINFER_API_KEYS"), ingress_runtime_env=env), name=app, route_prefix=f"/{app}")
+    serve.run(
+        build(app_args(api_keys_env="TWINFER_API_KEYS"), ingress_runtime_env=env), name=app, route_prefix=f"/{app}"
+    )
     try:
         with httpx.Client(base_url=serve_url, timeout=120) as client:
             check_routes(client, f"/{app}", [KEY_A, KEY_B])

@@ -52,7 +52,9 @@ def replica_pids(app: str, deployment: str) -> dict[str, int]:
     prefix = f"SERVE_REPLICA::{app}#{deployment}#"
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
     return {
-        name: ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda _replica: os.getpid()), timeout=120)
+        name: ray.get(
+            ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda _replica: os.getpid()), timeout=120
+        )
         for name in names
     }
 
@@ -93,7 +95,9 @@ class Load:
                     body = response.text
                 with self.lock:
                     self.outcomes.append(
-                        Outcome(after, response.status_code, time.monotonic(), body, response.headers.get("retry-after"))
+                        Outcome(
+                            after, response.status_code, time.monotonic(), body, response.headers.get("retry-after")
+                        )
                     )
                 ok_after += after and response.status_code == 200
                 if ok_after >= self.successes_after_kill:
@@ -145,7 +149,9 @@ def test_killing_one_of_two_replicas_under_load_loses_no_request(serve_url):
     app = "failover-two"
     serve.run(build(app_args(replicas=2)), name=app, route_prefix=f"/{app}")
     try:
-        outcomes, victim, before, after = run_kill(serve_url, app, clients=12, warmup=36, successes_after_kill=6, max_requests=200)
+        outcomes, victim, before, after = run_kill(
+            serve_url, app, clients=12, warmup=36, successes_after_kill=6, max_requests=200
+        )
         assert len(before) == 2
         failures = [(o.status, o.body) for o in outcomes if o.status != 200]
         assert failures == []
@@ -161,7 +167,9 @@ def test_killing_the_only_replica_gives_json_503s_until_it_is_back(serve_url):
     # a short deadline, so that requests waiting for the replacement replica do time out
     serve.run(build(app_args(replicas=1, model_call_timeout_s=2.0)), name=app, route_prefix=f"/{app}")
     try:
-        outcomes, victim, before, after = run_kill(serve_url, app, clients=8, warmup=24, successes_after_kill=2, max_requests=400)
+        outcomes, victim, before, after = run_kill(
+            serve_url, app, clients=8, warmup=24, successes_after_kill=2, max_requests=400
+        )
         failures = [o for o in outcomes if o.status != 200]
         assert len(before) == 1 and victim not in after.values()
         for o in failures:
@@ -208,8 +216,17 @@ class HeldModelServer(ModelServer):
 def test_a_model_call_past_its_deadline_is_a_json_503_and_is_cancelled(serve_url):
     gate = Gate.options(name=GATE, namespace="twinfer-tests").remote()
     app = "failover-deadline"
-    serve.run(build(app_args(replicas=1, model_call_timeout_s=1.0), model_server_cls=HeldModelServer), name=app, route_prefix=f"/{app}")
-    post = lambda client: client.post(f"/{app}/v1/models/{MODEL}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"})  # noqa: E731
+    serve.run(
+        build(app_args(replicas=1, model_call_timeout_s=1.0), model_server_cls=HeldModelServer),
+        name=app,
+        route_prefix=f"/{app}",
+    )
+
+    def post(client):
+        return client.post(
+            f"/{app}/v1/models/{MODEL}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"}
+        )
+
     try:
         with httpx.Client(base_url=serve_url, timeout=120) as client:
             response = post(client)
@@ -239,7 +256,9 @@ def test_an_unexpected_exception_is_a_json_500_internal(serve_url):
     serve.run(build(app_args(replicas=1), model_server_cls=BrokenModelServer), name=app, route_prefix=f"/{app}")
     try:
         with httpx.Client(base_url=serve_url, timeout=120) as client:
-            response = client.post(f"/{app}/v1/models/{MODEL}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"})
+            response = client.post(
+                f"/{app}/v1/models/{MODEL}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"}
+            )
             assert response.status_code == 500
             error = response.json()["error"]
             assert error["code"] == "internal"

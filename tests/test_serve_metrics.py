@@ -68,7 +68,7 @@ def test_unserved_model_names_are_tagged_unknown_and_internal_errors_are_counted
                 assert client.get(f"/v1/models/{name}/detect").json()["error"]["code"] == "method_not_allowed"
             assert client.post(f"/v1/models/{MODEL}/classify", **image).json()["error"]["code"] == "internal"
             assert client.get(f"/v1/models/{MODEL}/classify").json()["error"]["code"] == "method_not_allowed"
-            assert client.get("/v2/nothing").json()["error"]["code"] == "not_found"
+            assert client.get("/v1/nothing").json()["error"]["code"] == "not_found"
         expected = {
             ("unknown", "model_not_found"): len(random_names),
             ("unknown", "method_not_allowed"): len(random_names),

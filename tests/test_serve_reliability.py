@@ -23,8 +23,8 @@ from ray import serve
 from deployments.app import build
 from deployments.config import AppArgs
 from deployments.model_server import ModelServer
-from twinfer.ports import free_loopback_port
 from tests.images import small_jpeg
+from twinfer.ports import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE = "twinfer-test-gate"
@@ -77,7 +77,12 @@ def test_requests_beyond_ongoing_plus_queued_get_503_without_waiting(serve_url):
     pool = cf.ThreadPoolExecutor(ongoing + queued + extra)
     try:
         with httpx.Client(base_url=serve_url, timeout=120) as client:
-            post = lambda _: client.post("/held/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"})  # noqa: E731
+
+            def post(_):
+                return client.post(
+                    "/held/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"}
+                )
+
             futures = [pool.submit(post, i) for i in range(ongoing + queued + extra)]
             # While the model is held nothing can succeed, so the first `extra` answers are refusals.
             first = []
@@ -104,24 +109,95 @@ def test_requests_beyond_ongoing_plus_queued_get_503_without_waiting(serve_url):
         ray.kill(gate)
 
 
+def test_admission_counts_images_and_admits_one_request_alone_whatever_its_size():
+    from deployments.admission import Admission
+    from shared.errors import Overloaded
+
+    admission = Admission(max_images=4)
+    with admission.admit(9):  # a batch over the cap runs when nothing else does
+        with pytest.raises(Overloaded):
+            with admission.admit(1):
+                pass
+    with admission.admit(3):
+        with admission.admit(1):
+            assert admission.images == 4
+            with pytest.raises(Overloaded, match="4 images in progress, at most 4"):
+                with admission.admit(1):
+                    pass
+    assert admission.images == 0  # released on the way out, errors included
+
+
+def test_an_ingress_at_its_image_cap_refuses_at_once_before_decoding(serve_url):
+    """One image in progress (held at the model) fills a cap of 1: the next request is refused with
+    the documented JSON 503 while the first still runs, and the first then succeeds."""
+    gate = Gate.options(name=GATE, namespace="twinfer-tests").remote()
+    args = AppArgs.model_validate(
+        {
+            "ingress": {"num_cpus": 0.25, "decode_threads": 1, "max_inflight_images": 1},
+            "models": [
+                {
+                    "model": {"name": "efficientnet_lite0", "weights": "random"},
+                    "num_cpus": 0.25,
+                    "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "max_concurrent_batches": 1},
+                }
+            ],
+        }
+    )
+    serve.run(build(args, model_server_cls=HeldModelServer), name="capped", route_prefix="/capped")
+    data = small_jpeg("coffee")
+    pool = cf.ThreadPoolExecutor(1)
+    try:
+        with httpx.Client(base_url=f"{serve_url}/capped", timeout=120) as client:
+
+            def post():
+                return client.post(
+                    "/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"}
+                )
+
+            first = pool.submit(post)
+            deadline = time.monotonic() + 60
+            while ray.get(gate.waiters.remote()) == 0:  # the first image is decoded and at the model
+                assert time.monotonic() < deadline and not first.done(), first.done() and first.result().text
+                time.sleep(0.05)
+            refused = post()
+            assert refused.status_code == 503 and refused.headers.get("retry-after") == "1"
+            error = refused.json()["error"]
+            assert error["code"] == "overloaded" and "ingress replica is at capacity" in error["message"]
+            gate.open.remote()
+            assert first.result(timeout=60).status_code == 200
+            assert post().status_code == 200  # the slot is free again
+    finally:
+        gate.open.remote()
+        pool.shutdown(wait=True)
+        serve.delete("capped")
+        ray.kill(gate)
+
+
 @pytest.mark.timeout(300)
 def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     port = free_loopback_port()
     config["http_options"].update(host="127.0.0.1", port=port)
+    grpc_port = free_loopback_port()
+    config["grpc_options"]["port"] = grpc_port
     (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, RAY_ADDRESS="local")  # its own Ray, not the test session's
     serve_bin = Path(sys.executable).parent / "serve"
+    log = tmp_path / "serve-run.log"  # a file, not a pipe: nobody reads a pipe until the end, and a full one blocks
     process = subprocess.Popen(
-        [str(serve_bin), "run", str(tmp_path / "serve_config.yaml")], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [str(serve_bin), "run", str(tmp_path / "serve_config.yaml")],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=30) as client:
             deadline = time.monotonic() + 240
             while True:  # poll /healthz until every deployment is HEALTHY
-                assert process.poll() is None, process.stdout.read().decode()[-3000:]
+                assert process.poll() is None, log.read_text(errors="replace")[-3000:]
                 assert time.monotonic() < deadline, "serve run never became healthy"
                 try:
                     if client.get("/healthz").status_code == 200:
@@ -130,13 +206,23 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
                     pass
                 time.sleep(0.5)
             data = small_jpeg("coffee", size=200)
-            response = client.post("/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"})
+            response = client.post(
+                "/v1/models/efficientnet_lite0/classify", content=data, headers={"content-type": "image/jpeg"}
+            )
             assert response.status_code == 200
             assert [p["label"] for p in response.json()["predictions"]] == [
                 p["label"] for p in embedded_wrapper.classify_bytes(data)
             ]
+        # the config's gRPC ingress; one application, so calls need no `application` metadata
+        import tritonclient.grpc as grpcclient
+
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as triton:
+            assert triton.is_server_live() and triton.is_model_ready("efficientnet_lite0")
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=90) == 0
+        try:
+            assert process.wait(timeout=90) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail("serve run did not stop within 90 s of SIGINT:\n" + log.read_text(errors="replace")[-3000:])
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 from shared.labels import imagenet_categories
@@ -19,25 +16,23 @@ class TinyClassifier(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+        )
         self.head = torch.nn.Linear(8, 1000)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
 
 
-@dataclass(frozen=True)
-class InlineSpec(ModelSpec):
-    factory: Callable[[], torch.nn.Module] = TinyClassifier
-
-    def build(self, weights: str, options: dict) -> torch.nn.Module:
-        return self.factory()
-
-
 def register_tiny(monkeypatch) -> str:
-    spec = InlineSpec(
-        name=TINY, task="classify", builder="", preprocess=PreprocessSpec("resize_crop", 32, resize=36),
-        labels=imagenet_categories, default_weights="pretrained", description="test-only tiny classifier",
+    spec = ModelSpec(
+        name=TINY,
+        task="classify",
+        build=lambda weights, options: TinyClassifier(),
+        preprocess=PreprocessSpec("resize_crop", 32, resize=36),
+        labels=imagenet_categories,
+        description="test-only tiny classifier",
     )
     monkeypatch.setitem(REGISTRY, TINY, spec)
     return TINY

@@ -37,7 +37,10 @@ def same_answers(a: list[dict], b: list[dict]) -> bool:
 
 def compare(path: str, direct: dict[str, list[dict]], other: dict[str, list[dict]]) -> bool:
     agree = all(same_answers(direct[name], other[name]) for name in direct)
-    print(f"  -> {path} answers {'EQUAL' if agree else 'DIFFER FROM'} the direct wrapper's (labels, scores within {TOLERANCE})")
+    print(
+        f"  -> {path} answers {'EQUAL' if agree else 'DIFFER FROM'} "
+        f"the direct wrapper's (labels, scores within {TOLERANCE})"
+    )
     return agree
 
 
@@ -57,9 +60,13 @@ def online(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dict
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             return {
                 name: client.post(
-                    f"/v1/models/{config.name}/classify", params={"top_k": 5}, content=data,
+                    f"/v1/models/{config.name}/classify",
+                    params={"top_k": 5},
+                    content=data,
                     headers={"content-type": "image/jpeg"},
-                ).raise_for_status().json()["predictions"]
+                )
+                .raise_for_status()
+                .json()["predictions"]
                 for name, data in images.items()
             }
     finally:
@@ -71,7 +78,6 @@ def offline(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dic
     import pyarrow.parquet as pq
 
     from batch.config import BackfillConfig
-    from batch.predict_actor import predictions_from_row
     from batch.pipeline import run_backfill
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,11 +88,13 @@ def offline(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dic
         run_backfill(BackfillConfig(model=config, input=str(source), output=str(output), top_k=5))
         table = pq.read_table(output).to_pylist()
     rows = {Path(row["path"]).stem: row for row in table}
-    return {name: predictions_from_row(rows[name]) for name in images}
+    task = config.make_task()
+    return {name: task.answer_from_row(rows[name]) for name in images}
 
 
 def run_demo(args) -> int:
-    config = ModelConfig(name=args.model, weights=args.weights)
+    # five photos: compiling (compile: auto on a CPU server) would take longer than it saves
+    config = ModelConfig(name=args.model, weights=args.weights, compile=False)
     images = sample_jpegs()
     wrapper = ModelWrapper(config)
     direct = {name: wrapper.classify_bytes(data, top_k=5) for name, data in images.items()}

@@ -36,22 +36,134 @@ class Section:
 
 SECTIONS: tuple[Section, ...] = (
     # piece 1: the quick matrix; compile last, as its minutes are the least certain
-    Section("env", "environment:run", 0.2, 1, False, "driver >= R580, CUDA, cuDNN, nvJPEG op and a test decode, /dev/shm", data=False),
-    Section("agreement", "model:agreement", 0.6, 1, False, "top-1 of fp16 (bf16, fp32 on CUDA) vs fp32 on the CPU, 1000 bench crops, embedded model; >= 99 %"),
-    Section("backfill", "backfill:quick", 3.0, 1, True, "run_backfill, 40k images, resnet152 and vit_b16 (random weights), CPU decode vs decode.on_device, 1 actor x 1 GPU"),
-    Section("serve", "serve:quick", 1.5, 1, True, "efficientnet fp16 on cuda behind HAProxy, 6 ingress replicas, 1/16/128 clients, /v1/models"),
-    Section("compile", "compile:compile_section", 2.0, 1, True, "compile seconds per size, compiled vs eager img/s, memory: efficientnet and resnet152 at 1, 64", data=False),
+    Section(
+        "env",
+        "environment:run",
+        0.2,
+        1,
+        False,
+        "driver >= R580, CUDA, cuDNN, nvJPEG op and a test decode, /dev/shm",
+        data=False,
+    ),
+    Section(
+        "agreement",
+        "model:agreement",
+        0.6,
+        1,
+        False,
+        "top-1 of fp16 (bf16, fp32 on CUDA) vs fp32 on the CPU, 1000 bench crops, embedded model; >= 99 %",
+    ),
+    Section(
+        "backfill",
+        "backfill:quick",
+        3.0,
+        1,
+        True,
+        (
+            "run_backfill, 40k images, resnet152 and vit_b16 (random weights), "
+            "CPU decode vs decode.on_device, 1 actor x 1 GPU"
+        ),
+    ),
+    Section(
+        "serve",
+        "serve:quick",
+        1.5,
+        1,
+        True,
+        "efficientnet fp16 on cuda behind HAProxy, 6 ingress replicas, 1/16/128 clients, /v1/models",
+    ),
+    Section(
+        "compile",
+        "compile:compile_section",
+        2.0,
+        1,
+        True,
+        "compile seconds per size, compiled vs eager img/s, memory: efficientnet and resnet152 at 1, 64",
+        data=False,
+    ),
     # piece 2
-    Section("model", "model:model_alone", 2.0, 2, False, "model alone: efficientnet fp32/fp16/bf16 x channels_last, resnet152 and vit_b16 fp16/bf16, batch 1/64/256", data=False),
-    Section("cudnn", "model:cudnn", 1.5, 2, True, "cudnn.benchmark on vs off, separate processes: efficientnet and resnet152 fp16", data=False),
-    Section("recompile", "compile:recompile_section", 0.5, 2, True, "bucket_sizes(256) = 9 sizes: graphs compiled, TORCH_LOGS=recompiles free of recompile_limit", data=False),
-    Section("threads", "threads:run", 1.5, 2, False, "4 threads on one compiled wrapper: bitwise equal to one thread; img/s with 1 vs 2 threads", isolate=True),
-    Section("nvjpeg", "nvjpeg:run", 1.5, 2, True, "nvJPEG by JPEG kind (baseline/progressive/grayscale): ms per batch, CPU time, routing, top-1 vs CPU decode", isolate=True),
+    Section(
+        "model",
+        "model:model_alone",
+        2.0,
+        2,
+        False,
+        "model alone: efficientnet fp32/fp16/bf16 x channels_last, resnet152 and vit_b16 fp16/bf16, batch 1/64/256",
+        data=False,
+    ),
+    Section(
+        "cudnn",
+        "model:cudnn",
+        1.5,
+        2,
+        True,
+        "cudnn.benchmark on vs off, separate processes: efficientnet and resnet152 fp16",
+        data=False,
+    ),
+    Section(
+        "recompile",
+        "compile:recompile_section",
+        0.5,
+        2,
+        True,
+        "bucket_sizes(256) = 9 sizes: graphs compiled, TORCH_LOGS=recompiles free of recompile_limit",
+        data=False,
+    ),
+    Section(
+        "threads",
+        "threads:run",
+        1.5,
+        2,
+        False,
+        "4 threads on one compiled wrapper: bitwise equal to one thread; img/s with 1 vs 2 threads",
+        isolate=True,
+    ),
+    Section(
+        "nvjpeg",
+        "nvjpeg:run",
+        1.5,
+        2,
+        True,
+        "nvJPEG by JPEG kind (baseline/progressive/grayscale): ms per batch, CPU time, routing, top-1 vs CPU decode",
+        isolate=True,
+    ),
     # piece 3
-    Section("race", "race:run", 1.0, 3, True, "pytorch/vision#9606 stress: queued work freed under a decode, with the drain and with it stubbed (positive control)", isolate=True),
-    Section("fuzz", "fuzz:run", 0.5, 3, True, "200 bit-flipped JPEGs through nvJPEG: errors vs silent successes; CUDA still healthy"),
-    Section("backfill_more", "backfill:more", 2.5, 3, True, "run_backfill, 40k images, 2 actors x 0.5 GPU: resnet152 both decodes, vit_b16"),
-    Section("serve_more", "serve:more", 2.0, 3, True, "serve: 1 ingress replica (vs 6 in 'serve'), and 6 with decode.on_device"),
+    Section(
+        "race",
+        "race:run",
+        1.0,
+        3,
+        True,
+        (
+            "pytorch/vision#9606 stress: queued work freed under a decode, "
+            "with the drain and with it stubbed (positive control)"
+        ),
+        isolate=True,
+    ),
+    Section(
+        "fuzz",
+        "fuzz:run",
+        0.5,
+        3,
+        True,
+        "200 bit-flipped JPEGs through nvJPEG: errors vs silent successes; CUDA still healthy",
+    ),
+    Section(
+        "backfill_more",
+        "backfill:more",
+        2.5,
+        3,
+        True,
+        "run_backfill, 40k images, 2 actors x 0.5 GPU: resnet152 both decodes, vit_b16",
+    ),
+    Section(
+        "serve_more",
+        "serve:more",
+        2.0,
+        3,
+        True,
+        "serve: 1 ingress replica (vs 6 in 'serve'), and 6 with decode.on_device",
+    ),
 )
 
 QUICK_BUDGET_MINUTES = 8.0  # the quick matrix, one command

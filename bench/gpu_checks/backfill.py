@@ -18,7 +18,12 @@ TARGETS = {"resnet152": 6000, "vit_b16": 5000}
 BATCH_SIZE = 256
 
 # (model, decode.on_device, actors, GPUs per actor)
-QUICK_RUNS = (("resnet152", False, 1, 1.0), ("resnet152", True, 1, 1.0), ("vit_b16", False, 1, 1.0), ("vit_b16", True, 1, 1.0))
+QUICK_RUNS = (
+    ("resnet152", False, 1, 1.0),
+    ("resnet152", True, 1, 1.0),
+    ("vit_b16", False, 1, 1.0),
+    ("vit_b16", True, 1, 1.0),
+)
 MORE_RUNS = (("resnet152", False, 2, 0.5), ("resnet152", True, 2, 0.5), ("vit_b16", False, 2, 0.5))
 
 
@@ -43,20 +48,33 @@ def one_run(ctx, report, model: str, on_device: bool, actors: int, gpus: float) 
     output = ctx.work / f"backfill-{model}-{int(on_device)}-{actors}"
     try:
         row = timed_backfill(
-            config, ctx.data_dir, output, batch_size=BATCH_SIZE, actor_pool_size=actors, num_gpus_per_actor=gpus, progress=False,
+            config,
+            ctx.data_dir,
+            output,
+            batch_size=BATCH_SIZE,
+            actor_pool_size=actors,
+            num_gpus_per_actor=gpus,
+            progress=False,
         )
     finally:
         shutil.rmtree(output, ignore_errors=True)
     report.details[label] = row
     target = TARGETS.get(model)
     report.add(
-        f"{label}: img/s end to end", f"{row['img_s']:g} ({row['images']} images in {row['seconds']} s; Ray Data {row['ray_data_rows_s']})",
-        passed=row["img_s"] >= target if target else None, threshold=f">= {target}" if target else None,
+        f"{label}: img/s end to end",
+        f"{row['img_s']:g} ({row['images']} images in {row['seconds']} s; Ray Data {row['ray_data_rows_s']})",
+        passed=row["img_s"] >= target if target else None,
+        threshold=f">= {target}" if target else None,
     )
     report.add(
         f"{label}: GPU memory start / peak / growth",
-        f"{row['gpu_start_gib']} / {row['gpu_mem_peak_gib']} / {row['gpu_growth_gib']} GiB; host growth {row['host_growth_gib']} GiB",
+        (
+            f"{row['gpu_start_gib']} / {row['gpu_mem_peak_gib']} / {row['gpu_growth_gib']} GiB; "
+            f"host growth {row['host_growth_gib']} GiB"
+        ),
     )
-    report.add(f"{label}: GPU busy / CPUs busy (means over the run)", f"{row['gpu_util_pct']} % / {row['cpu_busy_pct']} %")
+    report.add(
+        f"{label}: GPU busy / CPUs busy (means over the run)", f"{row['gpu_util_pct']} % / {row['cpu_busy_pct']} %"
+    )
     if row["errors"]:
         report.add(f"{label}: error rows", row["errors"], passed=False, threshold="0 (every bench image is valid)")

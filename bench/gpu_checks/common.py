@@ -74,7 +74,9 @@ class Context:
                 make_dataset(self.data_dir, self.images_wanted)
             self._images = sorted(self.data_dir.rglob("*.jpg"))
             self.dataset_info = {
-                "path": str(self.data_dir), "images": len(self._images), "reused": reused,
+                "path": str(self.data_dir),
+                "images": len(self._images),
+                "reused": reused,
                 "seconds": round(time.perf_counter() - started, 1),
             }
         return self._images[:count]
@@ -84,6 +86,10 @@ class Context:
 
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
+
+    @property
+    def serve_started(self) -> bool:
+        return self._serve_port is not None
 
     def serve_port(self) -> int:
         """Serve's HTTP port, starting Ray and Serve on first use."""
@@ -102,7 +108,9 @@ def run_child(module: str, args: list[str], *, timeout: float, env: dict[str, st
     started = time.perf_counter()
     command = [sys.executable, "-m", module, *args]
     try:
-        proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+        )
         rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc, stdout, stderr = None, _text(exc.stdout), _text(exc.stderr) + f"\n[killed after {timeout:.0f} s]"
@@ -113,8 +121,14 @@ def run_child(module: str, args: list[str], *, timeout: float, env: dict[str, st
             result = json.loads(lines[-1])
         except json.JSONDecodeError:
             result = None
-    return {"result": result, "rc": rc, "seconds": round(time.perf_counter() - started, 1), "stderr": stderr, "stderr_tail": stderr[-1500:],
-            "command": " ".join(command[1:])}
+    return {
+        "result": result,
+        "rc": rc,
+        "seconds": round(time.perf_counter() - started, 1),
+        "stderr": stderr,
+        "stderr_tail": stderr[-1500:],
+        "command": " ".join(command[1:]),
+    }
 
 
 def child_failure(child: dict) -> str:

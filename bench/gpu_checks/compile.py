@@ -31,7 +31,9 @@ def compile_section(ctx, report) -> None:
     sizes = ",".join(map(str, COMPILE_SIZES))
     for name, weights in COMPILE_MODELS:
         child = run_child(
-            "bench.gpu_checks.compile", ["--model", name, "--weights", weights, "--sizes", sizes, "--seconds", "1"], timeout=ctx.child_timeout(420),
+            "bench.gpu_checks.compile",
+            ["--model", name, "--weights", weights, "--sizes", sizes, "--seconds", "1"],
+            timeout=ctx.child_timeout(420),
         )
         result = child["result"]
         if result is None:
@@ -39,26 +41,44 @@ def compile_section(ctx, report) -> None:
             report.details[name] = {k: child[k] for k in ("rc", "seconds", "stderr_tail", "command")}
             continue
         report.details[name] = result
-        report.add(f"{name} compile seconds per size", ", ".join(f"b{bs} {result['compile_s'][str(bs)]:.1f} s" for bs in COMPILE_SIZES))
+        report.add(
+            f"{name} compile seconds per size",
+            ", ".join(f"b{bs} {result['compile_s'][str(bs)]:.1f} s" for bs in COMPILE_SIZES),
+        )
         report.add(
             f"{name} fp16 img/s, compiled vs eager",
             ", ".join(
-                f"b{bs} {result['compiled'][str(bs)]:g} vs {result['eager'][str(bs)]:g} (x{result['compiled'][str(bs)] / result['eager'][str(bs)]:.2f})"
+                (
+                    f"b{bs} {result['compiled'][str(bs)]:g} vs {result['eager'][str(bs)]:g} "
+                    f"(x{result['compiled'][str(bs)] / result['eager'][str(bs)]:.2f})"
+                )
                 for bs in COMPILE_SIZES
             ),
         )
-        report.add(f"{name} device memory after warm-up (compiled)", f"{result['memory']['allocated_gib']} GiB, peak {result['memory']['peak_allocated_gib']} GiB")
+        report.add(
+            f"{name} device memory after warm-up (compiled)",
+            f"{result['memory']['allocated_gib']} GiB, peak {result['memory']['peak_allocated_gib']} GiB",
+        )
 
 
 def recompile_section(ctx, report) -> None:
     backend = ctx.options.get("recompile_backend", "eager")
     child = run_child(
-        "bench.gpu_checks.compile", ["--recompile-check", "--backend", backend, "--max-batch-size", str(RECOMPILE_MAX_BATCH)],
-        timeout=ctx.child_timeout(540), env={"TORCH_LOGS": "recompiles"},
+        "bench.gpu_checks.compile",
+        ["--recompile-check", "--backend", backend, "--max-batch-size", str(RECOMPILE_MAX_BATCH)],
+        timeout=ctx.child_timeout(540),
+        env={"TORCH_LOGS": "recompiles"},
     )
     limit_lines = [line.strip() for line in child["stderr"].splitlines() if LIMIT_LOG.search(line)]
-    report.details.update(backend=backend, limit_lines=limit_lines[:10], rc=child["rc"], stderr_tail=child["stderr_tail"])
-    report.add(f"'recompile_limit' lines in TORCH_LOGS=recompiles ({backend})", len(limit_lines), passed=not limit_lines, threshold="0")
+    report.details.update(
+        backend=backend, limit_lines=limit_lines[:10], rc=child["rc"], stderr_tail=child["stderr_tail"]
+    )
+    report.add(
+        f"'recompile_limit' lines in TORCH_LOGS=recompiles ({backend})",
+        len(limit_lines),
+        passed=not limit_lines,
+        threshold="0",
+    )
     result = child["result"]
     if result is None:
         report.add("recompile check", child_failure(child), passed=False)
@@ -67,12 +87,16 @@ def recompile_section(ctx, report) -> None:
     sizes = result["sizes"]
     graphs = result["graphs_after_warmup"]
     report.add(  # a graph break would give a size more than one graph; a size past the limit gets none
-        f"graphs compiled warming bucket_sizes({RECOMPILE_MAX_BATCH}) = {len(sizes)} sizes", graphs if graphs is not None else "not counted",
-        passed=graphs >= len(sizes) if graphs is not None else None, threshold=f">= {len(sizes)}",
+        f"graphs compiled warming bucket_sizes({RECOMPILE_MAX_BATCH}) = {len(sizes)} sizes",
+        graphs if graphs is not None else "not counted",
+        passed=graphs >= len(sizes) if graphs is not None else None,
+        threshold=f">= {len(sizes)}",
     )
     report.add(
-        "batches after warm-up that recompiled or failed", f"{len(result['failed'])} of {len(sizes)}" + (f": {result['failed']}" if result["failed"] else ""),
-        passed=not result["failed"] and result["graphs_after_run"] == graphs, threshold="0, and no new graph",
+        "batches after warm-up that recompiled or failed",
+        f"{len(result['failed'])} of {len(sizes)}" + (f": {result['failed']}" if result["failed"] else ""),
+        passed=not result["failed"] and result["graphs_after_run"] == graphs,
+        threshold="0, and no new graph",
     )
 
 
@@ -102,7 +126,14 @@ def probe(model: str, weights: str, sizes: list[int], seconds: float) -> dict:
         compile_s[str(bs)] = round(time.perf_counter() - started, 2)
     memory = cuda_memory_gib()
     compiled_rates = {str(bs): round(rate(compiled, items, bs, seconds), 1) for bs in sizes}
-    return {"model": model, "precision": str(compiled.dtype), "eager": eager_rates, "compile_s": compile_s, "compiled": compiled_rates, "memory": memory}
+    return {
+        "model": model,
+        "precision": str(compiled.dtype),
+        "eager": eager_rates,
+        "compile_s": compile_s,
+        "compiled": compiled_rates,
+        "memory": memory,
+    }
 
 
 def recompile_check(backend: str, max_batch_size: int) -> dict:
@@ -130,7 +161,14 @@ def recompile_check(backend: str, max_batch_size: int) -> dict:
     import torch._dynamo.config as dynamo_config
 
     limit = getattr(dynamo_config, "recompile_limit", getattr(dynamo_config, "cache_size_limit", None))
-    return {"backend": backend, "sizes": sizes, "graphs_after_warmup": after_warmup, "graphs_after_run": graphs(), "failed": failed, "recompile_limit": limit}
+    return {
+        "backend": backend,
+        "sizes": sizes,
+        "graphs_after_warmup": after_warmup,
+        "graphs_after_run": graphs(),
+        "failed": failed,
+        "recompile_limit": limit,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,10 +16,24 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-from bench.gpu_checks.common import GIB, ROOT
+from bench.gpu_checks.common import GIB
+from bench.provenance import commit
 
 MIN_DRIVER = 580  # the cu13 wheels' minimum (R580)
-PACKAGES = ("torch", "torchvision", "ray", "numpy", "pillow", "pyarrow", "pydantic", "transformers", "timm", "aiohttp", "httpx", "scikit-image")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "ray",
+    "numpy",
+    "pillow",
+    "pyarrow",
+    "pydantic",
+    "transformers",
+    "timm",
+    "aiohttp",
+    "httpx",
+    "scikit-image",
+)
 
 
 def nvidia_smi(fields: str) -> list[dict[str, str]] | None:
@@ -28,7 +42,9 @@ def nvidia_smi(fields: str) -> list[dict[str, str]] | None:
     if smi is None:
         return None
     try:
-        out = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=15)
+        out = subprocess.run(
+            [smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=15
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
@@ -51,7 +67,10 @@ def cuda_status() -> dict:
         warnings.simplefilter("always")
         available = torch.cuda.is_available()
     return {
-        "available": available, "torch": torch.__version__, "torch_cuda": torch.version.cuda, "driver": driver_version(),
+        "available": available,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "driver": driver_version(),
         "torch_says": [str(w.message).strip() for w in caught if str(w.message).strip()],
     }
 
@@ -77,11 +96,18 @@ def machine() -> dict:
 
     gpus = nvidia_smi("name,driver_version,memory.total,compute_cap") or []
     return {
-        "host": platform.node(), "cores": os.cpu_count(), "memory_gib": round(_mem_total() / GIB, 1),
-        "gpu": gpus[0]["name"] if gpus else None, "gpus": len(gpus),
-        "gpu_memory_gib": round(float(gpus[0]["memory.total"]) / 1024, 1) if gpus and _number(gpus[0]["memory.total"]) else None,
-        "driver": gpus[0]["driver_version"] if gpus else None, "compute_capability": gpus[0].get("compute_cap") if gpus else None,
-        "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "host": platform.node(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(_mem_total() / GIB, 1),
+        "gpu": gpus[0]["name"] if gpus else None,
+        "gpus": len(gpus),
+        "gpu_memory_gib": round(float(gpus[0]["memory.total"]) / 1024, 1)
+        if gpus and _number(gpus[0]["memory.total"])
+        else None,
+        "driver": gpus[0]["driver_version"] if gpus else None,
+        "compute_capability": gpus[0].get("compute_cap") if gpus else None,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
     }
 
 
@@ -96,7 +122,7 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             found[name] = None
     found.update(torch=torch.__version__, torchvision=torchvision.__version__)  # with the build's local tag (+cu130)
-    found["commit"] = _commit()
+    found["commit"] = commit()
     return found
 
 
@@ -108,21 +134,32 @@ def run(ctx, report) -> None:
     judge = ctx.cuda  # on a CPU (--allow-cpu) the figures are recorded, not judged
     driver = status["driver"]
     major = int(driver.split(".")[0]) if driver and driver.split(".")[0].isdigit() else None
-    report.add("NVIDIA driver", driver or "not found", passed=(major or 0) >= MIN_DRIVER if judge else None, threshold=f">= R{MIN_DRIVER}")
+    report.add(
+        "NVIDIA driver",
+        driver or "not found",
+        passed=(major or 0) >= MIN_DRIVER if judge else None,
+        threshold=f">= R{MIN_DRIVER}",
+    )
     report.add("torch.cuda.is_available()", status["available"], passed=status["available"] if judge else None)
     report.add("torch / its CUDA build", f"{status['torch']} / {status['torch_cuda'] or 'none'}")
     info = machine()
-    report.add("GPU", f"{info['gpu']} ({info['gpu_memory_gib']} GiB), {info['gpus']} visible" if info["gpu"] else "none")
+    report.add(
+        "GPU", f"{info['gpu']} ({info['gpu_memory_gib']} GiB), {info['gpus']} visible" if info["gpu"] else "none"
+    )
     report.add("cuDNN", info["cudnn"], passed=info["cudnn"] is not None if judge else None)
     has_op = hasattr(torch.ops.image, "decode_jpegs_cuda")
-    report.add("torch.ops.image.decode_jpegs_cuda", "present" if has_op else "missing", passed=has_op if judge else None)
+    report.add(
+        "torch.ops.image.decode_jpegs_cuda", "present" if has_op else "missing", passed=has_op if judge else None
+    )
     if ctx.cuda:
         report.add("nvJPEG decode of a grey test JPEG", *_nvjpeg_smoke())
     shm = shutil.disk_usage("/dev/shm") if Path("/dev/shm").exists() else None
     wanted = 0.3 * _mem_total()  # Ray's object store default; below it Ray falls back to /tmp
     report.add(
-        "/dev/shm", f"{shm.total / GIB:.1f} GiB ({shm.free / GIB:.1f} free)" if shm else "missing",
-        passed=bool(shm and shm.total >= wanted) if judge else None, threshold=f">= {wanted / GIB:.0f} GiB (30 % of RAM, Ray's object store)",
+        "/dev/shm",
+        f"{shm.total / GIB:.1f} GiB ({shm.free / GIB:.1f} free)" if shm else "missing",
+        passed=bool(shm and shm.total >= wanted) if judge else None,
+        threshold=f">= {wanted / GIB:.0f} GiB (30 % of RAM, Ray's object store)",
     )
     report.details.update(status=status, machine=info, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
 
@@ -135,12 +172,18 @@ def _nvjpeg_smoke() -> tuple[str, bool]:
 
     item = blank_jpeg(64)
     try:
-        out = decode_jpeg(torch.frombuffer(bytearray(item.data), dtype=torch.uint8), mode=ImageReadMode.RGB, device="cuda")
+        out = decode_jpeg(
+            torch.frombuffer(bytearray(item.data), dtype=torch.uint8), mode=ImageReadMode.RGB, device="cuda"
+        )
         torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - the reason is the figure
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False
     mean = float(out.float().mean())
-    return f"shape {tuple(out.shape)} on {out.device}, mean {mean:.1f} (127 expected)", tuple(out.shape) == (3, 64, 64) and abs(mean - 127) < 3
+    return f"shape {tuple(out.shape)} on {out.device}, mean {mean:.1f} (127 expected)", tuple(out.shape) == (
+        3,
+        64,
+        64,
+    ) and abs(mean - 127) < 3
 
 
 def _mem_total() -> int:
@@ -159,11 +202,3 @@ def _number(text: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None

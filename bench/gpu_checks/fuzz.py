@@ -63,7 +63,9 @@ def fuzz_files(paths: list[Path], count: int, seed: int = 0) -> list[bytes]:
 
 def run(ctx, report) -> None:
     ctx.images(1)  # generated if need be
-    child = run_child("bench.gpu_checks.fuzz", ["--files", str(ctx.data_dir), "--count", str(FILES)], timeout=ctx.child_timeout(300))
+    child = run_child(
+        "bench.gpu_checks.fuzz", ["--files", str(ctx.data_dir), "--count", str(FILES)], timeout=ctx.child_timeout(300)
+    )
     result = child["result"]
     if result is None:
         report.add("fuzz child process", child_failure(child), passed=False)
@@ -71,7 +73,10 @@ def run(ctx, report) -> None:
         return
     report.details.update(result)
     single = result["single"]
-    report.add(f"nvJPEG on {result['files']} bit-flipped JPEGs, one at a time", f"{single['errors']} errors, {single['silent']} decoded without error")
+    report.add(
+        f"nvJPEG on {result['files']} bit-flipped JPEGs, one at a time",
+        f"{single['errors']} errors, {single['silent']} decoded without error",
+    )
     report.add(
         "decoded by nvJPEG but rejected by Pillow / the reverse",
         f"{result['nvjpeg_only']} / {result['pillow_only']} (Pillow rejects {result['pillow_errors']} in all)",
@@ -79,11 +84,14 @@ def run(ctx, report) -> None:
     batched = result["batched"]
     report.add(
         "decode_jpegs (batched, bisecting) on the same files",
-        f"{batched['invalid']} InvalidImage, {batched['decoded']} decoded, in {batched['seconds']} s" if "error" not in batched else batched["error"],
+        f"{batched['invalid']} InvalidImage, {batched['decoded']} decoded, in {batched['seconds']} s"
+        if "error" not in batched
+        else batched["error"],
         passed="error" not in batched,
     )
     report.add(
-        "CUDA healthy afterwards (synchronize, small op, clean decode unchanged)", result["healthy"] or result["health_error"],
+        "CUDA healthy afterwards (synchronize, small op, clean decode unchanged)",
+        result["healthy"] or result["health_error"],
         passed=result["healthy"] is True,
     )
 
@@ -129,7 +137,11 @@ def fuzz(files_dir: Path, count: int) -> dict:
         out = decode_jpegs(items, torch.device("cuda"))
         torch.cuda.synchronize()
         invalid = sum(not isinstance(o, torch.Tensor) for o in out)
-        batched = {"invalid": invalid, "decoded": len(out) - invalid, "seconds": round(time.perf_counter() - started, 2)}
+        batched = {
+            "invalid": invalid,
+            "decoded": len(out) - invalid,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
     except Exception as exc:  # noqa: BLE001 - the figure reports it
         batched = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     healthy, health_error = True, None
@@ -142,8 +154,15 @@ def fuzz(files_dir: Path, count: int) -> dict:
     except Exception as exc:  # noqa: BLE001 - this is the finding
         healthy, health_error = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return {
-        "files": len(files), "single": single, "nvjpeg_only": nvjpeg_only, "pillow_only": pillow_only, "pillow_errors": pillow_errors,
-        "error_messages": dict(kinds.most_common(5)), "batched": batched, "healthy": healthy, "health_error": health_error,
+        "files": len(files),
+        "single": single,
+        "nvjpeg_only": nvjpeg_only,
+        "pillow_only": pillow_only,
+        "pillow_errors": pillow_errors,
+        "error_messages": dict(kinds.most_common(5)),
+        "batched": batched,
+        "healthy": healthy,
+        "health_error": health_error,
     }
 
 

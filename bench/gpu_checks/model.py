@@ -35,8 +35,10 @@ def agreement(ctx, report) -> None:
         same, total, fraction = agree(top1(wrapper, items, batch), reference)
         guarded = precision == "fp16"  # what precision auto gives on CUDA
         report.add(
-            f"{precision} on {ctx.device} vs fp32 on cpu, top-1", f"{same}/{total} ({fraction:.2%})",
-            passed=fraction >= AGREEMENT_MIN if guarded else None, threshold=f">= {AGREEMENT_MIN:.0%}" if guarded else None,
+            f"{precision} on {ctx.device} vs fp32 on cpu, top-1",
+            f"{same}/{total} ({fraction:.2%})",
+            passed=fraction >= AGREEMENT_MIN if guarded else None,
+            threshold=f">= {AGREEMENT_MIN:.0%}" if guarded else None,
         )
         del wrapper
         release_cuda()
@@ -48,13 +50,17 @@ def model_alone(ctx, report) -> None:
     from bench.model_only import measure
 
     for name, weights, precisions, formats, sizes in ctx.pick(MODEL_PLANS, TINY_MODEL_PLANS):
-        rows = measure(name, weights, precisions, sizes, ctx.pick(1.0, 0.05), channels_last=formats, log=lambda line: None)
+        rows = measure(
+            name, weights, precisions, sizes, ctx.pick(1.0, 0.05), channels_last=formats, log=lambda line: None
+        )
         report.details[name] = rows
         for row in rows:
             rates = ", ".join(f"b{bs} {row[f'b{bs}']:g}" for bs in sizes)
             memory = f"; peak {row['max_mem_gib']} GiB" if "max_mem_gib" in row else ""
             layout = "channels_last" if row["channels_last"] else "NCHW"
-            report.add(f"{name} {row['precision']} {layout} img/s", f"{rates}{memory}; top-1 vs first row {row['top1_agree']}")
+            report.add(
+                f"{name} {row['precision']} {layout} img/s", f"{rates}{memory}; top-1 vs first row {row['top1_agree']}"
+            )
         release_cuda()
 
 
@@ -66,8 +72,22 @@ def cudnn(ctx, report) -> None:
         for setting in ("on", "off"):
             child = run_child(
                 "bench.model_only",
-                ["--model", name, "--weights", weights, "--precisions", "fp16", "--channels-last", "on", "--batch-sizes", sizes,
-                 "--seconds", "1", "--cudnn-benchmark", setting],
+                [
+                    "--model",
+                    name,
+                    "--weights",
+                    weights,
+                    "--precisions",
+                    "fp16",
+                    "--channels-last",
+                    "on",
+                    "--batch-sizes",
+                    sizes,
+                    "--seconds",
+                    "1",
+                    "--cudnn-benchmark",
+                    setting,
+                ],
                 timeout=ctx.child_timeout(240),
             )
             if child["result"] is None:
@@ -77,5 +97,8 @@ def cudnn(ctx, report) -> None:
             report.details[f"{name}_{setting}"] = rates[setting]
         if len(rates) == 2:
             on, off = rates["on"], rates["off"]
-            value = ", ".join(f"b{bs} {on[f'b{bs}']:g} vs {off[f'b{bs}']:g} (x{on[f'b{bs}'] / off[f'b{bs}']:.2f})" for bs in sizes.split(","))
+            value = ", ".join(
+                f"b{bs} {on[f'b{bs}']:g} vs {off[f'b{bs}']:g} (x{on[f'b{bs}'] / off[f'b{bs}']:.2f})"
+                for bs in sizes.split(",")
+            )
             report.add(f"{name} fp16 img/s, benchmark on vs off", value)

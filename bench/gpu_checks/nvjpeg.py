@@ -43,28 +43,42 @@ def run(ctx, report) -> None:
     cpu_decode = ModelWrapper(ModelConfig(device="cuda"), batch_sizes=(BATCH,))
     for kind in KINDS:
         files = [resave(data, kind) for data in originals]
-        figures = {"raw": raw_decode(files), "cpu_load_ms": cpu_load_ms(cpu_decode, files), "prepare_ms": prepare_ms(files, cpu_decode.spec.preprocess)}
+        figures = {
+            "raw": raw_decode(files),
+            "cpu_load_ms": cpu_load_ms(cpu_decode, files),
+            "prepare_ms": prepare_ms(files, cpu_decode.spec.preprocess),
+        }
         device_items = [on_device.load(data) for data in files]
         cpu_items = [cpu_decode.load(data) for data in files]
         encoded = sum(isinstance(item, Encoded) for item in device_items)
-        figures["predict_ms"] = {"on_device": batch_ms(on_device, device_items), "cpu_decode": batch_ms(cpu_decode, cpu_items)}
+        figures["predict_ms"] = {
+            "on_device": batch_ms(on_device, device_items),
+            "cpu_decode": batch_ms(cpu_decode, cpu_items),
+        }
         same, total, fraction = agreement(top1(on_device, device_items, BATCH), top1(cpu_decode, cpu_items, BATCH))
         figures["agreement"] = {"same": same, "total": total}
         report.details[kind] = figures
         raw = figures["raw"]
         report.add(
             f"{kind}: raw nvJPEG, batch {BATCH}",
-            f"{raw['ms_per_batch']} ms/batch, {raw['cpu_s_per_batch']} s CPU/batch, {raw['img_s']} img/s" if "error" not in raw else raw["error"],
+            f"{raw['ms_per_batch']} ms/batch, {raw['cpu_s_per_batch']} s CPU/batch, {raw['img_s']} img/s"
+            if "error" not in raw
+            else raw["error"],
         )
-        report.add(f"{kind}: CPU load / device prepare_tensor", f"{figures['cpu_load_ms']} / {figures['prepare_ms']} ms per image")
+        report.add(
+            f"{kind}: CPU load / device prepare_tensor",
+            f"{figures['cpu_load_ms']} / {figures['prepare_ms']} ms per image",
+        )
         report.add(f"{kind}: left Encoded by load (decode.on_device)", f"{encoded}/{len(files)}")
         report.add(
             f"{kind}: predict_batch ms, on_device vs CPU decode",
             f"{figures['predict_ms']['on_device']} vs {figures['predict_ms']['cpu_decode']} ms per batch of {BATCH}",
         )
         report.add(
-            f"{kind}: top-1, on_device vs CPU decode", f"{same}/{total} ({fraction:.2%})",
-            passed=fraction >= AGREEMENT_MIN, threshold=f">= {AGREEMENT_MIN:.0%}",
+            f"{kind}: top-1, on_device vs CPU decode",
+            f"{same}/{total} ({fraction:.2%})",
+            passed=fraction >= AGREEMENT_MIN,
+            threshold=f">= {AGREEMENT_MIN:.0%}",
         )
 
 
@@ -88,7 +102,8 @@ def raw_decode(files: list[bytes]) -> dict:
     except RuntimeError as exc:
         return {"error": f"RuntimeError: {str(exc).splitlines()[0]}"}
     return {
-        "ms_per_batch": round(statistics.median(walls) * 1000, 2), "cpu_s_per_batch": round(statistics.median(cpus), 3),
+        "ms_per_batch": round(statistics.median(walls) * 1000, 2),
+        "cpu_s_per_batch": round(statistics.median(cpus), 3),
         "img_s": round(len(files) / sum(walls), 1),
     }
 
@@ -108,7 +123,10 @@ def prepare_ms(files: list[bytes], spec) -> float:
 
     from shared.prepare import prepare_tensor
 
-    decoded = [decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, device="cuda") for data in files[:BATCH]]
+    decoded = [
+        decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, device="cuda")
+        for data in files[:BATCH]
+    ]
     prepare_tensor(decoded[0], spec)  # warm
     torch.cuda.synchronize()
     started = time.perf_counter()
@@ -125,4 +143,3 @@ def batch_ms(wrapper, items: list) -> float:
     for batch in batches:
         wrapper.predict_batch(batch)
     return round((time.perf_counter() - started) * 1000 / len(batches), 2)
-

@@ -89,7 +89,9 @@ def busy_work(seconds: float) -> Callable[[], None]:
     return matmuls
 
 
-def stress(wrapper, items: list, reference: list, shapes: list[tuple[int, int, int]], busy: Callable[[], None], rounds: int) -> dict:
+def stress(
+    wrapper, items: list, reference: list, shapes: list[tuple[int, int, int]], busy: Callable[[], None], rounds: int
+) -> dict:
     """``rounds`` A/B rounds (module docstring); counts B's answers that differ from ``reference``."""
     import torch
 
@@ -126,7 +128,9 @@ def stress(wrapper, items: list, reference: list, shapes: list[tuple[int, int, i
                 counts["images"] += len(out)
                 counts["differ"] += sum(differs(got, want) for got, want in zip(out, reference))
             except Exception as exc:  # noqa: BLE001 - recorded, and A is released
-                counts["errors"].append(f"thread B: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                counts["errors"].append(
+                    f"thread B: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                )
             b_done.set()
 
     threads = [threading.Thread(target=thread_a, name="race-a"), threading.Thread(target=thread_b, name="race-b")]
@@ -156,7 +160,9 @@ def run(ctx, report) -> None:
     items = [wrapper.load(path.read_bytes()) for path in ctx.images(batch)]
     encoded = [item for item in items if isinstance(item, Encoded)]
     if len(encoded) != len(items):
-        raise RuntimeError(f"only {len(encoded)} of {len(items)} bench JPEGs were left Encoded; the stress needs all of them")
+        raise RuntimeError(
+            f"only {len(encoded)} of {len(items)} bench JPEGs were left Encoded; the stress needs all of them"
+        )
     shapes = [(3, *decoded_size(item)) for item in encoded]
     reference = wrapper.predict_batch(items)
     busy = busy_work(BUSY_SECONDS)
@@ -167,15 +173,20 @@ def run(ctx, report) -> None:
     report.add(
         f"with the drain: answers differing from one thread ({ROUNDS} rounds)",
         f"{drained['differ']}/{drained['images']}, {len(drained['errors'])} raised",
-        passed=drained["differ"] == 0 and not drained["errors"] and drained["images"] > 0, threshold="0",
+        passed=drained["differ"] == 0 and not drained["errors"] and drained["images"] > 0,
+        threshold="0",
     )
     sensitive = control["differ"] > 0
     report.add(
-        "drain stubbed out (positive control): answers differing", f"{control['differ']}/{control['images']}",
-        passed=sensitive, threshold="> 0, else the harness cannot see the race and the line above proves nothing",
+        "drain stubbed out (positive control): answers differing",
+        f"{control['differ']}/{control['images']}",
+        passed=sensitive,
+        threshold="> 0, else the harness cannot see the race and the line above proves nothing",
     )
     if not sensitive:
-        report.details["verdict"] = "not sensitive: the positive control found no corruption, so the drained result is not evidence"
+        report.details["verdict"] = (
+            "not sensitive: the positive control found no corruption, so the drained result is not evidence"
+        )
 
 
 def decoded_size(item) -> tuple[int, int]:

@@ -43,7 +43,14 @@ def deploy_and_load(ctx, report, label: str, ingress_replicas: int, on_device: b
     port = ctx.serve_port()
     name = "gpu-" + label.replace(" ", "").replace(",", "-")
     config = ModelConfig(device="cuda", decode={"on_device": on_device})
-    app = twinfer_app(config, num_gpus=1, max_batch_size=MAX_BATCH_SIZE, ingress_replicas=ingress_replicas, ingress_cpus=2, decode_threads=2)
+    app = twinfer_app(
+        config,
+        num_gpus=1,
+        max_batch_size=MAX_BATCH_SIZE,
+        ingress_replicas=ingress_replicas,
+        ingress_cpus=2,
+        decode_threads=2,
+    )
     started = time.perf_counter()
     serve.run(app, name=name, route_prefix=f"/{name}")
     details = {"deploy_s": round(time.perf_counter() - started, 1)}
@@ -53,23 +60,31 @@ def deploy_and_load(ctx, report, label: str, ingress_replicas: int, on_device: b
         described = json.loads(urllib.request.urlopen(f"{base}/v1/models", timeout=30).read())["models"][0]
         details["described"] = described
         report.add(
-            f"{label}: /v1/models device, precision", f"{described['device']}, {described['precision']}",
-            passed=described["device"].startswith("cuda") and described["precision"] == "float16", threshold="cuda, float16",
+            f"{label}: /v1/models device, precision",
+            f"{described['device']}, {described['precision']}",
+            passed=described["device"].startswith("cuda") and described["precision"] == "float16",
+            threshold="cuda, float16",
         )
         url = f"{base}/v1/models/{config.name}/classify"
         rows = []
         for clients in ctx.options.get("clients", (1, 16, 128)):
-            row = closed_loop_load(url, ctx.data_dir, clients, ctx.options.get("duration", 10.0), ctx.options.get("warmup", 2.0))
+            row = closed_loop_load(
+                url, ctx.data_dir, clients, ctx.options.get("duration", 10.0), ctx.options.get("warmup", 2.0)
+            )
             rows.append(row)
             details["runs"] = rows
             report.add(
                 f"{label}: {clients} clients",
                 f"{row['req_s']:g} req/s, p50 {row['p50_ms']:g} / p99 {row['p99_ms']:g} ms, {row['errors']} errors; "
-                f"GPU {row['gpu_util_pct']} % busy, peak {row['gpu_mem_peak_gib']} GiB; CPUs {row['cpu_busy_pct']} % busy",
+                f"GPU {row['gpu_util_pct']} % busy, peak {row['gpu_mem_peak_gib']} GiB; "
+                f"CPUs {row['cpu_busy_pct']} % busy",
                 passed=(row["req_s"] >= TARGET_128 and row["errors"] == 0) if clients == 128 else (row["errors"] == 0),
                 threshold=f">= {TARGET_128} req/s, 0 errors" if clients == 128 else "0 errors",
             )
         if rows:
-            report.add(f"{label}: p99 of the first 50 requests ({rows[0]['clients']} client(s))", f"{rows[0]['first50_p99_ms']} ms")
+            report.add(
+                f"{label}: p99 of the first 50 requests ({rows[0]['clients']} client(s))",
+                f"{rows[0]['first50_p99_ms']} ms",
+            )
     finally:
         serve.delete(name)

@@ -24,8 +24,12 @@ def run(ctx, report) -> None:
     batch = ctx.pick(32, 3)
     started = time.perf_counter()
     wrapper = ModelWrapper(ModelConfig(device=ctx.device, compile=compiled), batch_sizes=(batch,))
-    report.details.update(compiled=compiled, batch=batch, build_s=round(time.perf_counter() - started, 1),
-                          device_lock_in_play=DECODING_ON_DEVICE.is_set())
+    report.details.update(
+        compiled=compiled,
+        batch=batch,
+        build_s=round(time.perf_counter() - started, 1),
+        device_lock_in_play=DECODING_ON_DEVICE.is_set(),
+    )
     items = load_all(wrapper, ctx.images(batch))
     reference = wrapper.predict_batch(items)
     seconds = ctx.pick(30.0, 0.5)
@@ -35,15 +39,19 @@ def run(ctx, report) -> None:
         calls, mismatches, errors = hammer(wrapper, items, reference, THREADS, seconds)
         report.add(
             f"{THREADS} threads x {seconds:g} s on one {'compiled' if compiled else 'eager'} wrapper",
-            f"{calls} batches, {mismatches} differ from one thread, {len(errors)} raised" + (f" ({errors[0]})" if errors else ""),
-            passed=calls > 0 and mismatches == 0 and not errors, threshold="0 differ, 0 raised",
+            f"{calls} batches, {mismatches} differ from one thread, {len(errors)} raised"
+            + (f" ({errors[0]})" if errors else ""),
+            passed=calls > 0 and mismatches == 0 and not errors,
+            threshold="0 differ, 0 raised",
         )
         rates = {}
         for n in (1, 2):
             window = ctx.pick(8.0, 0.3)
             done, _, _ = hammer(wrapper, items, None, n, window)
             rates[n] = done * batch / window
-        report.add("img/s with 1 vs 2 threads", f"{rates[1]:.0f} vs {rates[2]:.0f} (x{rates[2] / max(rates[1], 1e-9):.2f})")
+        report.add(
+            "img/s with 1 vs 2 threads", f"{rates[1]:.0f} vs {rates[2]:.0f} (x{rates[2] / max(rates[1], 1e-9):.2f})"
+        )
     finally:
         dynamo_config.error_on_recompile = previous
     del wrapper

@@ -1,0 +1,106 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``): protobuf messages
+to ``InferRequest`` and back, and twinfer's errors as gRPC status codes.
+
+Nothing here imports the generated ``open_inference_grpc_pb2``: its messages live in package
+``inference``, as do tritonclient's own generated ones, and protobuf refuses a second definition of
+a symbol in one process. The functions take the message module as an argument; the ingress
+replica imports ours (``messages()``), tests pass tritonclient's, which has the same messages.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import grpc
+
+from deployments.v2.tensors import InferRequest, InvalidRequest, OutputTensor, image_count, split_bytes_elements
+from shared.errors import BodyTooLarge, Overloaded, TwinferError, Unavailable
+
+# Serve's gRPC proxy loads the service through this (grpc_options.grpc_servicer_functions)
+SERVICER_FUNCTION = "deployments.v2.open_inference_grpc_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+
+_BY_HTTP_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+@functools.cache
+def messages():
+    """The generated message module (imported on first use, in the ingress replica only)."""
+    from deployments.v2 import open_inference_grpc_pb2
+
+    return open_inference_grpc_pb2
+
+
+def status_code(error: TwinferError) -> grpc.StatusCode:
+    """At capacity is RESOURCE_EXHAUSTED, as Serve's own back-pressure answers over gRPC; a model
+    that cannot be reached is UNAVAILABLE; the rest follows the HTTP status."""
+    if isinstance(error, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(error, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    return _BY_HTTP_STATUS.get(error.http_status, grpc.StatusCode.INTERNAL)
+
+
+def parameter(value) -> Any:
+    """An ``InferParameter``'s value, whichever of its kinds is set (None when none is)."""
+    kind = value.WhichOneof("parameter_choice")
+    return getattr(value, kind) if kind else None
+
+
+def infer_request(request, max_bytes: int) -> InferRequest:
+    """A ``ModelInferRequest`` -> ``InferRequest``; images in ``raw_input_contents`` (what
+    tritonclient sends) or in the input's ``contents.bytes_contents``."""
+    if len(request.inputs) != 1:
+        raise InvalidRequest("the request must hold exactly one input, 'image' (BYTES, shape [N] or [N, 1])")
+    tensor = request.inputs[0]
+    count = image_count(tensor.name, tensor.datatype, list(tensor.shape))
+    if "shared_memory_region" in tensor.parameters:
+        raise InvalidRequest("shared-memory inputs are not supported: send the images in the request")
+    raw = request.raw_input_contents
+    contents = tensor.contents.bytes_contents
+    size = sum(len(r) for r in raw) + sum(len(c) for c in contents)
+    if size > max_bytes:
+        raise BodyTooLarge(f"the images take {size} bytes; the limit is {max_bytes}")
+    if raw:
+        if len(raw) != 1 or contents:
+            raise InvalidRequest("raw_input_contents must hold the one input, and contents then stays empty")
+        images = split_bytes_elements(raw[0], count)
+    else:
+        images = list(contents)
+        if len(images) != count:
+            raise InvalidRequest(f"input 'image': shape says {count} image(s), contents hold {len(images)}")
+    outputs = {}
+    for output in request.outputs:
+        if output.name in outputs:
+            raise InvalidRequest(f"output {output.name!r} is requested twice")
+        outputs[output.name] = {key: parameter(value) for key, value in output.parameters.items()}
+    parameters = {key: parameter(value) for key, value in request.parameters.items()}
+    return InferRequest(images, parameters, outputs or None, request.id)
+
+
+def infer_response(pb, model: str, version: str, request_id: str, tensors: list[OutputTensor]):
+    """A ``ModelInferResponse`` with every output in ``raw_output_contents``, as Triton answers."""
+    response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
+    for tensor in tensors:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        response.raw_output_contents.append(tensor.raw())
+    return response
+
+
+def model_metadata(pb, metadata: dict):
+    response = pb.ModelMetadataResponse(
+        name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"]
+    )
+    for kind in ("inputs", "outputs"):
+        for tensor in metadata[kind]:
+            getattr(response, kind).add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+    return response
