@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# tritonclient[grpc] (test extra) declares protobuf<7, so the resolver above settles on protobuf 6
 	# and an older grpcio-reflection. What is tested is protobuf 7 (grpcio-reflection >= 1.85, which
 	# Serve imports, needs >= 7.35.1); both tritonclient clients work on it. pip warns of the conflict.
-	$(BIN)/pip install -q -c constraints.txt 'protobuf>=7.35.1,<8'
+	$(BIN)/pip install -q -c constraints.txt 'protobuf>=7.35.1,<8' 'grpcio-reflection>=1.85'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -22,6 +22,7 @@ import yaml
 
 from bench.memory import import_psutil
 from twinfer.ports import free_loopback_port
+from twinfer.processes import with_default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -90,7 +91,9 @@ class OwnServe:
                     raise
                 self.gcs_port = free_loopback_port()
         path = self.write_config(self.config, "serve_config.yaml")
-        self.serve_run = self._spawn([str(BIN / "serve"), "run", str(path), "--address", self.address], "serve-run.log")
+        self.serve_run = self._spawn(
+            with_default_sigint([str(BIN / "serve"), "run", str(path), "--address", self.address]), "serve-run.log"
+        )
         wait_healthy(self.base_url, deadline, alive=lambda: self._check_alive(self.serve_run, "serve run", deadline))
 
     def _start_head(self, deadline: float) -> None:

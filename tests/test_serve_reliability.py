@@ -25,6 +25,7 @@ from deployments.config import AppArgs
 from deployments.model_server import ModelServer
 from tests.images import small_jpeg
 from twinfer.ports import free_loopback_port
+from twinfer.processes import with_default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE = "twinfer-test-gate"
@@ -173,6 +174,19 @@ def test_an_ingress_at_its_image_cap_refuses_at_once_before_decoding(serve_url):
         ray.kill(gate)
 
 
+def test_a_child_started_with_sigint_ignored_gets_it_back():
+    """What a background job's children inherit (SIGINT ignored) would make `serve run` deaf to SIGINT."""
+    reports = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    probe = [sys.executable, "-c", reports]
+
+    def run(argv):
+        ignoring = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - a preexec_fn
+        return subprocess.run(argv, preexec_fn=ignoring, capture_output=True, text=True, timeout=60).stdout.strip()
+
+    assert run(probe) == "False"  # the inherited state, plain
+    assert run(with_default_sigint(probe)) == "True"
+
+
 @pytest.mark.timeout(300)
 def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -185,7 +199,7 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
     serve_bin = Path(sys.executable).parent / "serve"
     log = tmp_path / "serve-run.log"  # a file, not a pipe: nobody reads a pipe until the end, and a full one blocks
     process = subprocess.Popen(
-        [str(serve_bin), "run", str(tmp_path / "serve_config.yaml")],
+        with_default_sigint([str(serve_bin), "run", str(tmp_path / "serve_config.yaml")]),
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),
