@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt torch torchvision
 	$(BIN)/pip install -q -c constraints.txt -e '.[demo,test]'
 	# tritonclient[grpc] (test extra) declares protobuf<7, so the resolver above settles on protobuf 6
-	# and an older grpcio-reflection. What is tested is protobuf 7 (grpcio-reflection >= 1.85, which
-	# Serve imports, needs >= 7.35.1); both tritonclient clients work on it. pip warns of the conflict.
+	# and an older grpcio-reflection. What is tested is protobuf 7 with grpcio-reflection >= 1.85 (which
+	# Serve imports; it needs protobuf >= 7.35.1); both tritonclient clients work on it. pip may warn
+	# that tritonclient's grpc extra asked for protobuf<7.
 	$(BIN)/pip install -q -c constraints.txt 'protobuf>=7.35.1,<8' 'grpcio-reflection>=1.85'
 	touch $(STAMP)
 

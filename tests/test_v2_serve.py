@@ -411,6 +411,9 @@ def test_grpc_errors_are_status_codes(triton_grpc, photos):
 
 
 def test_grpc_without_application_metadata_reaches_the_only_app(triton_grpc):
+    # the suite's shared Serve instance usually runs this app alone; when an earlier module's app is
+    # still there, Serve needs the key. The same call against `serve run serve_config.yaml` (one
+    # app, never skipped) is in test_serve_reliability.py.
     if len(serve.status().applications) != 1:
         pytest.skip("another application runs on this Serve instance: Serve needs the `application` key then")
     assert triton_grpc.is_model_ready(CLASSIFIER)
