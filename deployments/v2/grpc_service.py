@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
+from deployments.v2.grpc_servicer import Undecodable
 from deployments.v2.protocol import OpenInference
 from deployments.v2.tensors import (
     VERSION,
@@ -29,9 +30,6 @@ from deployments.v2.tensors import (
     split_bytes_elements,
 )
 from shared.errors import BodyTooLarge, Overloaded, TwinferError, Unavailable
-
-# Serve's gRPC proxy loads the service through this (grpc_options.grpc_servicer_functions)
-SERVICER_FUNCTION = "deployments.v2.open_inference_grpc_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
 
 _BY_HTTP_STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -124,7 +122,8 @@ class GrpcInference:
     """The service's RPCs. Health RPCs are open, like HTTP's; the rest need the API key (metadata
     ``authorization: Bearer <key>``) when keys are on. Every failure sets the call's status code
     and ``"<code>: <message>"`` as its details on Serve's gRPC context, which the proxy copies
-    onto the call, and answers the RPC's empty message."""
+    onto the call, and answers the RPC's empty message. A request whose bytes were no message
+    (``grpc_servicer.Undecodable``) is ``invalid_request``."""
 
     def __init__(self, protocol: OpenInference, pb=None):
         self.protocol = protocol
@@ -136,31 +135,34 @@ class GrpcInference:
         return self._pb or messages()
 
     async def ServerLive(self, request, context=None):
-        return self.pb.ServerLiveResponse(live=True)
+        async def live():
+            return self.pb.ServerLiveResponse(live=True)
+
+        return await self._answer(context, request, None, live, self.pb.ServerLiveResponse, authorize=False)
 
     async def ServerReady(self, request, context=None):
         async def ready():
             return self.pb.ServerReadyResponse(ready=await self.protocol.server_ready())
 
-        return await self._answer(context, None, ready, self.pb.ServerReadyResponse, authorize=False)
+        return await self._answer(context, request, None, ready, self.pb.ServerReadyResponse, authorize=False)
 
     async def ModelReady(self, request, context=None):
         async def ready():
             return self.pb.ModelReadyResponse(ready=await self.protocol.model_ready(request.name, request.version))
 
-        return await self._answer(context, request.name, ready, self.pb.ModelReadyResponse)
+        return await self._answer(context, request, "name", ready, self.pb.ModelReadyResponse)
 
     async def ServerMetadata(self, request, context=None):
         async def metadata():
             return self.pb.ServerMetadataResponse(**self.protocol.server_metadata())
 
-        return await self._answer(context, None, metadata, self.pb.ServerMetadataResponse)
+        return await self._answer(context, request, None, metadata, self.pb.ServerMetadataResponse)
 
     async def ModelMetadata(self, request, context=None):
         async def metadata():
             return model_metadata(self.pb, await self.protocol.model_metadata(request.name, request.version))
 
-        return await self._answer(context, request.name, metadata, self.pb.ModelMetadataResponse)
+        return await self._answer(context, request, "name", metadata, self.pb.ModelMetadataResponse)
 
     async def ModelInfer(self, request, context=None):
         async def infer():
@@ -173,20 +175,27 @@ class GrpcInference:
                 tensors = await self.protocol.infer(name, version, parsed)
                 return await self.service.offload(infer_response, self.pb, name, VERSION, request.id, tensors)
 
-        return await self._answer(context, request.model_name, infer, self.pb.ModelInferResponse)
+        return await self._answer(context, request, "model_name", infer, self.pb.ModelInferResponse)
 
     async def _answer(
         self,
         context,
-        model: str | None,
+        request,
+        model_field: str | None,
         answer: Callable[[], Awaitable[Any]],
         empty: Callable[[], Any],
         authorize: bool = True,
     ):
+        undecodable = isinstance(request, Undecodable)
+        model = None if undecodable or model_field is None else getattr(request, model_field)
         try:
             if authorize:
                 metadata = dict(context.invocation_metadata()) if context is not None else {}
                 self.service.authorize(metadata.get("authorization"))
+            if undecodable:
+                raise InvalidRequest(
+                    f"the request's {request.size} bytes are no message of this RPC's type ({request.reason})"
+                )
             return await answer()
         except Exception as exc:
             error = self.service.error(exc, self.service.model_tag(model), "gRPC")
