@@ -85,7 +85,7 @@ async def closed_loop(
                 if len(first) < FIRST:
                     first.append(done - now)
                 if now >= measure_from:
-                    latencies.append(done - now)
+                    latencies.append((done - now, status))
                     statuses[status] = statuses.get(status, 0) + 1
                 i += clients
 
@@ -198,7 +198,7 @@ async def grpc_closed_loop(
                     status = exc.code().name
                 done = time.perf_counter()
                 if now >= measure_from:
-                    latencies.append(done - now)
+                    latencies.append((done - now, status))
                     statuses[status] = statuses.get(status, 0) + 1
                 i += clients
 
@@ -206,18 +206,28 @@ async def grpc_closed_loop(
     return _summary(latencies, statuses, "OK", clients, duration)
 
 
-def _summary(latencies: list[float], statuses: dict, ok_status, clients: int, duration: float) -> dict:
+def _summary(latencies: list[tuple[float, object]], statuses: dict, ok_status, clients: int, duration: float) -> dict:
+    """Counts and latency percentiles: over every answer, and over the successful ones alone (under
+    overload the refusals are fast, and the two differ)."""
     ok = statuses.get(ok_status, 0)
-    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    every = [seconds for seconds, _ in latencies]
+    good = [seconds for seconds, status in latencies if status == ok_status]
     return {
         "clients": clients,
         "requests": len(latencies),
         "ok": ok,
         "errors": len(latencies) - ok,
+        "statuses": {str(status): count for status, count in sorted(statuses.items(), key=str)},
         "req_s": round(ok / duration, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1),
-        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "p50_ms": _percentile(every, 50),
+        "p99_ms": _percentile(every, 99),
+        "ok_p50_ms": _percentile(good, 50),
+        "ok_p99_ms": _percentile(good, 99),
     }
+
+
+def _percentile(seconds: list[float], q: float) -> float | None:
+    return round(float(np.percentile(np.array(seconds) * 1000, q)), 1) if seconds else None
 
 
 _POSTERS = {"aiohttp": _aiohttp_poster, "httpx": _httpx_poster, "stdlib": _stdlib_poster}

@@ -4,13 +4,21 @@ Kinds: ``truncation`` (valid files cut at many offsets), ``bitflip`` (bits flipp
 files, header and body), ``random`` (random bytes, bare or behind an image signature),
 ``content_type`` (odd or wrong content types, empty bodies, formats off the allow-list),
 ``multipart`` (form edge cases), ``bomb`` (decode CPU/memory bombs, pixel-count bombs, bodies
-over the byte cap) and ``request`` (wrong methods, routes and parameters). Each case carries the
-statuses a correct server may answer; the harness reports any other status as unexpected.
+over the byte cap), ``request`` (wrong methods, routes and parameters) and ``v2`` (Open Inference
+Protocol bodies: truncated binary tensors, lying lengths, wrong datatypes and shapes, deep and huge
+JSON, non-finite numbers, gzip and deflate bombs). Each case carries the statuses a correct server
+may answer; the harness reports any other status as unexpected.
+
+``grpc_corpus`` is the same for ``inference.GRPCInferenceService/ModelInfer``: serialized messages
+(and bytes that are none), each with the gRPC status codes a correct server may answer.
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import io
+import json
 import random
 import re
 import struct
@@ -22,8 +30,9 @@ from PIL import Image
 
 from twinfer.samples import sample_array
 
-KINDS = ("truncation", "bitflip", "random", "content_type", "multipart", "bomb", "request")
+KINDS = ("truncation", "bitflip", "random", "content_type", "multipart", "bomb", "request", "v2")
 CLASSIFY = "/v1/models/{model}/classify"
+INFER = "/v2/models/{model}/infer"
 BODY_CAP = 20 * 1024 * 1024  # serve_config.yaml's ingress.max_body_bytes
 DECODE_OR_REFUSE = (200, 400, 413)  # a damaged file may still decode; refusing it is fine too
 
@@ -52,6 +61,7 @@ def build_corpus(seed: int = 0) -> list[Case]:
         *multipart_cases(files),
         *bombs(),
         *requests(files),
+        *v2_cases(files),
     ]
     names = [c.name for c in cases]
     if len(names) != len(set(names)):
@@ -483,3 +493,185 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **kwargs)
     return buffer.getvalue()
+
+
+# ---- the Open Inference Protocol over HTTP ------------------------------------------------------------------
+def v2_header(count: int = 1, size: int | None = None, **tensor) -> dict:
+    """A request's JSON: one ``image`` input, in binary (``size``: binary_data_size) unless ``data`` is given."""
+    parameters = {} if size is None else {"binary_data_size": size}
+    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [count], "parameters": parameters, **tensor}]}
+
+
+def v2_binary(images: list[bytes], header: dict | None = None) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+    """JSON + binary tensor data, as tritonclient sends it; the headers to send with it."""
+    payload = b"".join(struct.pack("<I", len(i)) + i for i in images)
+    header = header if header is not None else v2_header(len(images), len(payload))
+    text = json.dumps(header).encode()
+    return text + payload, (("Inference-Header-Content-Length", str(len(text))),)
+
+
+def v2_json(images: list[bytes], **extra) -> bytes:
+    data = [base64.b64encode(i).decode() for i in images]
+    return json.dumps({**v2_header(len(images), data=data), **extra}).encode()
+
+
+def v2_cases(files: dict[str, bytes]) -> list[Case]:
+    jpeg = files["jpeg"]
+    cases: list[Case] = []
+
+    def case(name: str, body: bytes, expect: tuple[int, ...] = (400,), headers=(), method="POST", path=INFER,
+             content_type="application/json") -> None:  # fmt: skip
+        cases.append(Case(f"v2/{name}", "v2", body, content_type=content_type, method=method, path=path,
+                          headers=tuple(headers), expect=expect))  # fmt: skip
+
+    good, good_headers = v2_binary([jpeg, jpeg])
+    case("good-binary", good, (200,), good_headers, content_type="application/octet-stream")
+    case("good-json", v2_json([jpeg]), (200,))
+    # truncated binary tensors and lying lengths
+    for cut in (1, 4, 7, len(good) // 2, len(good) - 1):
+        case(f"binary-cut-{cut}-from-end", good[:-cut], (400,), good_headers)
+    element = struct.pack("<I", 10**6) + jpeg  # announces a megabyte
+    body, headers = v2_binary([], v2_header(1, len(element)))
+    case("element-longer-than-data", body + element, (400,), headers)
+    for value in ("0", "-5", "abc", "9" * 5000, str(len(good) * 2), "+12", "1e3"):
+        case(f"header-length-{value[:12]}", good, (400,), (("Inference-Header-Content-Length", value),))
+    zeros, headers = v2_binary([], v2_header(1, 4_000_000))
+    case("zeros-past-count", zeros + bytes(4_000_000), (400,), headers)
+    # wrong datatypes, shapes, inputs
+    for name, tensor in (
+        ("datatype-uint8", {"datatype": "UINT8"}),
+        ("datatype-fp32", {"datatype": "FP32"}),
+        ("shape-0", {"shape": [0]}),
+        ("shape-257", {"shape": [257]}),
+        ("shape-2x2", {"shape": [2, 2]}),
+        ("shape-negative", {"shape": [-1]}),
+        ("shape-text", {"shape": ["1"]}),
+        ("shape-huge", {"shape": [10**30]}),
+        ("shape-float", {"shape": [1.5]}),
+        ("name", {"name": "pixels"}),
+        ("shared-memory", {"parameters": {"shared_memory_region": "r"}}),
+        ("count-mismatch", {"shape": [3]}),
+    ):
+        header = v2_header(1, len(jpeg) + 4)
+        header["inputs"][0].update(tensor)
+        body, headers = v2_binary([], header)
+        case(name, body + struct.pack("<I", len(jpeg)) + jpeg, (400,), headers)
+    case("two-inputs", json.dumps({"inputs": [v2_header()["inputs"][0]] * 2}).encode())
+    case("no-inputs", b'{"outputs": []}')
+    case("base64-invalid", json.dumps(v2_header(1, data=["***"])).encode())
+    case("base64-count-first", json.dumps(v2_header(1, data=["***"] * 300)).encode())
+    case("data-nested-3", json.dumps(v2_header(1, data=[[["AAAA"]]])).encode())
+    case("not-an-image", v2_json([b"hello"]), (400,))
+    case("empty-image", v2_json([b""]), (400,))
+    # deep and huge JSON
+    case("brackets-100k", b"[" * 100_000)
+    case("braces-5000", b"{" * 5000)
+    case("nested-1500", b'{"inputs": ' + b"[" * 1500 + b"]" * 1500 + b"}")
+    case("commas-1m", b"[" + b"0," * 1_000_000 + b"0]")
+    case("huge-integer", b'{"id": ' + b"9" * 100_000 + b"}")
+    case("not-json", b"\x00\xff" * 1000)
+    case("not-utf8", b'{"inputs": "\xff\xfe"}')
+    case("json-scalar", b"42")
+    case("string-20k-escapes", json.dumps({"id": "\u00e9" * 20_000}).encode())
+    # parameters: non-finite, wrong types
+    for name, parameters, expect in (
+        ("top_k-infinity", b'{"top_k": Infinity}', 422),
+        ("top_k-nan", b'{"top_k": NaN}', 422),
+        ("top_k-minus-infinity", b'{"top_k": -Infinity}', 422),
+        ("top_k-1e400", b'{"top_k": 1e400}', 422),
+        ("top_k-digits", b'{"top_k": "' + b"9" * 5000 + b'"}', 422),
+        ("top_k-list", b'{"top_k": [5]}', 422),
+        ("binary-output-text", b'{"binary_data_output": "false"}', 422),
+        ("parameters-list", b"[1, 2]", 400),
+    ):
+        body = v2_json([jpeg])[:-1] + b', "parameters": ' + parameters + b"}"
+        case(name, body, (expect,))
+    for name, outputs, expect in (
+        ("output-unknown", [{"name": "pixels"}], 422),
+        ("output-twice", [{"name": "scores"}, {"name": "scores"}], 400),
+        ("output-class-count-0", [{"name": "scores", "parameters": {"classification": 0}}], 422),
+        ("output-class-count-nan", [{"name": "scores", "parameters": {"classification": "nan"}}], 422),
+        ("output-binary-text", [{"name": "scores", "parameters": {"binary_data": "no"}}], 422),
+        ("outputs-object", {"name": "scores"}, 400),
+    ):
+        case(name, v2_json([jpeg], outputs=outputs), (expect,))
+    # compressed bodies
+    inflates_past_cap = gzip.compress(bytes(BODY_CAP + 1), 9, mtime=0)
+    zero_tensor, headers = v2_binary([], v2_header(1, BODY_CAP - 200))
+    case("gzip-bomb-zero-tensor", gzip.compress(zero_tensor + bytes(BODY_CAP - 200), 9, mtime=0), (400, 413),
+         (*headers, ("Content-Encoding", "gzip")))  # fmt: skip
+    case("gzip-past-cap", inflates_past_cap, (413,), (("Content-Encoding", "gzip"),))
+    case("deflate-past-cap", zlib.compress(bytes(BODY_CAP + 1), 9), (413,), (("Content-Encoding", "deflate"),))
+    case("gzip-cut-off", gzip.compress(v2_json([jpeg]), mtime=0)[:-20], (400,), (("Content-Encoding", "gzip"),))
+    case("gzip-not-gzip", v2_json([jpeg]), (400,), (("Content-Encoding", "gzip"),))
+    case("encoding-br", v2_json([jpeg]), (415,), (("Content-Encoding", "br"),))
+    case("body-over-cap", bytes(BODY_CAP + 1), (413,))
+    # routes and methods
+    case("get-infer", b"", (405,), method="GET")
+    case("unknown-model", v2_json([jpeg]), (404,), path="/v2/models/no_such_model/infer")
+    case("unknown-version", v2_json([jpeg]), (404,), path="/v2/models/{model}/versions/7/infer")
+    case("unknown-route", b"", (404,), method="GET", path="/v2/models/{model}/versions")
+    return cases
+
+
+# ---- the Open Inference Protocol over gRPC --------------------------------------------------------------------
+@dataclass(frozen=True)
+class GrpcCase:
+    name: str
+    message: bytes  # a serialized ModelInferRequest, or bytes that are none
+    expect: tuple[str, ...]  # grpc.StatusCode names a correct server may answer
+
+
+def grpc_corpus(pb, model: str, message_limit: int) -> list[GrpcCase]:
+    """``pb``: the protocol's generated message module (``deployments.v2.open_inference_grpc_pb2``,
+    or tritonclient's, which defines the same messages); ``message_limit``: the server's."""
+    jpeg = base_files()["jpeg"]
+    invalid = ("INVALID_ARGUMENT",)
+
+    def request(count=1, raw=None, contents=None, datatype="BYTES", name="image", inputs=1, **parameters):
+        message = pb.ModelInferRequest(model_name=model, id="corpus")
+        for _ in range(inputs):
+            tensor = message.inputs.add(name=name, datatype=datatype, shape=[count])
+            if contents is not None:
+                tensor.contents.bytes_contents.extend(contents)
+        if raw is not None:
+            message.raw_input_contents.append(raw)
+        for key, value in parameters.items():
+            if isinstance(value, bool):
+                message.parameters[key].bool_param = value
+            elif isinstance(value, str):
+                message.parameters[key].string_param = value
+            elif isinstance(value, float):
+                message.parameters[key].double_param = value
+            else:
+                message.parameters[key].int64_param = value
+        return message.SerializeToString()
+
+    good = request(raw=struct.pack("<I", len(jpeg)) + jpeg)
+    cases = [
+        GrpcCase("good", good, ("OK",)),
+        GrpcCase("good-contents", request(2, contents=[jpeg, jpeg]), ("OK",)),
+        GrpcCase("over-message-limit", request(raw=bytes(message_limit + 1)), ("RESOURCE_EXHAUSTED",)),
+        GrpcCase("zeros-past-count", request(raw=bytes(1_000_000)), invalid),
+        GrpcCase("element-longer-than-data", request(raw=struct.pack("<I", 10**6) + jpeg), invalid),
+        GrpcCase("count-mismatch", request(3, contents=[jpeg]), invalid),
+        GrpcCase("raw-and-contents", request(raw=good[:10], contents=[jpeg]), invalid),
+        GrpcCase("datatype", request(datatype="UINT8", contents=[jpeg]), invalid),
+        GrpcCase("name", request(name="pixels", contents=[jpeg]), invalid),
+        GrpcCase("two-inputs", request(contents=[jpeg], inputs=2), invalid),
+        GrpcCase("no-inputs", request(inputs=0), invalid),
+        GrpcCase("shape-257", request(257, contents=[jpeg] * 257), invalid),
+        GrpcCase("shape-huge", request(2**62, contents=[jpeg]), invalid),
+        GrpcCase("shape-negative", request(-1, contents=[jpeg]), invalid),
+        GrpcCase("not-an-image", request(contents=[b"hello"]), invalid),
+        GrpcCase("top_k-infinity", request(contents=[jpeg], top_k=float("inf")), invalid),
+        GrpcCase("top_k-nan", request(contents=[jpeg], top_k=float("nan")), invalid),
+        GrpcCase("top_k-digits", request(contents=[jpeg], top_k="9" * 5000), invalid),
+        GrpcCase("top_k-bool", request(contents=[jpeg], top_k=True), invalid),
+        GrpcCase("threshold-nan", request(contents=[jpeg], score_threshold=float("nan")), ("OK", "INVALID_ARGUMENT")),
+        GrpcCase("unknown-model", good.replace(model.encode(), b"x" * len(model), 1), ("NOT_FOUND",)),
+        # bytes that are no ModelInferRequest
+        GrpcCase("not-protobuf", b"\xff" * 64, invalid),
+        GrpcCase("protobuf-cut-off", good[: len(good) // 2], invalid),
+    ]
+    return cases

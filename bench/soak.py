@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="short durations and fewer clients (explicit flags still win)")
     p.add_argument("--url", help="a running server's base URL; default: start `serve run --config` here")
+    p.add_argument("--grpc", help="with --url: its gRPC ingress, host:port (a: the gRPC corpus; skipped without)")
     p.add_argument("--address", help="with --url: the Ray (GCS) address of its cluster, for process ids and kills")
     p.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
     p.add_argument("--app", default="twinfer", help="the Serve application's name")
@@ -176,6 +177,8 @@ class Context:
     results: dict = field(default_factory=dict)
     saturating_clients: int | None = None
     corpus: list | None = None  # default: build_corpus(args.seed)
+    grpc_address: str | None = None  # the gRPC ingress, when there is one to send the gRPC corpus to
+    grpc_messages: object | None = None  # the protocol's message module: ours, unless a test passes tritonclient's
 
     @property
     def classify_url(self) -> str:
@@ -215,7 +218,10 @@ async def section_a(ctx: Context) -> dict:
                 if case.kind == "bomb":
                     records.append(await send(case))
             after = await client.send(ctx.classify_url, ctx.bodies[0], name="valid image after the corpus")
+            grpc_records = await asyncio.to_thread(_grpc_corpus, ctx) if ctx.grpc_address else []
     corpus = sorted(corpus, key=lambda case: case.kind == "bomb")  # the order of the records
+    records += [record for _, record in grpc_records]
+    corpus += [case for case, _ in grpc_records]
     by_kind: dict[str, dict] = {}
     for case, record in zip(corpus, records):
         kind = by_kind.setdefault(case.kind, {"cases": 0, "answers": Counter(), "violations": [], "unexpected": []})
@@ -235,6 +241,39 @@ async def section_a(ctx: Context) -> dict:
         "valid_after": _describe(after.name, after),
         "memory": rss.summary() if rss else None,
     }
+
+
+def _grpc_corpus(ctx: Context) -> list:
+    """``bench.malformed.grpc_corpus`` sent as raw bytes to ModelInfer: (case, record) each."""
+    import grpc
+
+    from bench.malformed import Case, grpc_corpus
+    from bench.soak_classify import classify_grpc
+    from bench.soak_load import Record
+    from deployments.transport import CLIENT_LIMIT_ENV
+    from deployments.v2.grpc_service import messages
+
+    config = yaml.safe_load(ctx.args.config.read_text())
+    limit = int(
+        ((config.get("controller_options") or {}).get("runtime_env") or {}).get("env_vars", {})[CLIENT_LIMIT_ENV]
+    )
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    out = []
+    with grpc.insecure_channel(ctx.grpc_address, options=options) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for case in grpc_corpus(ctx.grpc_messages or messages(), ctx.args.model, limit):
+            sent = time.monotonic()
+            try:
+                call(case.message, timeout=120, metadata=(("application", ctx.args.app),))
+                status, details = "OK", ""
+            except grpc.RpcError as exc:
+                status, details = exc.code().name, exc.details() or ""
+            verdict = classify_grpc(status, details, ctx.codes)
+            name = f"grpc/{case.name}"
+            # as section a tallies HTTP cases: the answer's status is expected, or it is not
+            tally = Case(name, "grpc", b"", expect=(verdict.status,) if status in case.expect else ())
+            out.append((tally, Record(sent, time.monotonic(), verdict, name)))
+    return out
 
 
 def _describe(name: str, record) -> dict:
@@ -678,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
                 meta["serve_start_s"] = round(time.monotonic() - started, 1)
                 base_url, control = server.base_url, True
                 connect(server.address, AUTH_MODE)
-            ctx = Context(args, base_url, error_codes(), bodies, control, server)
+            grpc_address = args.grpc if args.url else server.grpc_address
+            ctx = Context(args, base_url, error_codes(), bodies, control, server, grpc_address=grpc_address)
             meta["url"] = base_url
             asyncio.run(run_sections(ctx))
         finally:

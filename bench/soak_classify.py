@@ -65,14 +65,9 @@ def classify(
         if isinstance(payload, dict) and "error" not in payload:
             return Verdict(OK, status)
         return Verdict(BAD_JSON, status, detail="2xx whose body is not a JSON result")
-    error_obj = payload.get("error") if isinstance(payload, dict) else None
-    if not (
-        isinstance(error_obj, dict)
-        and isinstance(error_obj.get("code"), str)
-        and isinstance(error_obj.get("message"), str)
-    ):
+    code = _error_code(payload)
+    if code is None:
         return Verdict(PROXY, status, detail=_snippet(body))
-    code = error_obj["code"]
     if code not in codes:
         return Verdict(BAD_JSON, status, code, "unknown error code")
     if codes[code] != status:
@@ -85,6 +80,54 @@ def classify(
             return Verdict(DOC_503, status, code)
         return Verdict(BAD_JSON, status, code, "503 without a Retry-After of whole seconds")
     return Verdict(BAD_JSON, status, code, "5xx other than the documented 503s")
+
+
+def _error_code(payload) -> str | None:
+    """The code of /v1's ``{"error": {"code", "message"}}`` or the Open Inference Protocol's
+    ``{"error": "<code>: <message>"}``; None for any other body."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("message"), str):
+        return error["code"]
+    if isinstance(error, str) and ": " in error:
+        return error.split(": ", 1)[0]
+    return None
+
+
+# gRPC: twinfer's errors are "<code>: <message>" details with the code's status (deployments/v2/
+# grpc_service.py); the transport's own refusal of an oversized message is RESOURCE_EXHAUSTED.
+GRPC_TRANSPORT_LIMIT = "larger than max"
+
+
+def classify_grpc(status: str, details: str, codes: Mapping[str, int]) -> Verdict:
+    """``status``: a ``grpc.StatusCode`` name ("OK", "INVALID_ARGUMENT"...); ``details`` the call's."""
+    if status == "OK":
+        return Verdict(OK, 200)
+    if status == "RESOURCE_EXHAUSTED" and GRPC_TRANSPORT_LIMIT in details:
+        return Verdict(DOC_4XX, 413, "transport_limit", "gRPC RESOURCE_EXHAUSTED")
+    code = details.split(": ", 1)[0] if ": " in details else None
+    if code not in codes:  # no twinfer error: counted as a 5xx
+        return Verdict(BAD_JSON, 500, None, f"gRPC {status}: {details[:80]}")
+    if grpc_status(code) != status:
+        return Verdict(BAD_JSON, codes[code], code, f"gRPC {status}, documented as {grpc_status(code)}")
+    http = codes[code]
+    if 400 <= http < 500:
+        return Verdict(DOC_4XX, http, code, f"gRPC {status}")
+    if http == 503 and code in DOCUMENTED_503:
+        return Verdict(DOC_503, http, code, f"gRPC {status}")
+    return Verdict(BAD_JSON, http, code, f"gRPC {status}: an error other than the documented 503s")
+
+
+def grpc_status(code: str) -> str:
+    """The gRPC status the server answers twinfer's error ``code`` with."""
+    from deployments.v2.grpc_service import status_code
+    from shared.errors import TwinferError
+
+    classes, stack = {}, [TwinferError]
+    while stack:
+        cls = stack.pop()
+        classes[cls.code] = cls
+        stack.extend(cls.__subclasses__())
+    return status_code(classes[code]("")).name
 
 
 def _json(body: bytes):

@@ -30,9 +30,11 @@ AUTH_MODE = "token"
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
-def local_config(config: dict, port: int) -> dict:
+def local_config(config: dict, port: int, grpc_port: int | None = None) -> dict:
     out = copy.deepcopy(config)
     out.setdefault("http_options", {}).update(host="127.0.0.1", port=port)
+    if grpc_port is not None and "grpc_options" in out:
+        out["grpc_options"]["port"] = grpc_port
     return out
 
 
@@ -48,8 +50,9 @@ def with_replicas(config: dict, model: str, replicas: int, app: str = "twinfer")
 class OwnServe:
     def __init__(self, config: dict, workdir: Path, ingress: str = "default", ray_cpus: int = 4):
         self.port = free_loopback_port()
+        self.grpc_port = free_loopback_port()
         self.gcs_port = free_loopback_port()
-        self.config = local_config(config, self.port)
+        self.config = local_config(config, self.port, self.grpc_port)
         self.workdir = workdir
         self.ray_cpus = ray_cpus
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -66,6 +69,10 @@ class OwnServe:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_address(self) -> str | None:
+        return f"127.0.0.1:{self.grpc_port}" if "grpc_options" in self.config else None
 
     @property
     def address(self) -> str:
@@ -129,7 +136,7 @@ class OwnServe:
     def deploy(self, config: dict, name: str, timeout_s: float = 300) -> None:
         """``serve run --non-blocking`` of a config variant (same http_options): Serve applies it to the
         running cluster, as ``serve deploy`` would, and the command returns once it is submitted."""
-        path = self.write_config(local_config(config, self.port), name)
+        path = self.write_config(local_config(config, self.port, self.grpc_port), name)
         done = subprocess.run([str(BIN / "serve"), "run", str(path), "--address", self.address, "--non-blocking"],
                               cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
         if done.returncode != 0:

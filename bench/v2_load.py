@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.dataset import make_dataset
     from deployments.app import build
     from deployments.config import AppArgs
-    from deployments.v2.grpc_service import SERVICER_FUNCTION
+    from deployments.v2.grpc_servicer import SERVICER_FUNCTION
 
     protocols = ["v1", "v2"] + ([] if args.skip_grpc else ["grpc"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -37,6 +37,11 @@ class BatchingConfig(StrictModel):
 SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"  # one URL path segment
 
 
+def model_deployment_name(model: str) -> str:
+    """The Serve deployment that serves the model clients call ``model``."""
+    return f"model-{model}"
+
+
 class ModelDeploymentConfig(StrictModel):
     name: str | None = Field(
         None,
@@ -60,6 +65,12 @@ class ModelDeploymentConfig(StrictModel):
     @property
     def served_name(self) -> str:
         return self.name or self.model.name
+
+    @property
+    def images_per_call(self) -> int:
+        """Images the ingress sends the model in one call: what a replica runs at once."""
+        batching = self.resolved_batching
+        return batching.max_batch_size * batching.max_concurrent_batches
 
     @property
     def resolved_batching(self) -> BatchingConfig:
@@ -108,6 +119,19 @@ class IngressConfig(StrictModel):
         "Size it to what the replica's models answer well within the proxy's request_timeout_s",
     )
     max_body_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="larger bodies get 413")
+    max_inflight_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="request body bytes one ingress replica holds at once (read, being read or inflated), "
+        "reserved from a body's declared length before it is read; beyond it a request gets 503 overloaded. "
+        "At least max_body_bytes",
+    )
+    max_queue_wait_s: float | None = Field(
+        1.0,
+        gt=0.0,
+        description="a request that would wait longer than this for the images already in progress, at the "
+        "rate this ingress replica has been answering them, gets 503 overloaded at once (None: no wait budget)",
+    )
     model_call_timeout_s: float = Field(
         20.0,
         gt=0.0,
@@ -135,6 +159,15 @@ class IngressConfig(StrictModel):
     @property
     def api_keys_enabled(self) -> bool:
         return self.api_keys_env is not None or self.api_keys_file is not None
+
+    @model_validator(mode="after")
+    def _budgets(self) -> "IngressConfig":
+        if self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_body_bytes "
+                f"({self.max_body_bytes}), or one full body could never be read"
+            )
+        return self
 
 
 class AppArgs(StrictModel):

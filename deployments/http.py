@@ -1,4 +1,5 @@
-"""HTTP plumbing for the ingress: read a capped body, pick out the image bytes, answer JSON."""
+"""HTTP plumbing for the ingress: read a capped body within the replica's byte budget, pick out the
+image bytes, check API keys, answer JSON."""
 
 from __future__ import annotations
 
@@ -8,13 +9,24 @@ import os
 from pathlib import Path
 
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from deployments.admission import BodyHold
 from deployments.config import IngressConfig
-from shared.errors import BodyTooLarge, EmptyInput, InvalidImage, TwinferError, Unauthorized, UnsupportedMediaType
+from shared.errors import (
+    BodyTooLarge,
+    ClientDisconnected,
+    EmptyInput,
+    InvalidImage,
+    InvalidRequest,
+    TwinferError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 
 RAW_TYPES = ("application/octet-stream",)
+
 MIN_KEY_LENGTH = 16
 
 
@@ -70,9 +82,9 @@ def load_api_keys(settings: IngressConfig) -> tuple[bytes, ...]:
     return tuple(hashlib.sha256(key.encode()).digest() for key in dict.fromkeys(keys))
 
 
-def check_bearer(request: Request, key_digests: tuple[bytes, ...]) -> None:
-    """Raise ``Unauthorized`` unless ``Authorization: Bearer <key>`` names one of the keys."""
-    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+def check_bearer(authorization: str, key_digests: tuple[bytes, ...]) -> None:
+    """Raise ``Unauthorized`` unless the ``Authorization`` header's value is ``Bearer <key>`` for one of the keys."""
+    scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("this API needs an API key: send the header 'Authorization: Bearer <key>'")
@@ -84,21 +96,34 @@ def check_bearer(request: Request, key_digests: tuple[bytes, ...]) -> None:
         raise Unauthorized("the API key is not valid")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+async def read_body(request: Request, max_bytes: int, hold: BodyHold) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``. Its bytes
+    are reserved in ``hold`` (the replica's byte budget) before they are read: the declared length
+    at once, a body without one as it arrives. A client that goes away mid-body is
+    ``ClientDisconnected``."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise BodyTooLarge(f"body is {declared} bytes; the limit is {max_bytes}")
+    if declared is not None:
+        declared = declared.strip()
+        if not declared.isdigit() or len(declared) > 19:
+            raise InvalidRequest(f"Content-Length {declared[:40]!r} is not a length")
+        if int(declared) > max_bytes:
+            raise BodyTooLarge(f"body is {declared} bytes; the limit is {max_bytes}")
+        hold.grow(int(declared))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise BodyTooLarge(f"body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise BodyTooLarge(f"body exceeds the limit of {max_bytes} bytes")
+            if size > hold.size:
+                hold.grow(size - hold.size)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnected(f"the client closed the connection after {size} bytes of its body") from None
     return b"".join(chunks)
 
 
-async def image_bytes(request: Request, max_bytes: int) -> bytes:
+async def image_bytes(request: Request, max_bytes: int, hold: BodyHold) -> bytes:
     """Raw image body (image/*, application/octet-stream) or the ``file`` field of a multipart form."""
     content_type = request.headers.get("content-type", "application/octet-stream")
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -107,7 +132,7 @@ async def image_bytes(request: Request, max_bytes: int) -> bytes:
             f"content type {media_type!r} is not accepted; send the image bytes as image/jpeg, image/png, "
             f"image/webp or application/octet-stream, or as the 'file' field of multipart/form-data"
         )
-    body = await read_body(request, max_bytes)
+    body = await read_body(request, max_bytes, hold)
     if media_type != "multipart/form-data":
         if not body:
             raise EmptyInput("empty body: send the image bytes")

@@ -1,7 +1,7 @@
 """The model deployment: a thin ``@serve.batch`` adapter over ``shared.ModelWrapper``.
 
-Requests arrive already decoded and prepared (uint8 CHW) by the ingress; a bad image never gets
-here, so one batch can only fail for reasons that would fail every member anyway. With
+Images arrive already decoded and prepared (uint8 CHW) by the ingress, a window of a request's at a
+time; a bad image never gets here, so one batch can only fail for reasons that would fail every member anyway. With
 ``decode.on_device`` a JPEG arrives header-checked but still encoded; if the device and CPU
 decoders both reject it (or it cannot be resized on the device and the CPU rejects it), its own
 result is the ``TwinferError`` (the ingress answers it with its 4xx) while the rest of its batch
@@ -65,8 +65,10 @@ class ModelServer:
             self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.batching = batching
 
-    async def infer(self, item: Item, params: dict) -> list[dict] | TwinferError:
-        return await self._batched((item, params))
+    async def infer(self, items: list[Item], params: dict) -> list[list[dict] | TwinferError]:
+        """One window of a request's images (``deployments/service.py``); each joins the batch queue
+        on its own, so it batches with every other request's images."""
+        return list(await asyncio.gather(*(self._batched((item, params)) for item in items)))
 
     async def _predict_batched(self, requests: list[tuple[Item, dict]]) -> list[list[dict] | TwinferError]:
         items = [item for item, _ in requests]

@@ -60,6 +60,7 @@ NOT_PER_OPERATION = {
     errors.MethodNotAllowed: "a route called with another method",
     errors.WeightsUnavailable: "at start-up: the model's deployment fails, requests then get `unavailable`",
     errors.InvalidRequest: "the Open Inference Protocol's routes (/v2, gRPC), not described here",
+    errors.ClientDisconnected: "a client that went away mid-request: recorded, never received",
 }
 EVERY_ROUTE = (errors.TwinferError, errors.Overloaded, errors.Unavailable)  # TwinferError itself: 500 internal
 
@@ -187,10 +188,14 @@ def _schemas() -> dict[str, Any]:
         },
         "Health": {
             "type": "object",
-            "required": ["status", "deployments"],
+            "required": ["status"],
             "properties": {
                 "status": {"type": "string", "enum": ["ok", "unavailable"]},
-                "deployments": {"type": "object", "additionalProperties": {"type": "string"}},
+                "deployments": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "each deployment's state; with API keys on, only for a request with a valid key",
+                },
             },
         },
     }

@@ -16,10 +16,14 @@ from importlib import resources
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route, get_route_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from deployments.endpoints import require
 
 # route below the application's prefix -> (file in deployments/static, media type)
 FILES = {
-    "": ("index.html", "text/html; charset=utf-8"),
+    "": ("index.html", "text/html; charset=utf-8"),  # GET / (and /prefix/)
     "static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "static/app.css": ("app.css", "text/css; charset=utf-8"),
 }
@@ -63,22 +67,40 @@ class Site:
         document = json.dumps(openapi_document, indent=1).encode()
         self.assets["openapi.json"] = Asset.of(document, "application/json")
 
-    def get(self, parts: list[str]) -> Asset | None:
-        """The asset at these path segments (below the application's prefix), if any."""
-        return self.assets.get("/".join(parts))
+    def routes(self, route) -> list[Route]:
+        """One GET route per asset; ``route(path, handler)`` makes the app's route (errors, counting)."""
+
+        def serve(asset: Asset):
+            async def handler(request: Request) -> Response:
+                require(request, "GET")
+                return self.answer(request, asset)
+
+            return handler
+
+        return [route("/" + path, serve(asset)) for path, asset in self.assets.items()]
 
     def answer(self, request: Request, asset: Asset) -> Response:
-        if asset is self.assets[""] and not request.url.path.endswith("/"):
-            # /prefix -> prefix/ (relative, so it holds behind a proxy that adds its own prefix):
-            # the page's relative links (static/app.js, v1/models) then resolve below the prefix
-            last = request.url.path.rstrip("/").rsplit("/", 1)[-1]
-            return RedirectResponse(f"{last}/", status_code=308, headers=HEADERS)
         headers = {**HEADERS, "ETag": asset.etag}
         if asset.media_type.startswith("text/html"):
             headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         if asset.etag in _etags(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers=headers)
         return Response(asset.body, media_type=asset.media_type, headers=headers)
+
+
+def redirecting_to_the_page(app: ASGIApp) -> ASGIApp:
+    """``app``, except that the application's bare prefix (``/prefix``) redirects to ``prefix/``,
+    relatively, so that it holds behind a proxy that adds its own prefix: the page's relative
+    links (static/app.js, v1/models) then resolve below the prefix."""
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and get_route_path(scope) == "":
+            last = scope["path"].rstrip("/").rsplit("/", 1)[-1]
+            await RedirectResponse(f"{last}/", status_code=308, headers=HEADERS)(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return asgi
 
 
 def _etags(header: str) -> set[str]:

@@ -109,6 +109,15 @@ class BodyTooLarge(ImageTooLarge):
     code = "body_too_large"
 
 
+class ClientDisconnected(TwinferError):
+    """The client went away before its request was read in full (or answered). Nobody receives
+    the answer; it is counted and logged under this code, never as ``internal``. 499 is the
+    status Serve's proxy and nginx record for a client that closed its connection."""
+
+    code = "client_disconnected"
+    http_status = 499
+
+
 class NotFound(TwinferError):
     code = "not_found"
     http_status = 404
@@ -117,3 +126,8 @@ class NotFound(TwinferError):
 class MethodNotAllowed(TwinferError):
     code = "method_not_allowed"
     http_status = 405
+
+
+def for_image(error: TwinferError, index: int) -> TwinferError:
+    """The same error (class, code, status), naming which of a request's images it is about."""
+    return type(error)(f"image {index}: {error}")

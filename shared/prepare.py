@@ -48,35 +48,101 @@ class Prepared:
 def prepare_image(image: np.ndarray, spec: PreprocessSpec) -> Prepared:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected uint8 HxWx3, got {image.dtype} {image.shape}")
+    original_size = (image.shape[0], image.shape[1])
+    image = _box_shrink(image, resize_target(original_size, spec))
     chw = prepare_tensor(torch.from_numpy(image).permute(2, 0, 1), spec)
-    return Prepared(np.ascontiguousarray(chw.numpy()), (image.shape[0], image.shape[1]))
+    return Prepared(np.ascontiguousarray(chw.numpy()), original_size)
+
+
+def resize_target(size: tuple[int, int], spec: PreprocessSpec) -> tuple[int, int] | None:
+    """The (height, width) ``prepare_tensor`` resizes an image of ``size`` to, for the modes whose
+    shrink has no bound of its own (``resize_crop`` crops the aspect first: None)."""
+    height, width = size
+    if spec.mode == "resize_exact":
+        side = spec.resize or spec.size
+        return side, side
+    if spec.mode == "max_side":
+        scale = min(spec.size / max(height, width), 1.0)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    return None
+
+
+def _box_shrink(image: np.ndarray, target: tuple[int, int] | None) -> np.ndarray:
+    """Each side more than ``MAX_SHRINK`` x its target, shrunk by an integer factor to about
+    ``BOX_LEAVES`` x it: block means, summed in uint32 without a widened copy of the image."""
+    if target is None:
+        return image
+    for axis, goal in enumerate(target):
+        length = image.shape[axis]
+        if length <= goal * MAX_SHRINK:
+            continue
+        factor = length // (goal * BOX_LEAVES)
+        kept = length // factor * factor
+        if axis == 0:
+            blocks = image[:kept].reshape(kept // factor, factor, image.shape[1], 3)
+        else:
+            blocks = image[:, :kept].reshape(image.shape[0], kept // factor, factor, 3)
+        total = np.add.reduce(blocks, axis=axis + 1, dtype=np.uint32)
+        total += factor // 2
+        total //= factor
+        image = total.astype(np.uint8)
+    return image
 
 
 def prepare_tensor(chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """uint8 (3, H, W) -> uint8 (3, h, w) at the model's size, on whatever device ``chw`` is on:
-    the CPU half runs it on decoded arrays, the device half on JPEGs decoded on the GPU."""
+    the CPU half runs it on decoded arrays, the device half on JPEGs decoded on the GPU. Whatever
+    the aspect, the work and memory stay within a small multiple of the image's own (``_resize``)."""
     height, width = chw.shape[1:]
     mode = INTERPOLATION[spec.interpolation]
     if spec.mode == "resize_crop":
         chw = _bound_aspect(chw, MAX_ASPECT)
-        return F.center_crop(F.resize(chw, spec.resize or spec.size, interpolation=mode, antialias=True), spec.size)
+        return F.center_crop(_resize(chw, _shorter_side(chw, spec.resize or spec.size), mode), spec.size)
     if spec.mode == "resize_exact":
         # squash, then crop: how Hugging Face processors with a height/width size and a crop_size
         # (DeiT) and timm's crop_mode "squash" with crop_pct < 1 prepare images
         side = spec.resize or spec.size
-        chw = F.resize(chw, [side, side], interpolation=mode, antialias=True)
+        chw = _resize(chw, (side, side), mode)
         return chw if side == spec.size else F.center_crop(chw, spec.size)
     if spec.mode == "max_side":
         scale = spec.size / max(height, width)
         if scale < 1:
-            size = [max(1, round(height * scale)), max(1, round(width * scale))]
-            return F.resize(chw, size, interpolation=mode, antialias=True)
+            return _resize(chw, (max(1, round(height * scale)), max(1, round(width * scale))), mode)
         return chw
     raise ValueError(spec.mode)  # pragma: no cover - the Literal keeps this out
 
 
+def _resize(chw: torch.Tensor, size: tuple[int, int], mode) -> torch.Tensor:
+    """``F.resize`` to ``size`` (height, width), shrinking before it grows. The resize is separable:
+    one pass along the width, then one along the height, with the whole intermediate held between
+    them. When the height shrinks while the width grows (a tall strip squashed to a square) that
+    intermediate is the input's height times the output's width: 1 000 000 x 224 for a 1 x 1 000 000
+    column. Shrinking the height first, alone, keeps every intermediate within the input's and the
+    output's size; the two orders give the same image (the passes commute; uint8 rounding aside)."""
+    height, width = chw.shape[1:]
+    out_height, out_width = size
+    if out_height < height and out_width > width:
+        chw = F.resize(chw, [out_height, width], interpolation=mode, antialias=True)
+    return F.resize(chw, [out_height, out_width], interpolation=mode, antialias=True)
+
+
+def _shorter_side(chw: torch.Tensor, side: int) -> tuple[int, int]:
+    """(height, width) with the shorter side at ``side``, as ``F.resize(chw, side)`` computes it."""
+    height, width = chw.shape[1:]
+    if height <= width:
+        return side, int(side * width / height)
+    return int(side * height / width), side
+
+
 INTERPOLATION = {"bilinear": F.InterpolationMode.BILINEAR, "bicubic": F.InterpolationMode.BICUBIC}
 MAX_ASPECT = 4  # the centre crop never reaches beyond this; bounds resize's intermediate
+# An antialiased resize weighs every input pixel of a row (or column) for each output pixel it
+# covers: its filter weights take ~16 bytes per input pixel along the axis it shrinks. Negligible
+# for a photo, it is 5 x the pixels themselves for a strip one pixel wide. Shrinks over MAX_SHRINK x
+# (a 40 Mpx photo squashed to 224 shrinks ~30 x) first average blocks of pixels (``_box_shrink``,
+# no weights) down to BOX_LEAVES x the target, and the resize does the rest.
+MAX_SHRINK = 64
+BOX_LEAVES = 8
 
 
 def _bound_aspect(chw: torch.Tensor, max_aspect: int) -> torch.Tensor:

@@ -4,8 +4,9 @@
 - how the model's raw output is reduced on the device (only what the answer needs crosses to the
   host) and turned into the answer for each image;
 - its HTTP route and response body, and its Parquet columns (writing rows and reading them back);
-- whether ``evaluate`` applies;
-- its output tensors in the Open Inference Protocol (KServe v2; ``deployments/v2``).
+- whether ``evaluate`` applies.
+
+Its output tensors in the Open Inference Protocol live with the protocol (``deployments/v2/outputs.py``).
 
 The wrapper, the ingress, the Ray Data actor and the CLI ask the task; none of them branches on a
 task's name. Adding a task = one class here, registered in ``TASKS``.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping, Sequence
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -84,47 +84,6 @@ class Task:
         """A written row back to the answer the wrapper gave (None for an error row)."""
         raise NotImplementedError
 
-    # ---- Open Inference Protocol (KServe v2) outputs -------------------------------------------------
-    # Every output tensor is batched over the request's N images: the protocol adapter
-    # (deployments/v2) only parses requests and serialises what these methods return.
-    v2_output_names: ClassVar[tuple[str, ...]]  # every output tensor the task can answer
-    v2_default_outputs: ClassVar[tuple[str, ...]]  # those sent when a request names none
-    v2_classification_outputs: ClassVar[tuple[str, ...]] = ()  # outputs that take the classification extension
-
-    def v2_outputs(self, described: Mapping[str, Any]) -> dict[str, tuple[str, list[int]]]:
-        """name -> (datatype, shape; -1 where it varies) of each output, in ``v2_output_names``
-        order, from the model's ``ModelServer.describe()`` (label count, embedding width)."""
-        raise NotImplementedError
-
-    def v2_requested(self, outputs: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Mapping[str, Any]]:
-        """The outputs a request asked for (name -> its parameters), checked; the default set when none."""
-        if not outputs:
-            return {name: {} for name in self.v2_default_outputs}
-        checked = {}
-        for name, parameters in outputs.items():
-            if name not in self.v2_output_names:
-                raise InvalidParameter(
-                    f"no output {name!r}; a {self.name} model answers {', '.join(self.v2_output_names)}"
-                )
-            checked[name] = dict(parameters)
-            if parameters.get("classification") is not None:
-                if name not in self.v2_classification_outputs:
-                    where = ", ".join(self.v2_classification_outputs) or f"no output of a {self.name} model"
-                    raise InvalidParameter(f"the classification extension applies to {where}, not to {name!r}")
-                checked[name]["classification"] = validate_class_count(parameters["classification"])
-        return checked
-
-    def v2_params(self, params: dict, outputs: Mapping[str, Mapping[str, Any]]) -> dict:
-        """The model call's parameters for a request whose ``params()`` are ``params`` and that asks ``outputs``."""
-        return params
-
-    def v2_tensors(
-        self, answers: Sequence[Any], outputs: Mapping[str, Mapping[str, Any]], params: dict
-    ) -> dict[str, np.ndarray]:
-        """N images' answers -> one array per requested output, in request order: float32, int64,
-        int32, or an object array of ``bytes`` (BYTES)."""
-        raise NotImplementedError
-
 
 class _ListOfDicts(Task):
     """Answers that are lists of dicts, written as one list column per key."""
@@ -189,62 +148,6 @@ class ClassifyTask(_ListOfDicts):
     def label(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else f"class_{index}"
 
-    v2_output_names = ("scores", "indices", "labels", "probabilities")
-    v2_default_outputs = ("scores", "indices", "labels")
-    v2_classification_outputs = ("scores", "probabilities")
-
-    def v2_outputs(self, described: Mapping[str, Any]) -> dict[str, tuple[str, list[int]]]:
-        classes = described.get("labels") or -1
-        return {
-            "scores": ("FP32", [-1, -1]),  # [N, top_k], best first
-            "indices": ("INT64", [-1, -1]),
-            "labels": ("BYTES", [-1, -1]),
-            "probabilities": ("FP32", [-1, classes]),  # [N, classes]: every class's softmax probability
-        }
-
-    def v2_params(self, params: dict, outputs: Mapping[str, Mapping[str, Any]]) -> dict:
-        """The largest k any output needs; every class for ``probabilities`` (the reduction keeps
-        at most the model's width, so that is what "every" asks)."""
-        ks = []
-        for name, parameters in outputs.items():
-            if parameters.get("classification") is not None:
-                ks.append(parameters["classification"])
-            elif name == "probabilities":
-                ks.append(EVERY_CLASS)
-            else:
-                ks.append(params["top_k"])
-        return {**params, "top_k": max(ks)}
-
-    def v2_tensors(
-        self, answers: Sequence[list[dict]], outputs: Mapping[str, Mapping[str, Any]], params: dict
-    ) -> dict[str, np.ndarray]:
-        k = params["top_k"]
-        tensors = {}
-        for name, parameters in outputs.items():
-            count = parameters.get("classification")
-            if count is not None:
-                # Triton's classification extension: "score:index:label", best first
-                tensors[name] = _bytes_rows(
-                    [[f"{p['score']:.8f}:{p['index']}:{p['label']}" for p in a[:count]] for a in answers]
-                )
-            elif name == "probabilities":
-                classes = max((len(a) for a in answers), default=0)
-                full = np.zeros((len(answers), classes), np.float32)
-                for row, answer in enumerate(answers):
-                    full[row, [p["index"] for p in answer]] = [p["score"] for p in answer]
-                tensors[name] = full
-            elif name == "scores":
-                tensors[name] = np.array([[p["score"] for p in a[:k]] for a in answers], np.float32).reshape(
-                    len(answers), -1
-                )
-            elif name == "indices":
-                tensors[name] = np.array([[p["index"] for p in a[:k]] for a in answers], np.int64).reshape(
-                    len(answers), -1
-                )
-            else:  # labels
-                tensors[name] = _bytes_rows([[p["label"] for p in a[:k]] for a in answers])
-        return tensors
-
 
 class DetectTask(_ListOfDicts):
     name = "detect"
@@ -293,33 +196,6 @@ class DetectTask(_ListOfDicts):
             for i, s, box in zip(out["labels"][keep].tolist(), out["scores"][keep].tolist(), boxes.tolist())
         ]
 
-    # ragged over images: one row per detection, all images' detections in order, and image_index
-    # saying whose each is (a request's N images may have 0..many detections each)
-    v2_output_names = ("boxes", "scores", "label_indices", "labels", "image_index")
-    v2_default_outputs = v2_output_names
-
-    def v2_outputs(self, described: Mapping[str, Any]) -> dict[str, tuple[str, list[int]]]:
-        return {
-            "boxes": ("FP32", [-1, 4]),  # [D, 4]: x1, y1, x2, y2 in the original image's pixels
-            "scores": ("FP32", [-1]),
-            "label_indices": ("INT64", [-1]),
-            "labels": ("BYTES", [-1]),
-            "image_index": ("INT32", [-1]),  # which of the request's images (0-based) each detection is in
-        }
-
-    def v2_tensors(
-        self, answers: Sequence[list[dict]], outputs: Mapping[str, Mapping[str, Any]], params: dict
-    ) -> dict[str, np.ndarray]:
-        found = [(image, d) for image, answer in enumerate(answers) for d in answer]
-        columns = {
-            "boxes": lambda: np.array([d["box"] for _, d in found], np.float32).reshape(-1, 4),
-            "scores": lambda: np.array([d["score"] for _, d in found], np.float32),
-            "label_indices": lambda: np.array([d["index"] for _, d in found], np.int64),
-            "labels": lambda: np.array([d["label"].encode() for _, d in found], object).reshape(-1),
-            "image_index": lambda: np.array([image for image, _ in found], np.int32),
-        }
-        return {name: columns[name]() for name in outputs}
-
 
 class EmbedTask(Task):
     """A classifier without its head: the pooled penultimate features, L2-normalised, float32.
@@ -366,17 +242,6 @@ class EmbedTask(Task):
     def answer_from_row(self, row: Mapping[str, Any]) -> list[float] | None:
         return None if row["embedding"] is None else list(row["embedding"])
 
-    v2_output_names = ("embedding",)
-    v2_default_outputs = v2_output_names
-
-    def v2_outputs(self, described: Mapping[str, Any]) -> dict[str, tuple[str, list[int]]]:
-        return {"embedding": ("FP32", [-1, described.get("dim") or -1])}  # [N, dim], L2-normalised
-
-    def v2_tensors(
-        self, answers: Sequence[list[float]], outputs: Mapping[str, Mapping[str, Any]], params: dict
-    ) -> dict[str, np.ndarray]:
-        return {"embedding": np.array(answers, np.float32).reshape(len(answers), -1)}
-
     @staticmethod
     def _type(dim: int | None) -> pa.DataType:
         if dim is None:
@@ -401,48 +266,53 @@ def _last_linear(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn
 
 
 def validate_top_k(value: Any) -> int:
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"top_k must be an integer, got {value!r}") from None
+    """An integer in 1..MAX_TOP_K: an int, an integral float, or decimal text (a query string)."""
+    k = _integer(value)
+    if k is None:
+        raise InvalidParameter(f"top_k must be an integer, got {_shown(value)}")
     if not 1 <= k <= MAX_TOP_K:
         raise InvalidParameter(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
     return k
 
 
 def validate_score_threshold(value: Any) -> float:
-    try:
+    """A number in [0, 1]: a float, an int, or decimal text; NaN and infinities are refused."""
+    t = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         t = float(value)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"score_threshold must be a number, got {value!r}") from None
-    if not 0.0 <= t <= 1.0:
+    elif isinstance(value, str) and len(value) <= MAX_NUMBER_TEXT:
+        try:
+            t = float(value)
+        except ValueError:
+            pass
+    if t is None:
+        raise InvalidParameter(f"score_threshold must be a number, got {_shown(value)}")
+    if not 0.0 <= t <= 1.0:  # also false for NaN
         raise InvalidParameter(f"score_threshold must be within [0, 1], got {t}")
     return t
 
 
+MAX_NUMBER_TEXT = 32  # characters of a number given as text; longer is no parameter value
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None  # NaN and infinities are not integral
+    if isinstance(value, str) and len(value) <= MAX_NUMBER_TEXT:
+        text = value.strip()
+        if text.lstrip("+-").isdigit() and text.isascii():
+            return int(text)
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _float_cpu(tensor: torch.Tensor) -> torch.Tensor:
     return (tensor.float() if tensor.is_floating_point() else tensor).cpu()
-
-
-# the reduction's top_k clamps to the model's width, so this asks for every class
-EVERY_CLASS = 2**31 - 1
-
-
-def validate_class_count(value: Any) -> int:
-    """The classification extension's k (Triton's ``class_count``): an integer in 1..MAX_TOP_K."""
-    k = value
-    if isinstance(k, float) and k.is_integer():
-        k = int(k)
-    elif isinstance(k, str) and k.strip().isdigit():
-        k = int(k)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
-        raise InvalidParameter(f"classification must be an integer between 1 and {MAX_TOP_K}, got {value!r}")
-    return k
-
-
-def _bytes_rows(rows: list[list[str]]) -> np.ndarray:
-    """Equal-length rows of text -> a [len(rows), width] object array of UTF-8 ``bytes`` (v2 BYTES)."""
-    array = np.empty((len(rows), len(rows[0]) if rows else 0), object)
-    for r, row in enumerate(rows):
-        array[r, :] = [text.encode() for text in row]
-    return array

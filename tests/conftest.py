@@ -33,7 +33,9 @@ def serve_ports(ray_session):
     Protocol's gRPC service on another (Serve's gRPC options are fixed when it starts)."""
     from ray import serve
 
-    from deployments.v2.grpc_service import SERVICER_FUNCTION
+    from deployments.transport import CLIENT_LIMIT_ENV, grpc_message_limit
+    from deployments.v2.grpc_servicer import SERVICER_FUNCTION
+    from shared.decode import DEFAULT_MAX_BYTES
 
     http_port = free_loopback_port()
     grpc_port = free_loopback_port()
@@ -42,6 +44,10 @@ def serve_ports(ray_session):
     serve.start(
         http_options={"host": "127.0.0.1", "port": http_port},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
+        # the gRPC message limit serve_config.yaml gives Serve's proxies: the default body cap's
+        controller_options={
+            "runtime_env": {"env_vars": {CLIENT_LIMIT_ENV: str(grpc_message_limit(DEFAULT_MAX_BYTES))}}
+        },
     )
     yield http_port, grpc_port
     serve.shutdown()

@@ -180,7 +180,7 @@ def test_goals_count_violations_from_every_section():
 
 
 @pytest.mark.timeout(300)
-def test_a_few_corpus_cases_and_stalled_requests_against_serve(serve_url, corpus, tmp_path):
+def test_a_few_corpus_cases_and_stalled_requests_against_serve(serve_url, serve_grpc_address, corpus, tmp_path):
     from ray import serve
 
     from bench.dataset import make_dataset
@@ -198,16 +198,27 @@ def test_a_few_corpus_cases_and_stalled_requests_against_serve(serve_url, corpus
     try:
         picked = ["truncation/jpeg@2", "bitflip/png/header", "random/64B", "content_type/refused/text/plain",
                   "multipart/valid", "multipart/two-files", "bomb/png-claims-10000x10000", "request/get-classify",
-                  "request/top_k-0"]  # fmt: skip
+                  "request/top_k-0", "v2/good-json", "v2/brackets-100k", "v2/top_k-infinity",
+                  "v2/gzip-bomb-zero-tensor"]  # fmt: skip
         cases = [c for c in corpus if any(c.name.startswith(p) for p in picked)]
         argv = ["--url", f"{serve_url}/{app}", "--sections", "a,d", "--stalled", "3", "--stall-clients", "2",
                 "--stall-baseline", "2", "--stall-duration", "4"]  # fmt: skip
         bodies = [p.read_bytes() for p in make_dataset(tmp_path / "img", 4)]
-        ctx = soak.Context(soak.parse_args(argv), f"{serve_url}/{app}", CODES, bodies, control=False, corpus=cases)
+        from tritonclient.grpc import service_pb2  # tritonclient's messages: protobuf refuses ours beside them
+
+        argv += ["--grpc", serve_grpc_address, "--app", app]
+        ctx = soak.Context(soak.parse_args(argv), f"{serve_url}/{app}", CODES, bodies, control=False, corpus=cases,
+                           grpc_address=serve_grpc_address, grpc_messages=service_pb2)  # fmt: skip
         asyncio.run(soak.run_sections(ctx))
         a, d = ctx.results["a"], ctx.results["d"]
-        assert a["cases"] == len(cases) >= len(picked)
+        grpc_cases = [name for name in (r.name for r in a["records"]) if name.startswith("grpc/")]
+        assert a["cases"] == len(cases) + len(grpc_cases) and len(cases) >= len(picked) and len(grpc_cases) >= 20
         labels = {r.name: r.verdict.label for r in a["records"]}
+        assert labels["v2/brackets-100k"] == "400 invalid_request" and labels["v2/good-json"] == "200"
+        assert labels["v2/top_k-infinity"] == "422 invalid_parameter"
+        assert labels["grpc/over-message-limit"] == "413 transport_limit"
+        assert labels["grpc/not-protobuf"] == "400 invalid_request" and labels["grpc/good"] == "200"
+        assert not a["by_kind"]["grpc"]["unexpected"] and not a["by_kind"]["v2"]["unexpected"]
         assert (
             labels["multipart/valid"] == "200"
             and labels["content_type/refused/text/plain"] == "415 unsupported_media_type"

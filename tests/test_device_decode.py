@@ -313,42 +313,33 @@ def test_the_ingress_answers_a_jpeg_no_decoder_could_read_with_its_own_400():
     """Without HTTP: the ingress leaves JPEGs encoded, the model server (on the CPU here) finds one
     no decoder can read, and that request alone is answered 400; the other gets its answer.
     (Batch neighbours surviving such an image: ``test_one_undecodable_jpeg_fails_alone...``.)"""
-    import asyncio
-    import json
+    from starlette.testclient import TestClient
 
-    from starlette.requests import Request
-
-    from deployments.ingress import Ingress
+    from deployments.config import IngressConfig
+    from deployments.ingress import http_app
     from deployments.model_server import ModelServer
+    from deployments.service import InferenceService
 
     server = ModelServer({"name": "efficientnet_lite0"}, max_ongoing_requests=8)
 
     class Handle:  # a DeploymentHandle call, minus the hop and the @serve.batch queue (needs a replica)
         class infer:
             @staticmethod
-            async def remote(item, params):
-                assert isinstance(item, Encoded)  # the ingress left the JPEG for the model process
-                return server.run_batch([item], [params])[0]
+            async def remote(items, params):
+                assert all(isinstance(item, Encoded) for item in items)  # JPEGs left for the model process
+                return server.run_batch(items, [params] * len(items))
 
     model = "efficientnet_lite0"
-    ingress = Ingress({model: Handle()}, {model: ON_DEVICE.model_dump()}, {})
+    service = InferenceService({model: Handle()}, {model: {"model": ON_DEVICE.model_dump()}}, IngressConfig())
+    client = TestClient(http_app(service))
 
-    async def post(body: bytes):
-        async def receive():
-            return {"type": "http.request", "body": body, "more_body": False}
+    def post(body: bytes):
+        response = client.post(
+            f"/v1/models/{model}/classify", params={"top_k": 1}, content=body, headers={"content-type": "image/jpeg"}
+        )
+        return response.status_code, response.json()
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": f"/v1/models/{model}/classify",
-            "root_path": "",
-            "query_string": b"top_k=1",
-            "headers": [(b"content-type", b"image/jpeg")],
-        }
-        response = await ingress(Request(scope, receive))
-        return response.status_code, json.loads(response.body)
-
-    bad_status, bad = asyncio.run(post(bogus_huffman_jpeg()))
+    bad_status, bad = post(bogus_huffman_jpeg())
     assert bad_status == 400 and bad["error"]["code"] == "invalid_image" and "corrupt" in bad["error"]["message"]
-    good_status, good = asyncio.run(post(images.small_jpeg("coffee")))
+    good_status, good = post(images.small_jpeg("coffee"))
     assert good_status == 200 and good["predictions"][0]["label"] == "espresso"

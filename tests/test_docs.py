@@ -31,3 +31,11 @@ def test_every_model_setting_is_in_the_readme_configuration_table():
     keys += [f"decode.{name}" for name in DecodeConfig.model_fields]
     missing = [key for key in keys if f"`{key}`" not in table]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+def test_every_ingress_setting_is_in_the_readme_limits_table():
+    from deployments.config import IngressConfig
+
+    table = section("### Limits and admission")
+    missing = [name for name in IngressConfig.model_fields if f"`{name}`" not in table]
+    assert not missing, f"README's ingress table lacks {missing}"

@@ -12,6 +12,7 @@ from ray import serve
 from deployments.app import build, model_deployment_name
 from deployments.config import AppArgs
 from tests import images
+from tests.serving import ANSWERS_NOT_ADMISSION
 from twinfer.samples import encode, sample_array
 
 APP = "twinfer-test"
@@ -23,7 +24,7 @@ BODY_CAP = 200_000
 def app_args(max_batch_size: int = 8, wait: float = 0.2) -> AppArgs:
     return AppArgs.model_validate(
         {
-            "ingress": {"max_body_bytes": BODY_CAP, "decode_threads": 2, "num_cpus": 0.5},
+            "ingress": {"max_body_bytes": BODY_CAP, "decode_threads": 2, "num_cpus": 0.5, **ANSWERS_NOT_ADMISSION},
             "models": [
                 {
                     "model": {"name": "efficientnet_lite0", "decode": {"max_pixels": 1_000_000}},

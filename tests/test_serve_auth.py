@@ -10,12 +10,11 @@ import httpx
 import pydantic
 import pytest
 from ray import serve
-from starlette.requests import Request
 
 from deployments.app import build
 from deployments.config import AppArgs, IngressConfig
 from deployments.http import check_bearer, load_api_keys
-from deployments.ingress import Ingress
+from deployments.service import InferenceService
 from shared.errors import Unauthorized
 from tests.images import small_jpeg
 
@@ -24,9 +23,9 @@ KEY_A = "k-a-0123456789abcdef"
 KEY_B = "k-b-fedcba9876543210"
 
 
-def request_with(authorization: str | None) -> Request:
-    headers = [] if authorization is None else [(b"authorization", authorization.encode("latin-1"))]
-    return Request({"type": "http", "method": "GET", "path": "/v1/models", "headers": headers})
+def header(authorization: str | None) -> str:
+    """The Authorization header's value as a request carries it (absent: empty)."""
+    return authorization or ""
 
 
 def test_keys_are_off_by_default():
@@ -44,8 +43,8 @@ def test_keys_come_from_a_file_and_an_env_var(tmp_path, monkeypatch):
     assert len(from_file) == len(from_env) == len(both) == 2
     assert set(from_file) == set(from_env) == set(both)
     for digests in (from_file, from_env):
-        check_bearer(request_with(f"Bearer {KEY_A}"), digests)
-        check_bearer(request_with(f"bearer   {KEY_B}"), digests)  # the scheme is case-insensitive (RFC 7235)
+        check_bearer(header(f"Bearer {KEY_A}"), digests)
+        check_bearer(header(f"bearer   {KEY_B}"), digests)  # the scheme is case-insensitive (RFC 7235)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +54,7 @@ def test_keys_come_from_a_file_and_an_env_var(tmp_path, monkeypatch):
 def test_anything_but_a_listed_bearer_key_is_refused(tmp_path, authorization):
     (tmp_path / "keys").write_text(KEY_A + "\n")
     with pytest.raises(Unauthorized) as raised:
-        check_bearer(request_with(authorization), load_api_keys(IngressConfig(api_keys_file=str(tmp_path / "keys"))))
+        check_bearer(header(authorization), load_api_keys(IngressConfig(api_keys_file=str(tmp_path / "keys"))))
     assert KEY_A not in str(raised.value)
 
 
@@ -82,7 +81,9 @@ def test_a_configured_source_without_usable_keys_stops_the_ingress_from_starting
             (tmp_path / "keys").write_text(content)
         settings = {"api_keys_file": str(tmp_path / "keys")}
     with pytest.raises(ValueError, match=message) as raised:
-        Ingress({}, {}, settings)  # the replica's constructor: Serve reports the deployment as failed
+        InferenceService(
+            {}, {}, IngressConfig.model_validate(settings)
+        )  # in the replica's constructor: a failed deploy
     assert "short-key" not in str(raised.value)  # a key is never echoed
 
 

@@ -24,6 +24,7 @@ from deployments.app import build, model_deployment_name
 from deployments.config import AppArgs
 from deployments.model_server import ModelServer
 from tests.images import small_jpeg
+from tests.serving import ANSWERS_NOT_ADMISSION
 
 MODEL = "efficientnet_lite0"
 GATE = "twinfer-failover-gate"
@@ -32,7 +33,7 @@ GATE = "twinfer-failover-gate"
 def app_args(replicas: int, **ingress) -> AppArgs:
     return AppArgs.model_validate(
         {
-            "ingress": {"num_cpus": 0.25, "decode_threads": 2, **ingress},
+            "ingress": {"num_cpus": 0.25, "decode_threads": 2, **ANSWERS_NOT_ADMISSION, **ingress},
             "models": [
                 {
                     "model": {"name": MODEL, "weights": "random"},

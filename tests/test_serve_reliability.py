@@ -6,7 +6,9 @@ Requests are held with a gate actor the test opens, never with sleeps.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures as cf
+import json
 import os
 import signal
 import subprocess
@@ -174,6 +176,11 @@ def test_an_ingress_at_its_image_cap_refuses_at_once_before_decoding(serve_url):
         ray.kill(gate)
 
 
+def v2_json(images: list[bytes]) -> bytes:
+    data = [base64.b64encode(image).decode() for image in images]
+    return json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(data)], "data": data}]}).encode()
+
+
 def test_a_child_started_with_sigint_ignored_gets_it_back():
     """What a background job's children inherit (SIGINT ignored) would make `serve run` deaf to SIGINT."""
     reports = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
@@ -190,6 +197,7 @@ def test_a_child_started_with_sigint_ignored_gets_it_back():
 @pytest.mark.timeout(300)
 def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    limit = int(config["controller_options"]["runtime_env"]["env_vars"]["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"])
     port = free_loopback_port()
     config["http_options"].update(host="127.0.0.1", port=port)
     grpc_port = free_loopback_port()
@@ -227,11 +235,27 @@ def test_serve_run_config_yaml_answers_and_shuts_down(tmp_path, embedded_wrapper
             assert [p["label"] for p in response.json()["predictions"]] == [
                 p["label"] for p in embedded_wrapper.classify_bytes(data)
             ]
+            # README's limit holds on an idle server: 200 images in one /v2 request are answered
+            many = client.post("/v2/models/efficientnet_lite0/infer", content=v2_json([data] * 200), timeout=240)
+            assert many.status_code == 200, many.text[:500]
+            assert {"name": "labels", "datatype": "BYTES", "shape": [200, 5]}.items() <= many.json()["outputs"][
+                2
+            ].items()
         # the config's gRPC ingress; one application, so calls need no `application` metadata
+        import numpy as np
         import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
 
         with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as triton:
             assert triton.is_server_live() and triton.is_model_ready("efficientnet_lite0")
+            # a message over the body cap is refused by the transport from its length, not buffered
+            # and handed to the ingress (the config's controller_options set the proxy's limit)
+            oversized = grpcclient.InferInput("image", [1], "BYTES")
+            oversized.set_data_from_numpy(np.array([b"\xff" * (limit + 1)], dtype=np.object_))
+            with pytest.raises(InferenceServerException) as refused:
+                triton.infer("efficientnet_lite0", [oversized])
+            assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+            assert "larger than max" in refused.value.message() and str(limit) in refused.value.message()
         process.send_signal(signal.SIGINT)
         try:
             assert process.wait(timeout=90) == 0

@@ -26,13 +26,13 @@ from tritonclient.grpc._utils import _get_inference_request as grpc_request
 from tritonclient.http._utils import _get_inference_request as http_request
 
 from deployments.v2 import grpc_service, rest
+from deployments.v2.outputs import OUTPUTS, outputs_for
 from deployments.v2.tensors import (
     MAX_IMAGES,
     InferRequest,
     InvalidRequest,
     OutputTensor,
     image_count,
-    per_image,
     split_bytes_elements,
 )
 from shared.errors import (
@@ -44,8 +44,9 @@ from shared.errors import (
     Overloaded,
     Unauthorized,
     Unavailable,
+    for_image,
 )
-from shared.tasks import ClassifyTask, DetectTask, EmbedTask
+from shared.tasks import TASKS, ClassifyTask, DetectTask, EmbedTask
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = [b"\xff\xd8first", b"", b"\x89PNG third\x00"]  # any bytes: nothing is decoded here
@@ -279,7 +280,7 @@ def test_output_binary_data_overrides_the_request_default():
 
 
 def test_http_errors_are_the_spec_error_object():
-    response = rest.error_response(per_image(InvalidImage("cannot identify image file"), 3))
+    response = rest.error_response(for_image(InvalidImage("cannot identify image file"), 3))
     assert response.status_code == 400
     assert json.loads(response.body) == {"error": "invalid_image: image 3: cannot identify image file"}
     overloaded = rest.error_response(Overloaded("busy"))
@@ -387,13 +388,18 @@ def classify_answers(task):
     ]
 
 
+def test_every_task_has_output_tensors():
+    assert set(OUTPUTS) == set(TASKS)
+
+
 def test_classify_tensors():
     task = ClassifyTask(LABELS)
+    v2 = outputs_for(task)
     probabilities, answers = classify_answers(task)
-    outputs = task.v2_requested({"scores": {}, "indices": {}, "labels": {}, "probabilities": {}})
+    outputs = v2.requested({"scores": {}, "indices": {}, "labels": {}, "probabilities": {}})
     params = task.params({"top_k": 2})
-    assert task.v2_params(params, outputs)["top_k"] > 10  # every class, for probabilities
-    tensors = task.v2_tensors(answers, outputs, params)
+    assert v2.model_params(params, outputs)["top_k"] > 10  # every class, for probabilities
+    tensors = v2.tensors(answers, outputs, params)
     assert tensors["scores"].shape == (3, 2) and tensors["scores"].dtype == np.float32
     assert np.array_equal(tensors["indices"], np.argsort(-probabilities, axis=1)[:, :2])
     assert tensors["labels"][0, 0] == f"class {tensors['indices'][0, 0]}".encode()
@@ -402,10 +408,11 @@ def test_classify_tensors():
 
 def test_classification_extension_strings():
     task = ClassifyTask(LABELS)
+    v2 = outputs_for(task)
     probabilities, answers = classify_answers(task)
-    outputs = task.v2_requested({"probabilities": {"classification": 3}})
-    assert task.v2_params(task.params({}), outputs)["top_k"] == 3
-    (strings,) = task.v2_tensors(answers, outputs, task.params({})).values()
+    outputs = v2.requested({"probabilities": {"classification": 3}})
+    assert v2.model_params(task.params({}), outputs)["top_k"] == 3
+    (strings,) = v2.tensors(answers, outputs, task.params({})).values()
     assert strings.shape == (3, 3)
     score, index, label = strings[0, 0].decode().split(":", 2)
     assert int(index) == int(np.argmax(probabilities[0])) and label == f"class {index}"
@@ -413,20 +420,21 @@ def test_classification_extension_strings():
 
 
 def test_default_outputs_and_output_errors():
-    task = ClassifyTask(LABELS)
-    assert list(task.v2_requested(None)) == ["scores", "indices", "labels"]
+    v2 = outputs_for(ClassifyTask(LABELS))
+    assert list(v2.requested(None)) == ["scores", "indices", "labels"]
     with pytest.raises(InvalidParameter, match="no output 'boxes'"):
-        task.v2_requested({"boxes": {}})
+        v2.requested({"boxes": {}})
     with pytest.raises(InvalidParameter, match="not to 'labels'"):
-        task.v2_requested({"labels": {"classification": 2}})
-    for bad in (0, 101, 2.5, "x", True):
+        v2.requested({"labels": {"classification": 2}})
+    for bad in (0, 101, 2.5, "x", True, float("inf"), float("nan"), "9" * 5000):
         with pytest.raises(InvalidParameter):
-            task.v2_requested({"scores": {"classification": bad}})
+            v2.requested({"scores": {"classification": bad}})
+    embed = outputs_for(EmbedTask(LABELS))
     with pytest.raises(InvalidParameter, match="not to 'embedding'"):
-        EmbedTask(LABELS).v2_requested({"embedding": {"classification": 2}})
+        embed.requested({"embedding": {"classification": 2}})
     described = {"labels": 10, "dim": None}
-    assert task.v2_outputs(described)["probabilities"] == ("FP32", [-1, 10])
-    assert EmbedTask(LABELS).v2_outputs({"dim": 1280}) == {"embedding": ("FP32", [-1, 1280])}
+    assert v2.describe(described)["probabilities"] == ("FP32", [-1, 10])
+    assert embed.describe({"dim": 1280}) == {"embedding": ("FP32", [-1, 1280])}
 
 
 def test_detect_tensors_are_ragged_safe():
@@ -439,25 +447,26 @@ def test_detect_tensors_are_ragged_safe():
             {"label": "class 3", "index": 3, "score": 0.7, "box": [0, 0, 1, 1]},
         ],
     ]
-    tensors = task.v2_tensors(answers, task.v2_requested(None), task.params({}))
+    v2 = outputs_for(task)
+    tensors = v2.tensors(answers, v2.requested(None), task.params({}))
     assert tensors["boxes"].shape == (3, 4) and tensors["image_index"].tolist() == [0, 2, 2]
     assert tensors["label_indices"].tolist() == [1, 2, 3] and tensors["labels"].tolist() == [
         b"class 1",
         b"class 2",
         b"class 3",
     ]
-    empty = task.v2_tensors([[], []], task.v2_requested(None), task.params({}))
+    empty = v2.tensors([[], []], v2.requested(None), task.params({}))
     assert empty["boxes"].shape == (0, 4) and empty["scores"].shape == (0,)
     assert all(OutputTensor.of(n, a).raw() == b"" for n, a in empty.items())
 
 
 def test_embed_tensor():
-    task = EmbedTask(LABELS)
-    tensors = task.v2_tensors([[0.6, 0.8], [1.0, 0.0]], task.v2_requested(None), {})
+    v2 = outputs_for(EmbedTask(LABELS))
+    tensors = v2.tensors([[0.6, 0.8], [1.0, 0.0]], v2.requested(None), {})
     assert tensors["embedding"].dtype == np.float32 and tensors["embedding"].shape == (2, 2)
 
 
-# ---- the ingress side: routes and API keys, with a stand-in ingress -------------------------------------
+# ---- the ingress side: routes and API keys, on a real service without Serve -------------------------------
 KEY = "a-test-key-of-enough-length"
 
 
@@ -477,77 +486,85 @@ class FakeContext:
         self.details = details
 
 
-class FakeMetrics:
+class CountingMetrics:
     def __init__(self):
         self.counted = []
-        self.errors = self.decode_seconds = self
+        self.errors = self.decode_seconds = self.retries = self
 
     def inc(self, tags):
         self.counted.append(tags)
 
+    def observe(self, value, tags):
+        pass
+
 
 @pytest.fixture
-def ingress(monkeypatch):
-    import hashlib
-    from types import SimpleNamespace
+def keyed_service(monkeypatch):
+    from deployments.config import IngressConfig
+    from deployments.service import InferenceService
 
-    from deployments.v2.protocol import OpenInferenceProtocol
-
-    class Ingress(OpenInferenceProtocol):
-        def __init__(self):
-            self.settings = SimpleNamespace(api_keys_enabled=True, max_body_bytes=1000)
-            self.api_keys = (hashlib.sha256(KEY.encode()).digest(),)
-            self.handles, self.loaders, self.metrics = {}, {}, FakeMetrics()
-
-        async def _v2_server_ready(self):
-            return True
-
-    monkeypatch.setattr(grpc_service, "messages", lambda: service_pb2)  # tritonclient's: see the module docstring
-    return Ingress()
+    monkeypatch.setenv("TWINFER_TEST_KEYS", KEY)
+    return InferenceService(
+        {},
+        {},
+        IngressConfig(api_keys_env="TWINFER_TEST_KEYS"),
+        metrics=CountingMetrics(),
+        deployment_states=lambda: {"ingress": "HEALTHY"},
+    )
 
 
-def http_call(ingress, method: str, path: str, headers=()):
-    import asyncio
+@pytest.fixture
+def http_client(keyed_service):
+    from starlette.testclient import TestClient
 
-    from starlette.requests import Request
+    from deployments.ingress import http_app
 
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "headers": [(k.encode(), v.encode()) for k, v in headers],
-        "query_string": b"",
-    }
-    return asyncio.run(ingress.v2_http(Request(scope), [p for p in path.split("/") if p][1:]))
+    with TestClient(http_app(keyed_service)) as client:
+        yield client
 
 
-def test_http_health_is_open_the_rest_needs_the_key(ingress):
-    assert http_call(ingress, "GET", "/v2/health/live").status_code == 200
-    assert http_call(ingress, "GET", "/v2/health/ready").status_code == 200
-    refused = http_call(ingress, "GET", "/v2")
-    assert refused.status_code == 401 and json.loads(refused.body)["error"].startswith("unauthorized: ")
-    answered = http_call(ingress, "GET", "/v2", [("authorization", f"Bearer {KEY}")])
-    assert answered.status_code == 200 and json.loads(answered.body)["name"] == "twinfer"
-    unknown = http_call(ingress, "GET", "/v2/models/alexnet", [("authorization", f"Bearer {KEY}")])
-    assert unknown.status_code == 404 and json.loads(unknown.body)["error"].startswith("model_not_found: ")
-    assert http_call(ingress, "POST", "/v2/health/live").status_code == 405
-    assert {"model": "unknown", "code": "model_not_found"} in ingress.metrics.counted
+@pytest.fixture
+def grpc_ingress(keyed_service):
+    from deployments.v2.grpc_service import GrpcInference
+    from deployments.v2.protocol import OpenInference
+
+    return GrpcInference(OpenInference(keyed_service), pb=service_pb2)  # tritonclient's: see the module docstring
 
 
-def test_grpc_needs_the_key_in_metadata(ingress):
+def test_http_health_is_open_the_rest_needs_the_key(http_client, keyed_service):
+    assert http_client.get("/v2/health/live").json() == {"live": True}
+    ready = http_client.get("/v2/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+    refused = http_client.get("/v2")
+    assert refused.status_code == 401 and refused.json()["error"].startswith("unauthorized: ")
+    answered = http_client.get("/v2", headers={"authorization": f"Bearer {KEY}"})
+    assert answered.status_code == 200 and answered.json()["name"] == "twinfer"
+    unknown = http_client.get("/v2/models/alexnet", headers={"authorization": f"Bearer {KEY}"})
+    assert unknown.status_code == 404 and unknown.json()["error"].startswith("model_not_found: ")
+    assert http_client.post("/v2/health/live").status_code == 405
+    assert {"model": "unknown", "code": "model_not_found"} in keyed_service.metrics.counted
+
+
+def test_health_without_a_key_says_up_or_down_only(http_client):
+    assert http_client.get("/healthz").json() == {"status": "ok"}
+    detailed = http_client.get("/healthz", headers={"authorization": f"Bearer {KEY}"}).json()
+    assert detailed == {"status": "ok", "deployments": {"ingress": "HEALTHY"}}
+
+
+def test_grpc_needs_the_key_in_metadata(grpc_ingress):
     import asyncio
 
     refused = FakeContext()
-    message = asyncio.run(ingress.ServerMetadata(service_pb2.ServerMetadataRequest(), grpc_context=refused))
+    message = asyncio.run(grpc_ingress.ServerMetadata(service_pb2.ServerMetadataRequest(), refused))
     assert (
         refused.code == grpc.StatusCode.UNAUTHENTICATED
         and refused.details.startswith("unauthorized: ")
         and not message.name
     )
     allowed = FakeContext([("authorization", f"Bearer {KEY}")])
-    message = asyncio.run(ingress.ServerMetadata(service_pb2.ServerMetadataRequest(), grpc_context=allowed))
+    message = asyncio.run(grpc_ingress.ServerMetadata(service_pb2.ServerMetadataRequest(), allowed))
     assert allowed.code is None and message.name == "twinfer" and "binary_tensor_data" in message.extensions
     unknown = FakeContext([("authorization", f"Bearer {KEY}")])
-    asyncio.run(ingress.ModelInfer(service_pb2.ModelInferRequest(model_name="alexnet"), grpc_context=unknown))
+    asyncio.run(grpc_ingress.ModelInfer(service_pb2.ModelInferRequest(model_name="alexnet"), unknown))
     assert unknown.code == grpc.StatusCode.NOT_FOUND and unknown.details.startswith("model_not_found: ")
-    assert asyncio.run(ingress.ServerLive(service_pb2.ServerLiveRequest(), grpc_context=FakeContext())).live
+    assert asyncio.run(grpc_ingress.ServerLive(service_pb2.ServerLiveRequest(), FakeContext())).live

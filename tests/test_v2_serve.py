@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from deployments.app import build, model_deployment_name
 from deployments.config import AppArgs
 from tests import images
+from tests.serving import ANSWERS_NOT_ADMISSION
 from twinfer.samples import SAMPLE_NAMES, encode, sample_array
 
 APP = "twinfer-v2-test"
@@ -30,7 +31,13 @@ def app_args() -> AppArgs:
     return AppArgs.model_validate(
         {
             # a generous model deadline: this machine is shared, and the detector is slow on it
-            "ingress": {"max_body_bytes": BODY_CAP, "decode_threads": 2, "num_cpus": 0.5, "model_call_timeout_s": 120},
+            "ingress": {
+                "max_body_bytes": BODY_CAP,
+                "decode_threads": 2,
+                "num_cpus": 0.5,
+                "model_call_timeout_s": 120,
+                **ANSWERS_NOT_ADMISSION,
+            },
             "models": [
                 {
                     "model": {"name": CLASSIFIER, "decode": {"max_pixels": 1_000_000}},

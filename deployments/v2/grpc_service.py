@@ -1,5 +1,10 @@
-"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``): protobuf messages
-to ``InferRequest`` and back, and twinfer's errors as gRPC status codes.
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``): its RPCs
+(``GrpcInference``, which the ingress exposes under the RPCs' names: Serve's gRPC proxy calls
+them so), protobuf messages to ``InferRequest`` and back, and twinfer's errors as gRPC status codes.
+
+A message's size is bounded by the transport before it is buffered (``deployments/transport.py``);
+its bytes are then held in the ingress's byte budget while it is parsed (off the event loop) and
+answered.
 
 Nothing here imports the generated ``open_inference_grpc_pb2``: its messages live in package
 ``inference``, as do tritonclient's own generated ones, and protobuf refuses a second definition of
@@ -10,15 +15,21 @@ replica imports ours (``messages()``), tests pass tritonclient's, which has the 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import grpc
 
-from deployments.v2.tensors import InferRequest, InvalidRequest, OutputTensor, image_count, split_bytes_elements
+from deployments.v2.grpc_servicer import Undecodable
+from deployments.v2.protocol import OpenInference
+from deployments.v2.tensors import (
+    VERSION,
+    InferRequest,
+    InvalidRequest,
+    OutputTensor,
+    image_count,
+    split_bytes_elements,
+)
 from shared.errors import BodyTooLarge, Overloaded, TwinferError, Unavailable
-
-# Serve's gRPC proxy loads the service through this (grpc_options.grpc_servicer_functions)
-SERVICER_FUNCTION = "deployments.v2.open_inference_grpc_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
 
 _BY_HTTP_STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -28,6 +39,7 @@ _BY_HTTP_STATUS = {
     413: grpc.StatusCode.INVALID_ARGUMENT,
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
+    499: grpc.StatusCode.CANCELLED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -75,9 +87,9 @@ def infer_request(request, max_bytes: int) -> InferRequest:
             raise InvalidRequest("raw_input_contents must hold the one input, and contents then stays empty")
         images = split_bytes_elements(raw[0], count)
     else:
+        if len(contents) != count:  # before any element is copied
+            raise InvalidRequest(f"input 'image': shape says {count} image(s), contents hold {len(contents)}")
         images = list(contents)
-        if len(images) != count:
-            raise InvalidRequest(f"input 'image': shape says {count} image(s), contents hold {len(images)}")
     outputs = {}
     for output in request.outputs:
         if output.name in outputs:
@@ -104,3 +116,91 @@ def model_metadata(pb, metadata: dict):
         for tensor in metadata[kind]:
             getattr(response, kind).add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
     return response
+
+
+class GrpcInference:
+    """The service's RPCs. Health RPCs are open, like HTTP's; the rest need the API key (metadata
+    ``authorization: Bearer <key>``) when keys are on. Every failure sets the call's status code
+    and ``"<code>: <message>"`` as its details on Serve's gRPC context, which the proxy copies
+    onto the call, and answers the RPC's empty message. A request whose bytes were no message
+    (``grpc_servicer.Undecodable``) is ``invalid_request``."""
+
+    def __init__(self, protocol: OpenInference, pb=None):
+        self.protocol = protocol
+        self.service = protocol.service
+        self._pb = pb  # the message module; ours (``messages()``) unless a test passes tritonclient's
+
+    @property
+    def pb(self):
+        return self._pb or messages()
+
+    async def ServerLive(self, request, context=None):
+        async def live():
+            return self.pb.ServerLiveResponse(live=True)
+
+        return await self._answer(context, request, None, live, self.pb.ServerLiveResponse, authorize=False)
+
+    async def ServerReady(self, request, context=None):
+        async def ready():
+            return self.pb.ServerReadyResponse(ready=await self.protocol.server_ready())
+
+        return await self._answer(context, request, None, ready, self.pb.ServerReadyResponse, authorize=False)
+
+    async def ModelReady(self, request, context=None):
+        async def ready():
+            return self.pb.ModelReadyResponse(ready=await self.protocol.model_ready(request.name, request.version))
+
+        return await self._answer(context, request, "name", ready, self.pb.ModelReadyResponse)
+
+    async def ServerMetadata(self, request, context=None):
+        async def metadata():
+            return self.pb.ServerMetadataResponse(**self.protocol.server_metadata())
+
+        return await self._answer(context, request, None, metadata, self.pb.ServerMetadataResponse)
+
+    async def ModelMetadata(self, request, context=None):
+        async def metadata():
+            return model_metadata(self.pb, await self.protocol.model_metadata(request.name, request.version))
+
+        return await self._answer(context, request, "name", metadata, self.pb.ModelMetadataResponse)
+
+    async def ModelInfer(self, request, context=None):
+        async def infer():
+            name, version = request.model_name, request.model_version
+            self.protocol.model(name, version)  # an unknown model is NOT_FOUND before the message is read
+            cap = self.service.settings.max_body_bytes
+            with self.service.admission.body_bytes() as hold:
+                hold.grow(request.ByteSize())
+                parsed = await self.service.offload(infer_request, request, cap)
+                tensors = await self.protocol.infer(name, version, parsed)
+                return await self.service.offload(infer_response, self.pb, name, VERSION, request.id, tensors)
+
+        return await self._answer(context, request, "model_name", infer, self.pb.ModelInferResponse)
+
+    async def _answer(
+        self,
+        context,
+        request,
+        model_field: str | None,
+        answer: Callable[[], Awaitable[Any]],
+        empty: Callable[[], Any],
+        authorize: bool = True,
+    ):
+        undecodable = isinstance(request, Undecodable)
+        model = None if undecodable or model_field is None else getattr(request, model_field)
+        try:
+            if authorize:
+                metadata = dict(context.invocation_metadata()) if context is not None else {}
+                self.service.authorize(metadata.get("authorization"))
+            if undecodable:
+                raise InvalidRequest(
+                    f"the request's {request.size} bytes are no message of this RPC's type ({request.reason})"
+                )
+            return await answer()
+        except Exception as exc:
+            error = self.service.error(exc, self.service.model_tag(model), "gRPC")
+            if context is None:
+                raise error from None
+            context.set_code(status_code(error))
+            context.set_details(f"{error.code}: {error}")
+            return empty()

@@ -2,7 +2,7 @@
 input, ``image``: N encoded images as a BYTES tensor), and the output tensors sent back.
 
 HTTP (``rest``) and gRPC (``grpc_service``) parse into an ``InferRequest`` and serialise
-``OutputTensor``s; what the outputs hold is the task's business (``shared.tasks``).
+``OutputTensor``s; what the outputs hold is each task's (``outputs``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import InvalidRequest, TwinferError
+from shared.errors import InvalidRequest
 
 IMAGE_INPUT = "image"
-MAX_IMAGES = 256  # per request: each image is one model call, and they all wait in one model's queue
+MAX_IMAGES = 256  # per request; the service decodes and runs them a window at a time (deployments/service.py)
 VERSION = "1"  # every served name has one version
 PLATFORM = "pytorch"
 SERVER_NAME = "twinfer"
@@ -89,11 +89,14 @@ def image_count(name: Any, datatype: Any, shape: Any) -> int:
 
 
 def split_bytes_elements(data: bytes | memoryview, count: int) -> list[bytes]:
-    """Exactly ``count`` length-prefixed elements that fill ``data`` (Triton's BYTES serialisation)."""
+    """Exactly ``count`` length-prefixed elements that fill ``data`` (Triton's BYTES serialisation).
+    At most ``count`` elements are read: whatever follows the last one is refused unread."""
     view = memoryview(data)
     elements, offset = [], 0
-    while offset < len(view):
+    while len(elements) < count:
         if offset + 4 > len(view):
+            if offset == len(view):
+                break
             raise InvalidRequest(f"BYTES element {len(elements)}: its 4-byte length is cut off")
         (size,) = _LENGTH.unpack_from(view, offset)
         offset += 4
@@ -101,15 +104,13 @@ def split_bytes_elements(data: bytes | memoryview, count: int) -> list[bytes]:
             raise InvalidRequest(f"BYTES element {len(elements)}: {size} bytes announced, {len(view) - offset} left")
         elements.append(bytes(view[offset : offset + size]))
         offset += size
-    if len(elements) != count:
-        raise InvalidRequest(f"input {IMAGE_INPUT!r}: shape says {count} image(s), the data holds {len(elements)}")
+    if len(elements) != count or offset != len(view):
+        more = "" if offset == len(view) else f" and {len(view) - offset} more bytes"
+        raise InvalidRequest(
+            f"input {IMAGE_INPUT!r}: shape says {count} image(s), the data holds {len(elements)}{more}"
+        )
     return elements
 
 
 def serialize_bytes_elements(elements) -> bytes:
     return b"".join(_LENGTH.pack(len(e)) + bytes(e) for e in elements)
-
-
-def per_image(error: TwinferError, index: int) -> TwinferError:
-    """The same error (class, code, status), naming which of the request's images it is about."""
-    return type(error)(f"image {index}: {error}")
