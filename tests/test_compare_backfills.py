@@ -35,7 +35,7 @@ def compare(a, b, report, *extra) -> dict:
     return json.loads(report.read_text())
 
 
-def test_classification_of_two_models_compares_every_shared_input_and_counts_the_rest(classify_pair, tmp_path):
+def test_classification_of_two_models_compares_every_shared_input_and_counts_the_rest(classify_pair, tmp_path):  # noqa: F811
     report = compare(classify_pair.a, classify_pair.b, tmp_path / "cmp.json")
     a, b = rows_by_path(classify_pair.a), rows_by_path(classify_pair.b)
     both = set(a) & set(b)
@@ -66,7 +66,7 @@ def test_classification_of_two_models_compares_every_shared_input_and_counts_the
     assert (tmp_path / "cmp.html").stat().st_size > 0 and (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_embeddings_at_two_precisions_are_nearly_the_same_vectors(embed_pair, tmp_path):
+def test_embeddings_at_two_precisions_are_nearly_the_same_vectors(embed_pair, tmp_path):  # noqa: F811
     report = compare(embed_pair.a, embed_pair.b, tmp_path / "embed.json")
     a, b = rows_by_path(embed_pair.a), rows_by_path(embed_pair.b)
     clean = [p for p in a if a[p]["error"] is None]
@@ -79,7 +79,7 @@ def test_embeddings_at_two_precisions_are_nearly_the_same_vectors(embed_pair, tm
     assert report["examples"][0]["cosine"] == pytest.approx(min(cosines), abs=1e-5)
 
 
-def test_detections_at_two_input_sizes_match_boxes_and_count_the_rest(detect_pair, tmp_path):
+def test_detections_at_two_input_sizes_match_boxes_and_count_the_rest(detect_pair, tmp_path):  # noqa: F811
     report = compare(detect_pair.a, detect_pair.b, tmp_path / "det.json")
     a, b = rows_by_path(detect_pair.a), rows_by_path(detect_pair.b)
     t = report["detect"]
