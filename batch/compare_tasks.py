@@ -158,7 +158,7 @@ class ClassifyComparer(Comparer):
                 self.names(i): {"count": int(row[0]), "agreement": float(row[1] / row[0])}
                 for i, row in sorted(self.by_a_class.items(), key=lambda kv: (-kv[1][0], kv[0]))
             },
-            "confusion": self.pairs.confusion(self.names),
+            "confusion": self.pairs.confusion(self.names, same=False),
             "changes": self.pairs.changes(self.names),
             "labelled": count,
         }
@@ -262,7 +262,7 @@ class DetectComparer(Comparer):
                 "mean": _mean(self.shift_sum, self.matched),
                 "mean_abs": _mean(self.shift_abs, self.matched),
             },
-            "confusion": self.pairs.confusion(self.names),
+            "confusion": self.pairs.confusion(self.names, same=False),
             "changes": self.pairs.changes(self.names),
         }
 

@@ -8,6 +8,7 @@ Long lists are cut to the ``SHOWN_CLASSES`` classes with the most rows; the JSON
 
 from __future__ import annotations
 
+from batch.report_stats import label_name
 from batch.report_svg import bars, esc, heatmap, histogram, number, reliability
 from batch.reports import HTML_MARKER
 from batch.thumbnails import THUMBNAIL_SIDE
@@ -102,7 +103,7 @@ def _evaluation(report: dict, pictures: dict[str, dict]) -> str:
     parts.append(
         bars(
             report,
-            [(f"{label} ({s['count']})", [["per_class", label, "top1"]]) for label, s in per_class],
+            [(f"{label_name(label)} ({s['count']})", [["per_class", label, "top1"]]) for label, s in per_class],
             "top-1 per class",
         )
     )
@@ -118,7 +119,7 @@ def _evaluation(report: dict, pictures: dict[str, dict]) -> str:
         figures = []
         for i, e in enumerate(report["worst"]):
             caption = (
-                f'label {esc(e["label"])}<br><span class="wrong">predicted {esc(e["predicted"])}</span> '
+                f'label {esc(label_name(e["label"]))}<br><span class="wrong">predicted {esc(e["predicted"])}</span> '
                 f"{number(report, ['worst', i, 'score'], 'num')}"
             )
             figures.append(_figure(pictures.get(e["path"]), e["path"], caption))
@@ -176,7 +177,7 @@ def _classify(report: dict, pictures: dict[str, dict]) -> str:
         )
         rows = [
             (
-                f"{label} ({c['count']})",
+                f"{label_name(label)} ({c['count']})",
                 [["classify", "per_class", label, "a_top1"], ["classify", "per_class", label, "b_top1"]],
             )
             for label, c in per_class
@@ -192,7 +193,7 @@ def _classify(report: dict, pictures: dict[str, dict]) -> str:
         for label, _ in flipped[:SHOWN_CLASSES]:
             keys = ["classify", "per_class", label]
             parts.append(
-                f"<tr><td>{esc(label)}</td>{number(report, [*keys, 'count'], 'int', 'td')}"
+                f"<tr><td>{esc(label_name(label))}</td>{number(report, [*keys, 'count'], 'int', 'td')}"
                 f"{number(report, [*keys, 'a_right_b_wrong'], 'int', 'td')}"
                 f"{number(report, [*keys, 'a_wrong_b_right'], 'int', 'td')}"
                 f"{number(report, [*keys, 'agreement'], 'pct', 'td')}</tr>"
@@ -234,7 +235,7 @@ def _classify(report: dict, pictures: dict[str, dict]) -> str:
 
     def caption(i: int, e: dict) -> str:
         mark = {True: "right", False: "wrong"}
-        label = f"label {esc(e['label'])}<br>" if e.get("label") else ""
+        label = f"label {esc(label_name(e['label']))}<br>" if e.get("label") else ""
         return (
             f'{label}<b class="a">A</b> <span class="{mark.get(e.get("a_right"), "")}">{esc(e["a"])}</span> '
             f"{number(report, ['examples', i, 'a_score'], 'num')}<br>"
@@ -278,7 +279,7 @@ def _detect(report: dict, pictures: dict[str, dict]) -> str:
     parts.append(_changes(report, "detect"))
 
     def caption(i: int, e: dict) -> str:
-        label = f"label {esc(e['label'])}<br>" if e.get("label") else ""
+        label = f"label {esc(label_name(e['label']))}<br>" if e.get("label") else ""
         return (
             f"{label}unmatched {number(report, ['examples', i, 'unmatched'], 'int')}, "
             f"label changes {number(report, ['examples', i, 'label_changes'], 'int')}, "
@@ -310,7 +311,7 @@ def _embed(report: dict, pictures: dict[str, dict]) -> str:
     parts.append(histogram(report, ["embed", "cosine", "histogram"], "cosine"))
 
     def caption(i: int, e: dict) -> str:
-        label = f"label {esc(e['label'])}<br>" if e.get("label") else ""
+        label = f"label {esc(label_name(e['label']))}<br>" if e.get("label") else ""
         return f"{label}cosine {number(report, ['examples', i, 'cosine'], 'num')}"
 
     parts.append(_examples(report, pictures, "The least alike", caption))

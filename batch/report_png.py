@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # no display: before pyplot is imported
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from batch.report_stats import label_name  # noqa: E402
 from batch.reports import GENERATOR  # noqa: E402
 
 SHOWN = 15  # classes per bar chart
@@ -50,7 +51,7 @@ def _pct(value) -> str:
 
 def _evaluation(report: dict, left, right) -> None:
     shown = sorted(report["per_class"].items(), key=lambda kv: (-kv[1]["count"], kv[0]))[:SHOWN][::-1]
-    left.barh([label for label, _ in shown], [100 * (s["top1"] or 0) for _, s in shown], color=COLOURS["a"])
+    left.barh([label_name(label) for label, _ in shown], [100 * (s["top1"] or 0) for _, s in shown], color=COLOURS["a"])
     left.set_xlim(0, 100)
     left.set_xlabel("top-1 accuracy, %")
     left.set_title(f"{len(shown)} classes with the most images")
@@ -93,7 +94,7 @@ def _classify(report: dict, left, right) -> None:
         shown = sorted(
             t["per_class"].items(), key=lambda kv: (-kv[1]["a_right_b_wrong"] - kv[1]["a_wrong_b_right"], kv[0])
         )[:SHOWN][::-1]
-        names = [label for label, _ in shown]
+        names = [label_name(label) for label, _ in shown]
         positions = range(len(names))
         left.barh([p - 0.2 for p in positions], [-c["a_right_b_wrong"] for _, c in shown], height=0.4, color="#b3261e")
         left.barh([p + 0.2 for p in positions], [c["a_wrong_b_right"] for _, c in shown], height=0.4, color="#2c7a3f")

@@ -72,25 +72,39 @@ class PairCounts:
         for (i, j), n in zip(pairs.tolist(), counts.tolist()):
             self.counts[(i, j)] = self.counts.get((i, j), 0) + n
 
-    def confusion(self, names: Callable[[int], str], classes: int = CONFUSION_CLASSES) -> dict:
-        """The matrix over the ``classes`` most frequent x classes: rows are x, columns the same
-        classes as y, and one more column for every other y."""
-        by_x: dict[int, int] = {}
-        for (i, _), n in self.counts.items():
-            by_x[i] = by_x.get(i, 0) + n
-        shown = sorted(by_x, key=lambda i: (-by_x[i], i))[:classes]
-        column = {c: k for k, c in enumerate(shown)}
-        matrix = [[0] * (len(shown) + 1) for _ in shown]
-        for row, i in enumerate(shown):
-            for (x, y), n in self.counts.items():
-                if x == i:
-                    matrix[row][column.get(y, len(shown))] += n
-        return {"classes": [names(i) for i in shown], "indices": shown, "matrix": matrix}
+    def confusion(self, names: Callable[[int], str], classes: int = CONFUSION_CLASSES, same: bool = True) -> dict:
+        """The matrix over the ``classes`` most frequent x classes (rows). Columns: the same
+        classes when ``same`` (truth against prediction: the diagonal is right), else the
+        ``classes`` most frequent y classes; and one more column for every other y."""
+        rows = _most_frequent(self.counts, 0, classes)
+        columns = rows if same else _most_frequent(self.counts, 1, classes)
+        at = {c: k for k, c in enumerate(columns)}
+        matrix = [[0] * (len(columns) + 1) for _ in rows]
+        index = {c: k for k, c in enumerate(rows)}
+        for (x, y), n in self.counts.items():
+            if x in index:
+                matrix[index[x]][at.get(y, len(columns))] += n
+        return {"classes": [names(i) for i in rows], "columns": [names(i) for i in columns], "matrix": matrix}
 
     def changes(self, names: Callable[[int], str], top: int = CONFUSION_CLASSES) -> list[dict]:
         """The most frequent pairs with x != y."""
         pairs = sorted(((n, x, y) for (x, y), n in self.counts.items() if x != y), key=lambda t: (-t[0], t[1], t[2]))
         return [{"a": names(x), "b": names(y), "count": n} for n, x, y in pairs[:top]]
+
+
+def _most_frequent(counts: dict[tuple[int, int], int], side: int, top: int) -> list[int]:
+    totals: dict[int, int] = {}
+    for pair, n in counts.items():
+        totals[pair[side]] = totals.get(pair[side], 0) + n
+    return sorted(totals, key=lambda c: (-totals[c], c))[:top]
+
+
+def label_name(label: str) -> str:
+    """A folder label as a person reads it: a wnid with its class name."""
+    index = true_class(class_index_lookup(), label)
+    if index is None or label.lower() == imagenet_categories()[index].lower():
+        return label
+    return f"{label} {imagenet_categories()[index]}"
 
 
 class Examples:

@@ -81,12 +81,13 @@ def bars(report: dict, rows: list[tuple[str, list[Sequence[Any]]]], title: str, 
 
 
 def heatmap(report: dict, keys: Sequence[Any], row_title: str, column_title: str) -> str:
-    """A confusion matrix (``{"classes", "matrix"}`` at ``keys``): rows, then the same classes and
-    "other" as columns; each cell's shade is its share of its row."""
+    """A confusion matrix (``{"classes", "columns", "matrix"}`` at ``keys``; the last column is
+    "other"); each cell's shade is its share of its row, and cells where the row's class and the
+    column's are one are outlined."""
     confusion = lookup(report, keys)
     classes, matrix = confusion["classes"], confusion["matrix"]
     cell, left, top = 30, 170, 150
-    names = [*classes, "other"]
+    names = [*confusion["columns"], "other"]
     body = [f'<text class="axis" x="{left}" y="14">{esc(column_title)} &#8594;</text>']
     body.append(f'<text class="axis" x="4" y="{top - 6}">{esc(row_title)} &#8595;</text>')
     for j, name in enumerate(names):
@@ -101,7 +102,7 @@ def heatmap(report: dict, keys: Sequence[Any], row_title: str, column_title: str
         for j, count in enumerate(row):
             x = left + j * cell
             shade = count / total
-            diagonal = " diagonal" if i == j else ""
+            diagonal = " diagonal" if classes[i] == names[j] else ""
             body.append(
                 f'<rect class="cell{diagonal}" x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
                 f'fill-opacity="{0.08 + 0.92 * shade:.3f}"><title>{esc(classes[i])} &#8594; {esc(names[j])}: '
