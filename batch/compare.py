@@ -10,14 +10,15 @@ Memory is bounded, whatever the outputs' size: a hash join in two passes (a grac
    compared; each row goes by the hash of its path to one of P partitions, spilled to local disk
    (zstd-compressed Arrow IPC under ``work_dir``, default the system's temporary folder). P is
    chosen from the Parquet footers so that one partition of both sides holds about
-   ``partition_bytes`` (default 256 MiB) of those columns, uncompressed; at most
+   ``partition_bytes`` (default 64 MiB) of those columns, uncompressed; at most
    ``MAX_PARTITIONS``, beyond which partitions grow instead.
 2. One partition at a time, A's and B's rows are joined on path (Arrow's hash join over the keys
    and row numbers) and fed to the comparer.
-Peak memory: about ``partition_bytes`` plus one record batch per side, plus the comparer's
-bounded state. Temporary disk: the compared columns of both outputs, compressed (embeddings:
-about 4 x dim bytes per row per side); deleted at the end. A path that appears twice in one
-output is counted (``duplicates``) and compared once.
+Peak memory: about 6 x ``partition_bytes`` above the process's imports (one partition of both
+sides, the join's copies, the comparer's arrays: ``bench.compare_memory``), whatever the outputs'
+size, plus the comparer's bounded state. Temporary disk: the compared columns of both outputs,
+compressed (embeddings: about 4 x dim bytes per row per side); deleted at the end. A path that
+appears twice in one output is counted (``duplicates``) and compared once.
 
 The JSON report carries ``"format": "twinfer-comparison/1"``; an existing file at its location
 is replaced only if it carries that too. The HTML page and the PNG beside it follow the same
@@ -50,7 +51,7 @@ from batch.uris import S3Options, is_within, parse_uri, redact_uri, resolve
 from shared.tasks import TASKS
 
 REPORT_FORMAT = "twinfer-comparison/1"
-PARTITION_BYTES = 256 * 1024 * 1024
+PARTITION_BYTES = 64 * 1024 * 1024
 MAX_PARTITIONS = 1024  # spill files open at once while a side is split
 BATCH_ROWS = 65_536  # rows per record batch read
 COMMON = ("path", "label", "error", "model")
