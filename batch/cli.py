@@ -68,6 +68,10 @@ def register(subparsers) -> None:
     )
     evaluate.set_defaults(handler=_evaluate)
 
+    from batch.compare_cli import register as register_compare  # twinfer compare: its own file
+
+    register_compare(subparsers, S3_TITLE, S3_RENAMES)
+
 
 S3_TITLE = (
     "S3 (unset values fall back to the AWS environment variables and ~/.aws/credentials; prefer those to "

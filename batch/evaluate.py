@@ -6,6 +6,8 @@ lookup does not know are left out of the accuracy and counted apart.
 
 The JSON report carries ``"format": "twinfer-evaluation/1"``; an existing file at the report's
 location is replaced only if it carries that too (a user's file there is refused, unchanged).
+Beside it go a page and a plot (``batch.reports``), under the same rule; the page's confusion
+matrix, calibration and worst mistakes are in the JSON too (``batch.eval_details``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def evaluate_table(table: pa.Table) -> dict:
         if row["label"] is None:
             excluded["unlabelled"] += 1
             continue
-        truth = lookup.get(row["label"], lookup.get(row["label"].lower()))
+        truth = true_class(lookup, row["label"])
         if truth is None:
             excluded["unknown_label"] += 1
             continue
@@ -69,6 +71,13 @@ def evaluate_table(table: pa.Table) -> dict:
 
 def read_predictions(uri: str, s3: S3Options | None = None) -> pa.Table:
     """All rows of a backfill output (a directory of Parquet files, or one file)."""
+    filesystem, files = prediction_files(uri, s3)
+    return pa.concat_tables(pq.read_table(f, filesystem=filesystem) for f in files)
+
+
+def prediction_files(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, list[str]]:
+    """The filesystem and the Parquet files of a backfill output: what every reader of an output
+    goes through, so none of them knows the output's layout."""
     where = resolve(uri, s3)
     if where.filesystem.get_file_info(where.path).type == pafs.FileType.File:
         files = [where.path]
@@ -76,7 +85,12 @@ def read_predictions(uri: str, s3: S3Options | None = None) -> pa.Table:
         files = output_files(where.filesystem, where.path)
     if not files:
         raise FileNotFoundError(f"no Parquet files in {redact_uri(uri)!r}")
-    return pa.concat_tables(pq.read_table(f, filesystem=where.filesystem) for f in files)
+    return where.filesystem, files
+
+
+def true_class(lookup: dict[str, int], label: str) -> int | None:
+    """The class index of a folder label (a wnid or a class name, any case); None if unknown."""
+    return lookup.get(label, lookup.get(label.lower()))
 
 
 def default_report_uri(predictions: str) -> str:
@@ -100,29 +114,46 @@ def format_report(report: dict) -> str:
 
 
 def run_evaluate(predictions: str, output: str | None = None, s3: S3Options | None = None) -> dict:
-    """Evaluate ``predictions``, write the JSON report (default: beside them) and print the table."""
+    """Evaluate ``predictions``, write the JSON report (default: beside them), its page and its
+    plot (``batch.reports``), and print the table."""
+    from batch import eval_details, reports  # they import this module
+
     report_uri = output or default_report_uri(predictions)
     where = resolve(report_uri, s3)
     if is_within(where.location, parse_uri(predictions)):
         raise OutputRefused(
             f"the report {redact_uri(report_uri)} must not be inside the predictions folder {redact_uri(predictions)}"
         )
-    check_report_target(where, report_uri)
-    report = {"format": REPORT_FORMAT, **evaluate_table(read_predictions(predictions, s3))}
+    check_report_targets(report_uri, s3)
+    table = read_predictions(predictions, s3)
+    report = {"format": REPORT_FORMAT, "predictions": redact_uri(predictions), **evaluate_table(table)}
+    if set(eval_details.COLUMNS) <= set(table.column_names):
+        report.update(eval_details.evaluation_details(table.to_batches()))
     if where.location.scheme == "local":  # object stores have no directories to make
         where.filesystem.create_dir(posixpath.dirname(where.path), recursive=True)
     with where.filesystem.open_output_stream(where.path) as stream:
         stream.write(json.dumps(report, indent=2).encode())
+    written = reports.write_reports(report, report_uri, s3)
     print(format_report(report))
     print(
         f"evaluation: top-1 {_fmt(report['top1'])}, top-5 {_fmt(report['top5'])} "
-        f"over {report['count']} images -> {redact_uri(report_uri)}"
+        f"over {report['count']} images -> {redact_uri(report_uri)} ({', '.join(redact_uri(u) for u in written)})"
     )
     return {**report, "report": redact_uri(report_uri)}
 
 
-def check_report_target(where: Resolved, uri: str) -> None:
-    """Refuse a report location holding anything but a twinfer report (``OutputRefused``)."""
+def check_report_targets(report_uri: str, s3: S3Options | None = None) -> None:
+    """Refuse (``OutputRefused``) an evaluation's locations, the JSON's and its page's and plot's,
+    when any holds a file twinfer did not write."""
+    from batch import reports
+
+    check_report_target(resolve(report_uri, s3), report_uri)
+    reports.check_targets(report_uri, s3)
+
+
+def check_report_target(where: Resolved, uri: str, report_format: str = REPORT_FORMAT) -> None:
+    """Refuse a report location holding anything but a twinfer report of ``report_format``
+    (``OutputRefused``)."""
     info = where.filesystem.get_file_info(where.path)
     if info.type == pafs.FileType.NotFound:
         return
@@ -133,9 +164,10 @@ def check_report_target(where: Resolved, uri: str) -> None:
                 content = json.loads(stream.read())
             except ValueError:
                 pass
-    if not isinstance(content, dict) or content.get("format") != REPORT_FORMAT:
+    if not isinstance(content, dict) or content.get("format") != report_format:
+        what = report_format.split("/")[0].removeprefix("twinfer-")  # "evaluation", "comparison"
         raise OutputRefused(
-            f"{redact_uri(uri)} exists and is not a twinfer evaluation report; nothing was written. "
+            f"{redact_uri(uri)} exists and is not a twinfer {what} report; nothing was written. "
             "Choose another report location (--evaluation-output / --output)"
         )
 

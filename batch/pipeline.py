@@ -21,7 +21,7 @@ from ray.data import ActorPoolStrategy, DataContext, Dataset, TaskPoolStrategy
 
 from batch.config import BackfillConfig
 from batch.decode_stage import decode_batch
-from batch.evaluate import check_report_target, default_report_uri, run_evaluate
+from batch.evaluate import check_report_targets, default_report_uri, run_evaluate
 from batch.listing import InputFile, label_for, list_input_files
 from batch.ownership import JobIdentity, claim_output
 from batch.predict_actor import Predictor, output_schema
@@ -91,7 +91,7 @@ def run_backfill(config: BackfillConfig) -> dict:
     identity = JobIdentity(config.model.name, config.model.resolved_task)
     if config.evaluate:
         report_uri = config.evaluation_output or default_report_uri(config.output)
-        check_report_target(resolve(report_uri, config.s3), report_uri)
+        check_report_targets(report_uri, config.s3)
     done, folder = read_output(target.filesystem, target.path, identity, shown)
     inputs = list_input_files(source.filesystem, source.path, config.extensions)
     pending = [f for f in inputs if source.uri_for(f.path) not in done]
