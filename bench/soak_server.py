@@ -43,6 +43,7 @@ def with_replicas(config: dict, model: str, replicas: int, app: str = "twinfer")
     out = copy.deepcopy(config)
     application = next(a for a in out["applications"] if a["name"] == app)
     entry = next(m for m in application["args"]["models"] if m["model"]["name"] == model and m.get("enabled", True))
+    entry.pop("autoscaling_config", None)  # a fixed count instead of the autoscaler's
     entry["num_replicas"] = replicas
     return out
 

@@ -36,7 +36,7 @@ def build(
         name = entry.served_name
         deployment = serve.deployment(model_server_cls).options(
             name=model_deployment_name(name),
-            num_replicas=entry.num_replicas,
+            **entry.replica_options(),
             max_ongoing_requests=entry.max_ongoing_requests,
             max_queued_requests=entry.max_queued_requests,
             ray_actor_options={
@@ -53,7 +53,7 @@ def build(
     ingress_env["env_vars"] = {**env, **ingress_env.get("env_vars", {})}
     ingress = serve.deployment(ingress_cls).options(
         name="ingress",
-        num_replicas=args.ingress.num_replicas,
+        **args.ingress.replica_options(),
         max_ongoing_requests=args.ingress.max_ongoing_requests,
         max_queued_requests=args.ingress.max_queued_requests,
         ray_actor_options={"num_cpus": args.ingress.num_cpus, "runtime_env": ingress_env},

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+from ray.serve.config import AutoscalingConfig
 
 from shared import auto
 from shared.config import ModelConfig, StrictModel, check_gpu_request
@@ -34,6 +35,50 @@ class BatchingConfig(StrictModel):
     max_concurrent_batches: int = Field(2, ge=1, le=16)
 
 
+class Autoscaling(AutoscalingConfig):
+    """Serve's own ``autoscaling_config`` (its fields, defaults and checks), with unknown keys
+    refused: a typo fails the deploy instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Replicas(StrictModel):
+    """How many replicas a deployment runs: a fixed count, or Serve's autoscaler between bounds."""
+
+    num_replicas: int | None = Field(None, ge=1, description="a fixed replica count; 1 when neither is set")
+    autoscaling_config: Autoscaling | None = Field(
+        None,
+        description="Serve's autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, "
+        "upscale_delay_s, downscale_delay_s, ...): replicas follow the requests each one has in progress "
+        "and queued; exclusive with num_replicas",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "Replicas":
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("give num_replicas or autoscaling_config, not both (autoscaling sets the count)")
+        if self.autoscaling_config is not None:
+            target = self.autoscaling_config.target_ongoing_requests
+            if target is not None and target > self.max_ongoing_requests:
+                raise ValueError(
+                    f"autoscaling_config.target_ongoing_requests ({target:g}) is over max_ongoing_requests "
+                    f"({self.max_ongoing_requests}): a replica can never hold the target, so it would scale to "
+                    "max_replicas at the first load"
+                )
+        return self
+
+    @property
+    def most_replicas(self) -> int:
+        """The largest number of replicas this deployment may run (what the cluster must hold)."""
+        return self.autoscaling_config.max_replicas if self.autoscaling_config else self.num_replicas or 1
+
+    def replica_options(self) -> dict:
+        """Serve's deployment options for the replica count."""
+        if self.autoscaling_config is not None:
+            return {"autoscaling_config": self.autoscaling_config.model_dump(exclude_unset=True)}
+        return {"num_replicas": self.num_replicas or 1}
+
+
 SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"  # one URL path segment
 
 
@@ -42,7 +87,7 @@ def model_deployment_name(model: str) -> str:
     return f"model-{model}"
 
 
-class ModelDeploymentConfig(StrictModel):
+class ModelDeploymentConfig(Replicas):
     name: str | None = Field(
         None,
         description="what clients call it: /v1/models/{name}/...; default the model's name, when that is one "
@@ -51,7 +96,6 @@ class ModelDeploymentConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     enabled: bool = True
     batching: BatchingConfig = BatchingConfig()
-    num_replicas: int = Field(1, ge=1)
     num_gpus: float = Field(0.0, ge=0.0, description="per replica; 0 on a CPU-only machine")
     num_cpus: float = Field(1.0, ge=0.0)
     resources: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
@@ -85,6 +129,12 @@ class ModelDeploymentConfig(StrictModel):
                 "(letters, digits, '_', '.', ':', '-'), e.g. name: my-model"
             )
         check_batches_can_fill(self.resolved_batching, self.max_ongoing_requests)
+        target = self.autoscaling_config.target_ongoing_requests if self.autoscaling_config else None
+        if target is not None and target < self.resolved_batching.max_batch_size:
+            raise ValueError(
+                f"autoscaling_config.target_ongoing_requests ({target:g}) is under max_batch_size "
+                f"({self.resolved_batching.max_batch_size}): replicas would be added before one fills a batch"
+            )
         check_gpu_request(self.model, self.num_gpus)
         if {"CPU", "GPU"} & set(self.resources):
             raise ValueError("resources is for custom resources: use num_cpus / num_gpus for CPU and GPU")
@@ -105,8 +155,7 @@ def check_batches_can_fill(batching: BatchingConfig, max_ongoing_requests: int) 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
-class IngressConfig(StrictModel):
-    num_replicas: int = Field(1, ge=1)
+class IngressConfig(Replicas):
     num_cpus: float = Field(1.0, ge=0.0)
     decode_threads: int = Field(4, ge=1, le=64, description="per ingress replica, off the event loop")
     max_ongoing_requests: int = Field(512, ge=1)

@@ -52,6 +52,8 @@ logger = logging.getLogger("ray.serve")
 RETRYABLE = (RayActorError, ReplicaUnavailableError)
 RETRY_BACKOFF_S = (0.05, 0.25)
 STATUS_TTL_S = 1.0  # how long one serve.status() answers every health and readiness check
+# deployment states whose replicas answer: a deployment the autoscaler is resizing still serves
+SERVING_STATES = frozenset({"HEALTHY", "UPSCALING", "DOWNSCALING"})
 
 
 @dataclass(frozen=True)
@@ -228,11 +230,12 @@ class InferenceService:
         return await self._states.get()
 
     async def ready(self, deployment: str | None = None) -> bool:
-        """Every deployment HEALTHY (all replicas up), or just ``deployment``."""
+        """Every deployment serving (``SERVING_STATES``: healthy, or healthy and being resized by the
+        autoscaler), or just ``deployment``."""
         states = await self.deployment_states()
         if deployment is not None:
-            return states.get(deployment) == "HEALTHY"
-        return bool(states) and all(state == "HEALTHY" for state in states.values())
+            return states.get(deployment) in SERVING_STATES
+        return bool(states) and all(state in SERVING_STATES for state in states.values())
 
     # ---- errors -------------------------------------------------------------------------------------
     def error(self, exc: BaseException, model_tag: str, where: str) -> TwinferError:

@@ -280,5 +280,5 @@ def test_the_gpu_profile_validates_and_fits_one_gpu_and_sixteen_cores():
         assert entry.batching.max_batch_size >= 8
     efficientnet = next(m for m in models if m.model.name == "efficientnet_lite0")
     assert efficientnet.enabled and efficientnet.batching.max_batch_size == 64
-    cpus = args.ingress.num_replicas * args.ingress.num_cpus + sum(m.num_replicas * m.num_cpus for m in models)
-    assert args.ingress.num_replicas > 1 and cpus <= 16
+    cpus = args.ingress.most_replicas * args.ingress.num_cpus + sum(m.most_replicas * m.num_cpus for m in models)
+    assert args.ingress.most_replicas > 1 and cpus <= 16

@@ -87,22 +87,28 @@ def test_ray_version_and_ports_match(manifest, serve_config_v2):
     assert head_ports["dashboard"] == 8265  # where KubeRay submits serveConfigV2
 
 
-def test_the_worker_group_holds_the_enabled_deployments(manifest, serve_config_v2):
-    groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+def test_the_worker_groups_hold_the_enabled_deployments_at_start_and_at_most(manifest, serve_config_v2):
+    cluster = manifest["spec"]["rayClusterConfig"]
+    groups = cluster["workerGroupSpecs"]
 
-    def total(resource: str) -> float:
-        return sum(
-            cpus(c["resources"]["limits"].get(resource, 0)) * g["replicas"] for g in groups for c in containers(g)
-        )
+    def total(resource: str, count: str) -> float:
+        return sum(cpus(c["resources"]["limits"].get(resource, 0)) * g[count] for g in groups for c in containers(g))
 
-    cpu, gpu = total("cpu"), total("nvidia.com/gpu")
     apps = [AppArgs.model_validate(app["args"]) for app in serve_config_v2["applications"]]
-    needed_cpu = sum(
-        a.ingress.num_cpus * a.ingress.num_replicas + sum(m.num_cpus * m.num_replicas for m in a.enabled_models)
-        for a in apps
-    )
-    needed_gpu = sum(m.num_gpus * m.num_replicas for a in apps for m in a.enabled_models)
-    assert needed_cpu <= cpu, f"the applications need {needed_cpu} CPUs; the worker groups start with {cpu}"
-    assert needed_gpu <= gpu, (
-        f"the applications need {needed_gpu} GPUs; the worker groups start with {gpu} (the gpu group?)"
-    )
+
+    def needed(replicas, resource: str) -> float:
+        return sum(
+            getattr(d, resource) * replicas(d) for a in apps for d in [a.ingress, *a.enabled_models]
+            if hasattr(d, resource)
+        )  # fmt: skip
+
+    def at_start(deployment) -> int:
+        scaling = deployment.autoscaling_config
+        return (scaling.initial_replicas or scaling.min_replicas) if scaling else deployment.most_replicas
+
+    for replicas, count in ((at_start, "replicas"), (lambda d: d.most_replicas, "maxReplicas")):
+        cpu, gpu = total("cpu", count), total("nvidia.com/gpu", count)
+        assert needed(replicas, "num_cpus") <= cpu, f"the applications need more than the {cpu} CPUs of {count}"
+        assert needed(replicas, "num_gpus") <= gpu, f"the applications need more than the {gpu} GPUs of {count}"
+    grows = any(d.autoscaling_config for a in apps for d in [a.ingress, *a.enabled_models])
+    assert cluster["enableInTreeAutoscaling"] is grows  # Ray adds the pods Serve's autoscaler asks for

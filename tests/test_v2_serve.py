@@ -144,6 +144,37 @@ def test_http_health_and_server_metadata(triton_http):
     assert not triton_http.is_model_ready("alexnet")
 
 
+def test_health_answers_carry_the_specs_json_bodies(http):
+    """The Open Inference Protocol's REST spec gives health and readiness JSON bodies; the status
+    says the same (200 true, 4xx false), for clients that read only that."""
+    assert http.get("/v2/health/live").json() == {"live": True}
+    ready = http.get("/v2/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+    model = http.get(f"/v2/models/{CLASSIFIER}/ready")
+    assert model.status_code == 200 and model.json() == {"name": CLASSIFIER, "ready": True}
+    assert http.get(f"/v2/models/{CLASSIFIER}/versions/1/ready").json()["ready"] is True
+
+
+def test_model_config_has_what_tritons_tools_read(triton_http, http):
+    """Triton's model configuration extension, as perf_analyzer and model-analyzer read it: name,
+    platform/backend, max_batch_size, and each input and output's name, data_type and dims (the
+    batch dimension left out when max_batch_size > 0)."""
+    config = triton_http.get_model_config(CLASSIFIER)  # tritonclient's own reader of the extension
+    assert config["name"] == CLASSIFIER and config["platform"] == config["backend"] == "pytorch"
+    assert config["max_batch_size"] == 256
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_STRING", "dims": [1]}]
+    outputs = {o["name"]: (o["data_type"], o["dims"]) for o in config["output"]}
+    assert outputs["probabilities"] == ("TYPE_FP32", [1000]) and outputs["labels"] == ("TYPE_STRING", [-1])
+    detector = http.get(f"/v2/models/{DETECTOR}/config").json()
+    assert detector["max_batch_size"] == 0 and detector["input"][0]["dims"] == [-1]
+    assert {o["name"]: o["dims"] for o in detector["output"]}["boxes"] == [-1, 4]
+    # a request shaped as the config says ([batch] + dims) is answered
+    image = httpclient.InferInput("image", [2, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[images.small_jpeg()]] * 2, dtype=np.object_), binary_data=True)
+    assert triton_http.infer(CLASSIFIER, [image]).as_numpy("scores").shape == (2, 5)
+    assert http.get("/v2/models/alexnet/config").status_code == 404
+
+
 def test_http_model_metadata_comes_from_the_task_and_the_model(triton_http):
     classifier = triton_http.get_model_metadata(CLASSIFIER)
     assert classifier["name"] == CLASSIFIER and classifier["versions"] == ["1"]
