@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo lint test bench bench-gpu clean v2-stubs
+.PHONY: install browser demo lint test test-fast bench bench-gpu clean v2-stubs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ lint: $(STAMP)
 
 test: $(STAMP) browser lint
 	TWINFER_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+
+# The edit loop: no Ray, no other process (tests/conftest.py keeps the tiers honest); `make test`
+# runs everything, as CI does.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not ray and not process and not slow"
 
 # twinfer as a user runs it (every setting at its default) against the seeds' pipeline and a docs-style deployment
 bench: $(STAMP)

@@ -54,8 +54,11 @@ class PeriodicSampler:
 
 
 class MemorySampler(PeriodicSampler):
-    def __init__(self, interval_s: float = 0.5):
+    """Host memory in use (``host_read``: the whole host's by default) and, with nvidia-smi, the GPU's."""
+
+    def __init__(self, interval_s: float = 0.5, host_read: Callable[[], int] | None = None):
         self.interval_s = interval_s
+        self._host_read = host_read or host_used_bytes
         self.host: list[int] = []
         self.gpu: list[int] = []
         self.gpu_util: list[int] = []  # % of the sample period a kernel ran, per nvidia-smi
@@ -64,7 +67,7 @@ class MemorySampler(PeriodicSampler):
         self._cpu_last: tuple[int, int] | None = None
 
     def _sample_once(self) -> None:
-        self.host.append(host_used_bytes())
+        self.host.append(self._host_read())
         self._cpu_last = cpu_times()
         self._cpu_first = self._cpu_first or self._cpu_last
         if self._nvidia_smi:

@@ -6,10 +6,74 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # test compiling ask for it explicitly
 os.environ.setdefault("TWINFER_AUTO_COMPILE", "0")
 
+import subprocess  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
 import pytest  # noqa: E402
 
 from shared import ModelConfig, ModelWrapper  # noqa: E402
 from twinfer.ports import free_loopback_port  # noqa: E402
+
+# Test tiers: `make test-fast` runs what is marked none of these (no Ray, no other process);
+# `make test` (CI) runs everything.
+HEAVY_MARKERS = ("ray", "process", "slow")
+# a test that uses one of these fixtures starts Ray (directly or through Serve)
+RAY_FIXTURES = {"ray_session", "serve_ports", "serve_url", "serve_grpc_address"}
+# ... and one that uses these starts another process (moto_server)
+PROCESS_FIXTURES = {"s3_server"}
+# short-lived helpers libraries run for themselves, allowed in the fast tier
+ALLOWED_COMMANDS = {"fc-list"}  # matplotlib's font cache, built once per process
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & RAY_FIXTURES:
+            item.add_marker(pytest.mark.ray)
+        if used & PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.process)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    with _no_process_unless_marked(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with _no_process_unless_marked(item):
+        yield
+
+
+@contextmanager
+def _no_process_unless_marked(item):
+    """A test of the fast tier whose setup or body starts a process (Ray included: it starts its
+    daemons with subprocess) fails at once, naming the marker it lacks, so the tiers stay what
+    they say."""
+    if any(item.get_closest_marker(name) for name in HEAVY_MARKERS):
+        yield
+        return
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            f"{item.nodeid} starts a process: mark it @pytest.mark.process "
+            "(or ray/slow; tests/conftest.py), or it runs in the fast tier"
+        )
+
+    popen_init = subprocess.Popen.__init__
+
+    def checked_popen(self, args, *rest, **kwargs):
+        command = args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]
+        if os.path.basename(str(command)) not in ALLOWED_COMMANDS:
+            refuse()
+        popen_init(self, args, *rest, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", checked_popen)
+        patch.setattr(os, "fork", refuse)
+        patch.setattr(os, "posix_spawn", refuse)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,7 @@ def test_redact_uri():
     assert redact_uri("s3://[oops/x") == "<unparsable URI>"
 
 
+@pytest.mark.process
 def test_without_keys_s3_signs_with_the_aws_credentials_file(tmp_path):
     """No key flags and no AWS_* keys: twinfer passes none, and pyarrow's S3FileSystem (the AWS SDK's
     default chain) signs with ~/.aws/credentials. A loopback server records the Authorization header."""

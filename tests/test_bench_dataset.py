@@ -2,11 +2,13 @@
 
 import io
 
+import pytest
 from PIL import Image
 
 from bench.dataset import make_dataset
 
 
+@pytest.mark.process
 def test_the_same_images_from_one_or_several_worker_processes(tmp_path):
     serial = make_dataset(tmp_path / "one", 7, workers=1)
     parallel = make_dataset(tmp_path / "two", 7, workers=2)

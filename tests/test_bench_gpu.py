@@ -81,6 +81,7 @@ def test_without_cuda_it_refuses_with_what_it_checked(tmp_path, capsys, no_cuda)
     assert not out.exists()
 
 
+@pytest.mark.process
 def test_allow_cpu_runs_the_harness_tiny_and_skips_cuda_sections(tmp_path, capsys, no_cuda):
     out = tmp_path / "gpu.json"
     argv = [
@@ -139,6 +140,7 @@ def fake_sections(monkeypatch, tmp_path):
     return out, seen
 
 
+@pytest.mark.process
 def test_a_section_that_raises_is_recorded_and_the_run_goes_on(no_cuda, fake_sections):
     out, seen = fake_sections
     assert gpu.main(["--allow-cpu", "--sections", "env,threads", "--out", str(out)]) == 1
@@ -149,6 +151,7 @@ def test_a_section_that_raises_is_recorded_and_the_run_goes_on(no_cuda, fake_sec
     assert sections["threads"]["status"] == "ok" and sections["threads"]["figures"][0]["value"] == "yes"
 
 
+@pytest.mark.process
 def test_budget_skips_what_would_not_fit_and_merge_adds_to_the_json(no_cuda, fake_sections):
     out, _ = fake_sections
     gpu.main(["--allow-cpu", "--sections", "env", "--out", str(out)])
@@ -164,6 +167,7 @@ def test_budget_skips_what_would_not_fit_and_merge_adds_to_the_json(no_cuda, fak
     assert len(result["commands"]) == 2
 
 
+@pytest.mark.process
 def test_without_a_dataset_the_sections_that_need_none_still_run(tmp_path, monkeypatch, no_cuda, fake_sections):
     import bench.dataset
 
@@ -180,6 +184,7 @@ def test_without_a_dataset_the_sections_that_need_none_still_run(tmp_path, monke
     assert result["sections"]["env"]["status"] == "error"  # the fake env raised: it ran
 
 
+@pytest.mark.process
 def test_an_isolated_section_runs_in_a_child_process(tmp_path, monkeypatch, no_cuda):
     """On CUDA, threads, nvjpeg and race run in a child ``bench.gpu``; here env stands in for them."""
     monkeypatch.setattr(gpu, "runs_isolated", lambda section, cuda, args: section.name == "env" and not args.in_child)

@@ -47,7 +47,8 @@ WORKER_RESOURCE = {"worker": 1}
 PREDICTOR_CLASS = "Predictor"  # Ray Data names the pool's actors MapWorker(MapBatches(Predictor))
 MODEL_REPLICA_CLASS = "ServeReplica:twinfer:model-efficientnet_lite0"
 
-pytestmark = pytest.mark.timeout(480)  # generous: other load on a 2-core box stretches its ~130 CPU-seconds
+# timeout generous: other load on a 2-core box stretches its ~130 CPU-seconds
+pytestmark = [pytest.mark.process, pytest.mark.timeout(480)]
 
 
 # ---- the options (no cluster needed) ---------------------------------------------------------

@@ -9,6 +9,8 @@ from shared import ModelConfig, ModelWrapper
 from shared.wrapper import bucket_sizes
 from twinfer.samples import SAMPLE_NAMES, encode, sample_array
 
+pytestmark = pytest.mark.slow
+
 PHOTOS = SAMPLE_NAMES
 
 

@@ -110,6 +110,7 @@ def measured(tmp_path_factory) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.process  # measured in a fresh Python
 @pytest.mark.parametrize("mode", MODES)
 def test_conversion_holds_little_more_than_the_result_beyond_the_decoded_image(measured, mode):
     result = measured[mode]

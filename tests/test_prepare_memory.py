@@ -105,6 +105,7 @@ def measured(tmp_path_factory) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.process  # measured in a fresh Python
 @pytest.mark.parametrize("shape", SHAPES, ids=["1xN", "Nx1"])
 @pytest.mark.parametrize("mode", sorted(modes()))
 def test_each_mode_prepares_a_strip_at_the_cap_in_little_more_than_its_pixels(measured, mode, shape):
@@ -114,6 +115,7 @@ def test_each_mode_prepares_a_strip_at_the_cap_in_little_more_than_its_pixels(me
     )
 
 
+@pytest.mark.process  # measured in a fresh Python
 @pytest.mark.parametrize("shape", SHAPES, ids=["1xN", "Nx1"])
 @pytest.mark.parametrize("mode", sorted(modes()))
 def test_loading_a_strip_png_stays_within_the_decoders_image_and_two_more(measured, mode, shape):

@@ -29,6 +29,8 @@ from tests.images import small_jpeg
 from twinfer.ports import free_loopback_port
 from twinfer.processes import with_default_sigint
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 GATE = "twinfer-test-gate"
 

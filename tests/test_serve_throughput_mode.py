@@ -22,6 +22,8 @@ from twinfer.ports import free_loopback_port
 from twinfer.processes import with_default_sigint
 from twinfer.samples import encode, sample_array
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 DETECTOR = "fasterrcnn_v2"
 

@@ -359,6 +359,7 @@ def test_grpc_status_codes():
     assert grpc_service.status_code(Unavailable("x")) == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.process
 def test_generated_stubs_load_and_name_the_ingress_methods():
     """In a process of their own (tritonclient's stubs are loaded in this one): the checked-in
     modules import with the installed protobuf and grpcio, and every RPC has an ingress method."""
