@@ -22,7 +22,8 @@ from deployments.config import BatchingConfig, check_batches_can_fill
 from deployments.metrics import ModelMetrics
 from shared import ModelConfig, ModelWrapper
 from shared.errors import TwinferError
-from shared.wrapper import Item, bucket_sizes
+from shared.loader import Item
+from shared.runner import bucket_sizes
 
 
 class ModelServer:
