@@ -20,10 +20,11 @@ from ray import serve
 
 from deployments.config import BatchingConfig, check_batches_can_fill
 from deployments.metrics import ModelMetrics
-from shared import ModelConfig, ModelWrapper
+from shared import ModelConfig, ModelWrapper, auto
 from shared.errors import TwinferError
 from shared.loader import Item
 from shared.runner import bucket_sizes
+from shared.wrapper import DTYPES
 
 
 class ModelServer:
@@ -36,6 +37,7 @@ class ModelServer:
         self.metrics = ModelMetrics(self.name)
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # debug view of batching
         self.batching: BatchingConfig | None = None
+        self.settled: auto.Settled | None = None  # what /v1/models reports
         self._apply(
             BatchingConfig().resolved(self.config, self.wrapper.device.type)
         )  # Serve then calls reconfigure(user_config)
@@ -65,6 +67,9 @@ class ModelServer:
             self._batched.set_max_batch_size(batching.max_batch_size)
             self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.batching = batching
+        self.settled = auto.settle(
+            self.config, self.wrapper.device.type, auto.Workload(online=True, batch_size=batching.max_batch_size)
+        )
 
     async def infer(self, items: list[Item], params: dict) -> list[list[dict] | TwinferError]:
         """One window of a request's images (``deployments/service.py``); each joins the batch queue
@@ -93,8 +98,8 @@ class ModelServer:
             "dim": self.wrapper.output_dim,
             "labels": len(self.wrapper.labels),
             "device": str(self.wrapper.device),
-            "precision": str(self.wrapper.dtype).removeprefix("torch."),
-            "compile": self.wrapper.compiled,
+            "precision": str(DTYPES[self.settled.precision]).removeprefix("torch."),
+            "compile": self.settled.compile,
             "cpu_threads": torch.get_num_threads() if self.wrapper.device.type == "cpu" else None,
             "weights": self.config.weights,
             "batching": self.batching.model_dump(),

@@ -36,10 +36,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 class ModelWrapper:
     """The whole model: the CPU half (``loader``) plus the device half."""
 
-    def __init__(self, config: ModelConfig, batch_sizes: Sequence[int] = (1,), workload: auto.Workload | None = None):
+    def __init__(self, config: ModelConfig, batch_sizes: Sequence[int] = (1,)):
         """``batch_sizes``: warmed here (with ``compile``, and on CUDA, the only sizes batches are
-        run at until ``warmup`` adds more). The Serve replica passes none and warms in ``reconfigure``.
-        ``workload``: what ``auto`` is settled for (default: a server)."""
+        run at until ``warmup`` adds more). The Serve replica passes none and warms in ``reconfigure``."""
         self.config = config
         self.loader = ImageLoader(config)
         self.spec = self.loader.spec
@@ -48,11 +47,12 @@ class ModelWrapper:
         device = resolve_device(config.device, ray_assigned_gpus())
         if device.type != "cuda" and config.precision == "fp16":
             raise RuntimeError("precision fp16 needs a CUDA device; this process has none (bf16 runs on CPU)")
-        self.settled = auto.settle(config, device.type, workload or auto.Workload(online=True))
+        # a backfill's actors get their config settled already (``BackfillConfig.resolved``)
+        self.settled = auto.settle(config, device.type, auto.Workload(online=True))
         model = self.task.adapt_model(self.spec.build(config.weights, config.options).eval(), self.spec.embed_head)
         self.output_dim = self.task.output_dim(model)
-        if isinstance(config.cpu_threads, int) and device.type == "cpu":
-            torch_process.cpu_threads(config.cpu_threads)
+        if isinstance(self.settled.cpu_threads, int) and device.type == "cpu":
+            torch_process.cpu_threads(self.settled.cpu_threads)
         if self.settled.cudnn_benchmark:
             torch_process.cudnn_benchmark()
         self.runner = BatchRunner(
