@@ -1,11 +1,9 @@
 """The model deployment: a thin ``@serve.batch`` adapter over ``shared.ModelWrapper``.
 
-Images arrive already decoded and prepared (uint8 CHW) by the ingress, a window of a request's at a
-time; a bad image never gets here, so one batch can only fail for reasons that would fail every member anyway. With
-``decode.on_device`` a JPEG arrives header-checked but still encoded; if the device and CPU
-decoders both reject it (or it cannot be resized on the device and the CPU rejects it), its own
-result is the ``TwinferError`` (the ingress answers it with its 4xx) while the rest of its batch
-is served.
+Images arrive checked and prepared by the ingress (``deployments/service.py``), a window of a
+request's at a time; a bad image never gets here, so one batch can only fail for reasons that would
+fail every member anyway. A JPEG left for the device decoder that no decoder can read is its own
+result (``ModelWrapper.predict_batch``; ``shared.device_decode`` says when that happens).
 """
 
 from __future__ import annotations

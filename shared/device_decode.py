@@ -26,8 +26,9 @@ before it writes its outputs (pytorch/vision#9606, meta-pytorch/torchcodec#1634)
 caching allocator hands it may still be read by queued kernels. ``decode_jpegs`` therefore
 drains the stream before each decode call, and once any model in the process decodes on the
 device (``DECODING_ON_DEVICE``), every CUDA batch there - with JPEGs to decode or not - holds
-``CUDA_DECODE_LOCK`` (one per process: the stream is the process's) over its decode and forward
-pass, so no other thread can queue work, or free memory still in use, between a drain and a decode.
+``CUDA_DECODE_LOCK`` (``DeviceDecoder.exclusive``; one per process: the stream is the process's)
+over its decode and forward pass, so no other thread can queue work, or free memory still in use,
+between a drain and a decode.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ model holds for every model that process builds; each function is safe to call a
 - compiling: inductor freezing, dynamo's graph limit raised to what the process warms, and
   ``fail_on_recompile`` once warm, so a new shape is an error, never a silent compile.
 - ``cpu_threads``, ``cudnn_benchmark``: torch's intra-op threads and cuDNN autotune.
+- ``shared.device_decode``'s ``CUDA_DECODE_LOCK`` is process-wide too; it lives with nvJPEG's reasons.
 """
 
 from __future__ import annotations
@@ -79,5 +80,5 @@ def cpu_threads(threads: int) -> None:
 
 
 def cudnn_benchmark() -> None:
-    """cuDNN autotunes per input shape: only for models whose batches run at warmed sizes."""
+    """cuDNN autotune on (``auto.settle`` decides for which models)."""
     torch.backends.cudnn.benchmark = True
