@@ -67,30 +67,30 @@ class BackfillConfig(StrictModel):
 
     @property
     def resolved_batch_size(self) -> int:
-        if self.batch_size != "auto":
-            return self.batch_size
-        return auto.batch_size(TASKS[self.model.resolved_task], self.device_type, online=False)
+        return self.settled().batch_size
+
+    def settled(self, images: int | None = None, node_cpus: float | None = None) -> auto.Settled:
+        """``shared.auto.settle`` for a run of ``images`` files, the model actors sharing
+        ``node_cpus`` cores (None: a remote cluster, where the reservation decides)."""
+        workload = auto.Workload(
+            online=False, batch_size=self.batch_size, images=images, node_cpus=node_cpus, actors=self.actor_pool_size
+        )
+        return auto.settle(self.model, self.device_type, workload)
 
     def resolved(self, images: int, node_cpus: float | None) -> "BackfillConfig":
-        """This config with every ``auto`` settled for a run of ``images`` files, the model actors
-        sharing ``node_cpus`` cores (None: a remote cluster, where the reservation decides)."""
-        task = TASKS[self.model.resolved_task]
-        model: dict = {}
-        if self.model.compile == "auto":
-            model["compile"] = auto.compiles(task, self.device_type, images)
-        if self.model.cpu_threads == "auto" and self.device_type == "cpu" and node_cpus:
-            model["cpu_threads"] = auto.backfill_threads(node_cpus, self.actor_pool_size)
-        return self.model_copy(
-            update={"batch_size": self.resolved_batch_size, "model": self.model.model_copy(update=model)}
-        )
+        """This config with every ``auto`` settled (``settled``): what the model actors build."""
+        settled = self.settled(images, node_cpus)
+        model = self.model.model_copy(update={"compile": settled.compile, "cpu_threads": settled.cpu_threads})
+        return self.model_copy(update={"batch_size": settled.batch_size, "model": model})
 
     def settings(self) -> dict:
         """What a run uses for the choices ``auto`` makes (after ``resolved``)."""
+        settled = self.settled()
         return {
-            "device": self.device_type,
-            "batch_size": self.resolved_batch_size,
-            "compile": self.model.compile,
-            "cpu_threads": self.model.cpu_threads,
+            "device": settled.device,
+            "batch_size": settled.batch_size,
+            "compile": settled.compile,
+            "cpu_threads": settled.cpu_threads,
             "actors": self.actor_pool_size,
         }
 

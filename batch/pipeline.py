@@ -119,14 +119,15 @@ def run_backfill(config: BackfillConfig) -> dict:
         for start in range(0, len(too_large), chunk):
             rows = too_large_rows(config, source, too_large[start : start + chunk], schema)
             written.append(sink.write_tables([rows]))
-    config = config.resolved(len(readable), None)  # what runs: no model build may see an auto value
+    cluster_cpus = None  # with an address (a remote cluster) the reservation decides
     if readable:
         _ensure_ray(config.address)
         if not config.address:
             cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
             check_cpus_leave_room_for_decode(config, cluster_cpus)
             warn_if_cpus_are_held(config, ray.available_resources().get("CPU", 0.0), cluster_cpus)
-            config = config.resolved(len(readable), cluster_cpus)
+    config = config.resolved(len(readable), cluster_cpus)  # what runs: no model build may see an auto value
+    if readable:
         with _progress_bars(config.progress):
             ds = build_dataset(config, source, readable, dim)
             ds.write_datasink(sink)

@@ -13,7 +13,6 @@ from shared import auto
 from shared.config import ModelConfig, StrictModel, check_gpu_request
 from shared.decode import DEFAULT_MAX_BYTES
 from shared.devices import planned_device_type
-from shared.tasks import TASKS
 
 
 class BatchingConfig(StrictModel):
@@ -25,11 +24,8 @@ class BatchingConfig(StrictModel):
 
     def resolved(self, model: ModelConfig, device_type: str) -> "BatchingConfig":
         """This batching with ``max_batch_size: auto`` settled for ``model`` on ``device_type``."""
-        if self.max_batch_size != "auto":
-            return self
-        return self.model_copy(
-            update={"max_batch_size": auto.batch_size(TASKS[model.resolved_task], device_type, online=True)}
-        )
+        settled = auto.settle(model, device_type, auto.Workload(online=True, batch_size=self.max_batch_size))
+        return self.model_copy(update={"max_batch_size": settled.batch_size})
 
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
     max_concurrent_batches: int = Field(2, ge=1, le=16)

@@ -1,11 +1,9 @@
 """The model deployment: a thin ``@serve.batch`` adapter over ``shared.ModelWrapper``.
 
-Images arrive already decoded and prepared (uint8 CHW) by the ingress, a window of a request's at a
-time; a bad image never gets here, so one batch can only fail for reasons that would fail every member anyway. With
-``decode.on_device`` a JPEG arrives header-checked but still encoded; if the device and CPU
-decoders both reject it (or it cannot be resized on the device and the CPU rejects it), its own
-result is the ``TwinferError`` (the ingress answers it with its 4xx) while the rest of its batch
-is served.
+Images arrive checked and prepared by the ingress (``deployments/service.py``), a window of a
+request's at a time; a bad image never gets here, so one batch can only fail for reasons that would
+fail every member anyway. A JPEG left for the device decoder that no decoder can read is its own
+result (``ModelWrapper.predict_batch``; ``shared.device_decode`` says when that happens).
 """
 
 from __future__ import annotations
@@ -20,9 +18,11 @@ from ray import serve
 
 from deployments.config import BatchingConfig, check_batches_can_fill
 from deployments.metrics import ModelMetrics
-from shared import ModelConfig, ModelWrapper
+from shared import ModelConfig, ModelWrapper, auto
 from shared.errors import TwinferError
-from shared.wrapper import Item, bucket_sizes
+from shared.loader import Item
+from shared.runner import bucket_sizes
+from shared.wrapper import DTYPES
 
 
 class ModelServer:
@@ -35,6 +35,7 @@ class ModelServer:
         self.metrics = ModelMetrics(self.name)
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # debug view of batching
         self.batching: BatchingConfig | None = None
+        self.settled: auto.Settled | None = None  # what /v1/models reports
         self._apply(
             BatchingConfig().resolved(self.config, self.wrapper.device.type)
         )  # Serve then calls reconfigure(user_config)
@@ -64,6 +65,9 @@ class ModelServer:
             self._batched.set_max_batch_size(batching.max_batch_size)
             self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.batching = batching
+        self.settled = auto.settle(
+            self.config, self.wrapper.device.type, auto.Workload(online=True, batch_size=batching.max_batch_size)
+        )
 
     async def infer(self, items: list[Item], params: dict) -> list[list[dict] | TwinferError]:
         """One window of a request's images (``deployments/service.py``); each joins the batch queue
@@ -92,8 +96,8 @@ class ModelServer:
             "dim": self.wrapper.output_dim,
             "labels": len(self.wrapper.labels),
             "device": str(self.wrapper.device),
-            "precision": str(self.wrapper.dtype).removeprefix("torch."),
-            "compile": self.wrapper.compiled,
+            "precision": str(DTYPES[self.settled.precision]).removeprefix("torch."),
+            "compile": self.settled.compile,
             "cpu_threads": torch.get_num_threads() if self.wrapper.device.type == "cpu" else None,
             "weights": self.config.weights,
             "batching": self.batching.model_dump(),

@@ -26,22 +26,29 @@ before it writes its outputs (pytorch/vision#9606, meta-pytorch/torchcodec#1634)
 caching allocator hands it may still be read by queued kernels. ``decode_jpegs`` therefore
 drains the stream before each decode call, and once any model in the process decodes on the
 device (``DECODING_ON_DEVICE``), every CUDA batch there - with JPEGs to decode or not - holds
-``CUDA_DECODE_LOCK`` (one per process: the stream is the process's) over its decode and forward
-pass, so no other thread can queue work, or free memory still in use, between a drain and a decode.
+``CUDA_DECODE_LOCK`` (``DeviceDecoder.exclusive``; one per process: the stream is the process's)
+over its decode and forward pass, so no other thread can queue work, or free memory still in use,
+between a drain and a decode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, JpegImagePlugin
 
-from shared.errors import InvalidImage
+from shared.errors import InvalidImage, TwinferError
+from shared.prepare import Prepared, PreprocessSpec, prepare_tensor
+
+logger = logging.getLogger(__name__)
 
 EXIF_ORIENTATION = 0x0112
 CUDA_DECODE_LOCK = threading.Lock()  # held by every CUDA batch while nvJPEG may run in this process
@@ -64,6 +71,69 @@ class Encoded:
     data: np.ndarray  # uint8 1-D: the file's bytes
     orientation: int  # EXIF orientation, 1 (upright) to 8
     original_size: tuple[int, int]  # (height, width) of the full-size image after orientation
+
+
+class DeviceDecoder:
+    """One model's device half of decoding: ``Encoded`` JPEGs -> ``Prepared`` with pixels on
+    ``device``, and the lock that model's CUDA batches hold (``exclusive``). ``cpu_path`` decodes
+    and prepares a file's bytes on the CPU: the fallback for a JPEG the device rejects."""
+
+    def __init__(
+        self, device: torch.device, preprocess: PreprocessSpec, cpu_path: Callable[[bytes], Prepared], enabled: bool
+    ):
+        self.device = device
+        self.preprocess = preprocess
+        self.cpu_path = cpu_path
+        if enabled and device.type == "cuda":
+            DECODING_ON_DEVICE.set()  # from now on every CUDA batch in this process takes the lock
+
+    def exclusive(self, items: Sequence[object] = ()):
+        """``CUDA_DECODE_LOCK`` for a CUDA batch once nvJPEG may run in this process, or when the
+        batch itself has JPEGs to decode; nothing otherwise."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        if DECODING_ON_DEVICE.is_set() or any(isinstance(item, Encoded) for item in items):
+            return CUDA_DECODE_LOCK
+        return contextlib.nullcontext()
+
+    def decode(self, items: Sequence[object]) -> list:
+        """Each ``Encoded`` item -> ``Prepared`` (pixels on the device) or, when neither the device
+        nor the CPU path can read it, its ``TwinferError``; other items pass through."""
+        encoded = [i for i, item in enumerate(items) if isinstance(item, Encoded)]
+        out: list = list(items)
+        if not encoded:
+            return out
+        failed: dict[int, TwinferError] = {}
+        with self.exclusive(items):
+            for chunk in pixel_budget_chunks([items[i] for i in encoded]):
+                indices = [encoded[j] for j in chunk]
+                for i, decoded in zip(indices, decode_jpegs([items[i] for i in indices], self.device)):
+                    prepared = self._prepare(items[i], decoded)
+                    if isinstance(prepared, Prepared):
+                        out[i] = prepared
+                    else:
+                        failed[i] = prepared
+        for i, reason in failed.items():  # after the lock: a full-size CPU decode must not stall the GPU
+            out[i] = self._on_cpu(items[i], reason)
+        return out
+
+    def _prepare(self, item: Encoded, decoded: torch.Tensor | TwinferError) -> Prepared | TwinferError:
+        if isinstance(decoded, TwinferError):
+            return decoded
+        try:
+            return Prepared(prepare_tensor(decoded, self.preprocess), item.original_size)
+        except RuntimeError as exc:  # e.g. out of device memory resizing a very large image
+            return TwinferError(f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    def _on_cpu(self, item: Encoded, reason: TwinferError) -> Prepared | TwinferError:
+        logger.warning("device JPEG decode or resize failed (%s); decoding this image on the CPU", reason)
+        try:
+            return self.cpu_path(item.data.tobytes())
+        except TwinferError as error:
+            return error
+        except Exception as exc:  # anything else still costs this image only
+            logger.exception("unexpected error decoding an image on the CPU fallback")
+            return InvalidImage(f"{type(exc).__name__}: {exc}")
 
 
 def encoded_if_device_decodable(image: Image.Image, data: bytes) -> Encoded | None:

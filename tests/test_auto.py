@@ -87,3 +87,42 @@ def test_a_replica_settles_auto_in_reconfigure():
     server.reconfigure({"max_batch_size": "auto", "max_concurrent_batches": 1})
     assert server.batching.max_batch_size == auto.CPU_BATCH
     assert server.wrapper.compiled is False  # TWINFER_AUTO_COMPILE=0 in the tests
+
+
+def test_settle_gives_every_choice_for_device_task_and_workload(monkeypatch):
+    monkeypatch.setenv(auto.AUTO_COMPILE_ENV, "1")
+    monkeypatch.setattr(auto, "cxx_compiler", lambda: "/usr/bin/g++")
+    server = auto.Workload(online=True)
+    on_gpu = auto.settle(ModelConfig(), "cuda", server)
+    assert on_gpu == auto.Settled(
+        device="cuda",
+        batch_size=auto.CUDA_ONLINE_BATCH,
+        compile=False,
+        precision="fp16",
+        channels_last=True,
+        cudnn_benchmark=True,
+        decode_on_device=False,
+        cpu_threads="auto",
+    )
+    detector = auto.settle(ModelConfig(name="fasterrcnn_v2", weights="random"), "cuda", server)
+    assert (detector.batch_size, detector.precision, detector.channels_last, detector.cudnn_benchmark) == (
+        auto.CUDA_DETECT_BATCH,
+        "fp32",  # torchvision's detection heads are fp32 code
+        False,
+        False,
+    )
+    backfill = auto.settle(ModelConfig(), "cpu", auto.Workload(online=False, images=5000, node_cpus=8, actors=2))
+    assert (backfill.batch_size, backfill.compile, backfill.precision, backfill.cpu_threads) == (4, True, "fp32", 4)
+    explicit = ModelConfig(precision="bf16", compile=False, cpu_threads=3, channels_last=False)
+    chosen = auto.settle(explicit, "cpu", auto.Workload(online=False, batch_size=16, images=5000, node_cpus=8))
+    assert (chosen.batch_size, chosen.compile, chosen.precision, chosen.cpu_threads, chosen.channels_last) == (
+        16,
+        False,
+        "bf16",
+        3,
+        False,
+    )
+    # the Serve replica reports what settle gave it (/v1/models)
+    monkeypatch.setenv(auto.AUTO_COMPILE_ENV, "0")  # no compiled model built here
+    replica = ModelServer({"name": "efficientnet_lite0", "weights": "random"}, max_ongoing_requests=32)
+    assert replica.settled == auto.settle(replica.config, "cpu", auto.Workload(online=True))

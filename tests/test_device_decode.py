@@ -205,15 +205,13 @@ def test_decoding_in_pixel_budgeted_chunks_changes_nothing(embedded_wrapper, mon
     items = [loader.load(encode(sample_array(name))) for name in ("chelsea", "coffee", "rocket", "astronaut")]
     whole = embedded_wrapper.decode_on_device(items)
     monkeypatch.setattr(device_decode, "MAX_PIXELS_PER_DECODE", 200_000)  # ~one photo per decode call
-    import shared.wrapper
-
     calls: list[tuple[int, int]] = []  # (images, full-size pixels) per decode call
 
     def counting(chunk, device):
         calls.append((len(chunk), sum(item.original_size[0] * item.original_size[1] for item in chunk)))
         return decode_jpegs(chunk, device)
 
-    monkeypatch.setattr(shared.wrapper, "decode_jpegs", counting)
+    monkeypatch.setattr(device_decode, "decode_jpegs", counting)
     chunked = embedded_wrapper.decode_on_device(items)
     assert len(calls) >= 3  # the wrapper really decoded in several calls
     assert all(pixels <= 200_000 or images == 1 for images, pixels in calls)  # under budget, or one big photo alone
@@ -222,9 +220,7 @@ def test_decoding_in_pixel_budgeted_chunks_changes_nothing(embedded_wrapper, mon
 
 
 def test_an_image_the_device_cannot_resize_goes_the_cpu_path_alone(embedded_wrapper, monkeypatch):
-    import shared.wrapper
-
-    real = shared.wrapper.prepare_tensor
+    real = device_decode.prepare_tensor
     calls = []
 
     def out_of_memory_once(chw, spec):
@@ -233,7 +229,7 @@ def test_an_image_the_device_cannot_resize_goes_the_cpu_path_alone(embedded_wrap
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(chw, spec)
 
-    monkeypatch.setattr(shared.wrapper, "prepare_tensor", out_of_memory_once)
+    monkeypatch.setattr(device_decode, "prepare_tensor", out_of_memory_once)
     datas = [encode(sample_array(name)) for name in ("chelsea", "coffee")]
     loader = ImageLoader(ON_DEVICE)
     ready = embedded_wrapper.decode_on_device([loader.load(data) for data in datas])
@@ -278,13 +274,14 @@ def test_cuda_batches_hold_the_process_lock_from_decode_to_the_end_of_the_forwar
     import copy
     import threading
 
-    import shared.wrapper
-    from shared.device_decode import CUDA_DECODE_LOCK
+    from shared.device_decode import CUDA_DECODE_LOCK, DeviceDecoder
 
     monkeypatch.setattr(device_decode, "DECODING_ON_DEVICE", threading.Event())  # a fresh process's state
     held: dict[str, list[bool]] = {"decode": [], "predict": []}
     on_cuda = copy.copy(embedded_wrapper)
-    on_cuda.device = torch.device("cuda")  # only the lock choice and the decoder's device see it
+    on_cuda.decoder = DeviceDecoder(  # only the lock choice and the decoder see CUDA; the model runs on the CPU
+        torch.device("cuda"), embedded_wrapper.spec.preprocess, embedded_wrapper.loader.decode_and_prepare, False
+    )
 
     def decode_on_cpu(chunk, device):
         held["decode"].append(CUDA_DECODE_LOCK.locked())
@@ -292,10 +289,10 @@ def test_cuda_batches_hold_the_process_lock_from_decode_to_the_end_of_the_forwar
 
     def predict_on_cpu(items, params):
         held["predict"].append(CUDA_DECODE_LOCK.locked())
-        return embedded_wrapper._predict_reduced(items, params)
+        return embedded_wrapper.predict_reduced(items, params)
 
-    monkeypatch.setattr(shared.wrapper, "decode_jpegs", decode_on_cpu)
-    monkeypatch.setattr(on_cuda, "_predict_reduced", predict_on_cpu)
+    monkeypatch.setattr(device_decode, "decode_jpegs", decode_on_cpu)
+    monkeypatch.setattr(on_cuda, "predict_reduced", predict_on_cpu)
     data = encode(sample_array("coffee"))
     results = on_cuda.predict_batch([ImageLoader(ON_DEVICE).load(data)])
     assert held == {"decode": [True], "predict": [True]} and not CUDA_DECODE_LOCK.locked()

@@ -29,7 +29,7 @@ def test_logits_match_timm_tf_efficientnet_lite0():
     ours = ModelWrapper(ModelConfig(channels_last=False))
     reference = timm_lite0_with_embedded_weights()
     batch = np.stack([ours.load(encode(sample_array(n))).pixels for n in ("chelsea", "coffee", "rocket", "astronaut")])
-    x = torch.addcmul(ours._shift, torch.from_numpy(batch).float(), ours._scale)
+    x = torch.addcmul(ours.runner.shift, torch.from_numpy(batch).float(), ours.runner.scale)
     with torch.inference_mode():
         a, b = ours.model(x), reference(x)
     assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()

@@ -53,5 +53,6 @@ def test_normalisation_on_device_matches_reference(embedded_wrapper):
     reference = (torch.from_numpy(pixels) / 255.0 - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(
         spec.std
     ).view(1, 3, 1, 1)
-    fused = torch.addcmul(embedded_wrapper._shift, torch.from_numpy(pixels).float(), embedded_wrapper._scale)
+    runner = embedded_wrapper.runner
+    fused = torch.addcmul(runner.shift, torch.from_numpy(pixels).float(), runner.scale)
     assert torch.allclose(fused, reference, atol=1e-5)

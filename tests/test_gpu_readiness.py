@@ -16,14 +16,21 @@ import torch
 import yaml
 from PIL import Image
 
+import shared.torch_process
 import shared.wrapper
 from deployments.model_server import ModelServer
 from shared import ImageLoader, ModelConfig, ModelWrapper, device_decode
-from shared.device_decode import CUDA_DECODE_LOCK, Encoded, decode_jpegs, encoded_if_device_decodable
+from shared.device_decode import (
+    CUDA_DECODE_LOCK,
+    DeviceDecoder,
+    Encoded,
+    decode_jpegs,
+    encoded_if_device_decodable,
+)
 from shared.devices import CudaUnusable, ray_assigned_gpus, resolve_device
 from shared.errors import InvalidImage
 from shared.prepare import Prepared
-from shared.wrapper import bucket_sizes
+from shared.runner import bucket_sizes
 from tests import images
 from tests.test_device_decode import ON_DEVICE, bogus_huffman_jpeg
 from tests.tiny_models import register_tiny
@@ -75,7 +82,7 @@ def counting_backend(graphs: list):
 def test_more_warmed_sizes_than_dynamos_default_limit_all_run_compiled(monkeypatch):
     name = register_tiny(monkeypatch)
     graphs: list = []
-    monkeypatch.setattr(shared.wrapper, "COMPILE_BACKEND", counting_backend(graphs))
+    monkeypatch.setattr(shared.torch_process, "COMPILE_BACKEND", counting_backend(graphs))
     sizes = bucket_sizes(256)
     assert len(sizes) > 8  # dynamo's default recompile_limit
     wrapper = ModelWrapper(ModelConfig(name=name, weights="random", compile=True), batch_sizes=sizes)
@@ -99,13 +106,13 @@ def test_reconfigure_never_compiles_while_batches_run(monkeypatch):
         compiling.clear()
         return gm.forward
 
-    monkeypatch.setattr(shared.wrapper, "COMPILE_BACKEND", slow_backend)
+    monkeypatch.setattr(shared.torch_process, "COMPILE_BACKEND", slow_backend)
     server = ModelServer({"name": name, "weights": "random", "compile": True}, max_ongoing_requests=64)
     server.reconfigure({"max_batch_size": 1, "max_concurrent_batches": 1})
     item = server.wrapper.load(images.small_jpeg("coffee"))
     (expected,) = server.run_batch([item], [{"top_k": 3}])
 
-    real_forward = server.wrapper._forward
+    real_forward = server.wrapper.runner.forward
     overlapped, answers = [], []
 
     def watched_forward(x):
@@ -114,7 +121,7 @@ def test_reconfigure_never_compiles_while_batches_run(monkeypatch):
         overlapped.append(compiling.is_set())
         return out
 
-    monkeypatch.setattr(server.wrapper, "_forward", watched_forward)
+    monkeypatch.setattr(server.wrapper.runner, "forward", watched_forward)
     stop = threading.Event()
 
     def client():
@@ -148,7 +155,7 @@ def test_check_health_fails_when_the_device_does(monkeypatch):
     def poisoned(device):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(shared.wrapper, "_device_probe", poisoned)
+    monkeypatch.setattr(shared.wrapper, "device_probe", poisoned)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         server.check_health()
 
@@ -210,21 +217,19 @@ def test_a_failed_batched_decode_is_bisected(monkeypatch):
 
 def test_the_cpu_fallback_runs_after_the_device_lock_is_released(embedded_wrapper, monkeypatch):
     monkeypatch.setattr(device_decode, "DECODING_ON_DEVICE", threading.Event())
-    on_cuda = copy.copy(embedded_wrapper)
-    on_cuda.device = torch.device("cuda")  # only the lock choice and the decoder's device see it
     held_during_fallback = []
-    real_decode = on_cuda.decode
 
     def rejected_by_the_device(chunk, device):
         return [InvalidImage("simulated nvJPEG reject")] * len(chunk)
 
     def cpu_decode(data):
         held_during_fallback.append(CUDA_DECODE_LOCK.locked())
-        return real_decode(data)
+        return embedded_wrapper.loader.decode_and_prepare(data)
 
-    monkeypatch.setattr(shared.wrapper, "decode_jpegs", rejected_by_the_device)
-    monkeypatch.setattr(on_cuda, "decode", cpu_decode)
-    monkeypatch.setattr(on_cuda, "_predict_reduced", embedded_wrapper._predict_reduced)
+    on_cuda = copy.copy(embedded_wrapper)
+    # only the lock choice and the decoder see CUDA; the model runs on the CPU
+    on_cuda.decoder = DeviceDecoder(torch.device("cuda"), embedded_wrapper.spec.preprocess, cpu_decode, False)
+    monkeypatch.setattr(device_decode, "decode_jpegs", rejected_by_the_device)
     data = encode(sample_array("coffee"))
     results = on_cuda.predict_batch([ImageLoader(ON_DEVICE).load(data)], [{"top_k": 1}])
     assert held_during_fallback == [False]
@@ -236,14 +241,16 @@ def test_eager_cuda_batches_are_padded_to_warmed_sizes(monkeypatch):
     name = register_tiny(monkeypatch)
     wrapper = ModelWrapper(ModelConfig(name=name, weights="random"))
     assert not wrapper.pads_batches  # eager on the CPU: nothing to autotune, no padding
+    runner = copy.copy(wrapper.runner)
+    runner.device = torch.device("cuda")
+    runner.warmed_batch_sizes = (1, 4)
     on_cuda = copy.copy(wrapper)
-    on_cuda.device = torch.device("cuda")
-    on_cuda.warmed_batch_sizes = (1, 4)
+    on_cuda.runner = runner
     assert on_cuda.pads_batches
     shapes = []
-    real_forward = wrapper._forward
-    monkeypatch.setattr(on_cuda, "_stack_to_device", lambda pixels: torch.from_numpy(np.stack(pixels)))
-    monkeypatch.setattr(on_cuda, "_forward", lambda x: shapes.append(len(x)) or real_forward(x))
+    real_forward = wrapper.runner.forward
+    monkeypatch.setattr(runner, "stack_to_device", lambda pixels: torch.from_numpy(np.stack(pixels)))
+    monkeypatch.setattr(runner, "forward", lambda x: shapes.append(len(x)) or real_forward(x))
     item = wrapper.load(images.small_jpeg())
     assert on_cuda.predict([item] * 3).shape == (3, 1000)
     assert shapes == [4]
@@ -254,7 +261,7 @@ def test_eager_cuda_batches_are_padded_to_warmed_sizes(monkeypatch):
 def test_top_k_on_the_device_gives_the_full_probabilities_answers(embedded_wrapper):
     items = [embedded_wrapper.load(encode(sample_array(name))) for name in ("chelsea", "coffee", "rocket")]
     params = [{"top_k": 1}, {"top_k": 7}, {}]
-    scores, indices = embedded_wrapper._predict_reduced(items, params)
+    scores, indices = embedded_wrapper.predict_reduced(items, params)
     assert scores.shape == indices.shape == (3, 7)  # the batch's largest k, not 1000 classes
     reduced = embedded_wrapper.predict_batch(items, params)
     full = embedded_wrapper.postprocess(embedded_wrapper.predict(items), items, params)

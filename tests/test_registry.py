@@ -9,6 +9,8 @@ from pydantic import ValidationError
 
 from shared import ImageLoader, ModelConfig, ModelWrapper, list_models
 from shared.errors import ModelNotFound, WeightsUnavailable
+from shared.labels import coco_categories, imagenet_categories
+from shared.prepare import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from shared.registry import get_spec
 from tests.images import small_jpeg
 
@@ -29,6 +31,64 @@ def test_registry_lists_the_four_models():
     assert {get_spec(n).task for n in list_models()} == {"classify", "detect"}
     with pytest.raises(ModelNotFound):
         get_spec("alexnet")
+
+
+# each alias, its source name and weights, and what the curated entry it replaced typed by hand
+ALIASES = {
+    "resnet152": (
+        "torchvision:resnet152",
+        "IMAGENET1K_V2",
+        PreprocessSpec("resize_crop", 224, resize=232, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        imagenet_categories(),
+        "classify",
+        "ResNet",
+    ),
+    "fasterrcnn_v2": (
+        "torchvision:fasterrcnn_resnet50_fpn_v2",
+        "COCO_V1",
+        PreprocessSpec("max_side", 1333, mean=(0.0,) * 3, std=(1.0,) * 3),
+        coco_categories(),
+        "detect",
+        "FasterRCNN",
+    ),
+}
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_an_alias_is_its_source_names_build(alias):
+    source, weights, preprocess, labels, task, architecture = ALIASES[alias]
+    for asked in ("default", "pretrained"):
+        spec, of_source = get_spec(alias, weights=asked), get_spec(source, weights=weights)
+        assert spec.preprocess == of_source.preprocess == preprocess
+        assert spec.labels() == of_source.labels() == labels
+        assert spec.task == of_source.task == task
+        assert spec.pretrained_options == of_source.pretrained_options
+        assert weights in spec.description == of_source.description
+    assert get_spec(alias, weights="random").preprocess == preprocess
+    built, of_source = get_spec(alias).build("random", {}), get_spec(source).build("random", {})
+    assert type(built).__name__ == type(of_source).__name__ == architecture
+    assert {k: v.shape for k, v in built.state_dict().items()} == {
+        k: v.shape for k, v in of_source.state_dict().items()
+    }
+
+
+def test_an_alias_builds_and_prepares_for_its_own_weights_not_the_sources_default(monkeypatch):
+    import shared.sources.torchvision_models as torchvision_models
+    from shared.registry import REGISTRY, Alias
+
+    monkeypatch.setitem(REGISTRY, "resnet152_v1", Alias("torchvision:resnet152", "IMAGENET1K_V1"))
+    asked = []
+
+    def pretrained(builder, member, **kwargs):
+        asked.append(member.name)
+
+    monkeypatch.setattr(torchvision_models, "torchvision_pretrained", pretrained)
+    for weights in ("default", "pretrained"):
+        spec = get_spec("resnet152_v1", weights=weights)
+        assert spec.preprocess.resize == 256  # V1's transforms; the source's DEFAULT (V2) resizes to 232
+        spec.build(weights, {})
+    assert asked == ["IMAGENET1K_V1", "IMAGENET1K_V1"]
+    assert get_spec("resnet152", weights="pretrained").preprocess.resize == 232
 
 
 def test_resnet152_real_architecture_runs_an_image():

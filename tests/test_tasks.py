@@ -146,3 +146,13 @@ def test_no_code_outside_the_task_classes_branches_on_a_task_name():
         if pattern.search(line)
     ]
     assert not offenders, offenders
+
+
+def test_the_backfill_imports_no_protocol_code():
+    """The Open Inference Protocol's encodings live in deployments/v2, which the backfill never loads."""
+    import subprocess
+    import sys
+
+    probe = "import sys, batch.cli, batch.pipeline; print(sorted(m for m in sys.modules if 'deployments' in m))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

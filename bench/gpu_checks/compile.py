@@ -140,12 +140,11 @@ def recompile_check(backend: str, max_batch_size: int) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
-    import shared.wrapper as wrapper_module
-    from shared import ModelConfig, ModelWrapper
-    from shared.wrapper import bucket_sizes
+    from shared import ModelConfig, ModelWrapper, torch_process
+    from shared.runner import bucket_sizes
     from twinfer.samples import sample_jpegs
 
-    wrapper_module.COMPILE_BACKEND = backend
+    torch_process.COMPILE_BACKEND = backend
     sizes = list(bucket_sizes(max_batch_size))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     wrapper = ModelWrapper(ModelConfig(compile=True, device=device), batch_sizes=sizes)

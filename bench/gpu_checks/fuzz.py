@@ -103,7 +103,7 @@ def fuzz(files_dir: Path, count: int) -> dict:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from shared.device_decode import Encoded, decode_jpegs
-    from shared.wrapper import _device_probe
+    from shared.runner import device_probe
 
     paths = sorted(files_dir.rglob("*.jpg"))[:20]
     clean = torch.frombuffer(bytearray(paths[0].read_bytes()), dtype=torch.uint8)
@@ -147,7 +147,7 @@ def fuzz(files_dir: Path, count: int) -> dict:
     healthy, health_error = True, None
     try:
         torch.cuda.synchronize()
-        _device_probe(torch.device("cuda"))
+        device_probe(torch.device("cuda"))
         after = decode_jpeg(clean, mode=ImageReadMode.RGB, device="cuda").cpu()
         if not torch.equal(before, after):
             healthy, health_error = False, "a clean JPEG decodes differently after the fuzz"
