@@ -148,6 +148,7 @@ def test_no_code_outside_the_task_classes_branches_on_a_task_name():
     assert not offenders, offenders
 
 
+@pytest.mark.process  # a fresh Python
 def test_the_backfill_imports_no_protocol_code():
     """The Open Inference Protocol's encodings live in deployments/v2, which the backfill never loads."""
     import subprocess
