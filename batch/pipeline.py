@@ -30,6 +30,7 @@ from batch.sink import IdempotentParquetSink
 from batch.uris import Resolved, redact_uri, resolve
 from shared.errors import ImageTooLarge
 from shared.wrapper import planned_output_dim
+from twinfer import console
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def summary_line(summary: dict) -> str:
 def _ensure_ray(address: str | None) -> None:
     """Use the current Ray session, or join ``address`` / start a local one (left running, as Ray Data does)."""
     if not ray.is_initialized():
-        ray.init(address=address)
+        ray.init(address=address, **console.ray_init_options())
     elif address:
         logger.warning("Ray is already initialised in this process; ignoring address %s", address)
 

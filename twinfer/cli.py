@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     from batch.cli import register as register_batch
 
     register_batch(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--verbose", action="store_true", help="print Ray's own INFO lines and warnings too (twinfer/console.py)"
+        )
     return parser
 
 
@@ -33,8 +37,17 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from twinfer import console
+
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    if not args.verbose:
+        console.quiet()
+    code = 1
+    try:
+        code = int(args.handler(args) or 0)
+    finally:
+        console.done(failed=code != 0)
+    return code
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from shared import ModelConfig, ModelWrapper
+from twinfer import console
 from twinfer.ports import free_loopback_port
 from twinfer.samples import sample_jpegs
 
@@ -53,7 +54,8 @@ def online(config: ModelConfig, images: dict[str, bytes]) -> dict[str, list[dict
     from deployments.config import AppArgs
 
     port = free_loopback_port()
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    options = {"log_to_driver": False} | console.ray_init_options()
+    ray.init(ignore_reinit_error=True, include_dashboard=False, **options)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build(AppArgs(models=[{"model": config.model_dump()}])), name="twinfer-demo", route_prefix="/")
     try:
