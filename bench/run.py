@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.memory import MemorySampler
 from bench.provenance import provenance
-from twinfer.ports import free_loopback_port
+from bench.serving import start_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,7 +156,7 @@ def run_online(args, data_dir: Path, config) -> dict:
 
     from bench.baselines import docs_style_app
 
-    port = start_serve()
+    port = start_serve().http
     if args.online_app == "shipped":
         app = shipped_app()
     else:
@@ -196,15 +196,6 @@ def shipped_app():
 
     (application,) = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"]
     return build_app(application["args"])
-
-
-def start_serve() -> int:
-    """Serve's HTTP proxy on a free loopback port (Ray must be running); returns the port."""
-    from ray import serve
-
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return port
 
 
 def twinfer_app(

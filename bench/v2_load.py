@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 from bench.provenance import provenance
-from twinfer.ports import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "twinfer"
@@ -54,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from bench.dataset import make_dataset
+    from bench.serving import start_serve
     from deployments.app import build
     from deployments.config import AppArgs
-    from deployments.v2.grpc_servicer import SERVICER_FUNCTION
 
     protocols = ["v1", "v2"] + ([] if args.skip_grpc else ["grpc"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,11 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if not data_dir.exists() or not any(data_dir.rglob("*.jpg")):
             make_dataset(data_dir, args.n)
         ray.init(include_dashboard=False, log_to_driver=False)
-        http_port, grpc_port = free_loopback_port(), free_loopback_port()
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": http_port},
-            grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
-        )
+        ports = start_serve()
         model = {
             "name": "efficientnet_lite0",
             "weights": "default",
@@ -95,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         serve.run(build(app), name=APP, route_prefix="/")
-        base = f"http://127.0.0.1:{http_port}"
+        base = ports.url
         urls = {
             "v1": f"{base}/v1/models/efficientnet_lite0/classify",
             "v2": f"{base}/v2/models/efficientnet_lite0/infer",
-            "grpc": f"127.0.0.1:{grpc_port}",
+            "grpc": ports.grpc_address,
         }
         runs = []
         for round_ in range(args.rounds):

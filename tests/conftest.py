@@ -12,7 +12,6 @@ from contextlib import contextmanager  # noqa: E402
 import pytest  # noqa: E402
 
 from shared import ModelConfig, ModelWrapper  # noqa: E402
-from twinfer.ports import free_loopback_port  # noqa: E402
 
 # Test tiers: `make test-fast` runs what is marked none of these (no Ray, no other process);
 # `make test` (CI) runs everything.
@@ -93,27 +92,14 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def serve_ports(ray_session):
-    """Serve on the shared Ray instance: HTTP on a free loopback port, and the Open Inference
-    Protocol's gRPC service on another (Serve's gRPC options are fixed when it starts)."""
+    """Serve on the shared Ray instance (``bench.serving.start_serve``); Serve's gRPC options are
+    fixed when it starts."""
     from ray import serve
 
-    from deployments.transport import CLIENT_LIMIT_ENV, grpc_message_limit
-    from deployments.v2.grpc_servicer import SERVICER_FUNCTION
-    from shared.decode import DEFAULT_MAX_BYTES
+    from bench.serving import start_serve
 
-    http_port = free_loopback_port()
-    grpc_port = free_loopback_port()
-    while grpc_port == http_port:
-        grpc_port = free_loopback_port()
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": http_port},
-        grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
-        # the gRPC message limit serve_config.yaml gives Serve's proxies: the default body cap's
-        controller_options={
-            "runtime_env": {"env_vars": {CLIENT_LIMIT_ENV: str(grpc_message_limit(DEFAULT_MAX_BYTES))}}
-        },
-    )
-    yield http_port, grpc_port
+    ports = start_serve()
+    yield ports.http, ports.grpc
     serve.shutdown()
 
 

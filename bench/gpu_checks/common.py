@@ -94,10 +94,10 @@ class Context:
     def serve_port(self) -> int:
         """Serve's HTTP port, starting Ray and Serve on first use."""
         if self._serve_port is None:
-            from bench.run import start_serve
+            from bench.serving import start_serve
 
             self.ensure_ray()
-            self._serve_port = start_serve()
+            self._serve_port = start_serve().http
         return self._serve_port
 
 
