@@ -78,7 +78,7 @@ class Manifest:
             with self.fs.open_input_file(path) as handle:
                 orc = paorc.ORCFile(handle)
                 for stripe in range(orc.nstripes):
-                    yield from orc.read_stripe(stripe).to_batches(BATCH_ROWS)
+                    yield orc.read_stripe(stripe)
         else:
             if self.kind == "inventory":
                 names = list(self.csv_columns)

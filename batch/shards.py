@@ -37,6 +37,7 @@ from ray.data.datasource import Datasource, ReadTask
 from batch import layout
 from batch.decode_stage import DECODED_SCHEMA, load_one
 from batch.fetch import Fetched, Fetcher, Transient
+from batch.ownership import OutputRefused, part_identity
 from batch.plan import Plan, shard_rows_table
 from batch.predict_actor import Predictor
 from batch.sink import PART_NAME, TEMP_NAME, IdempotentParquetSink
@@ -147,7 +148,15 @@ def written_paths(fs: pafs.FileSystem, directory: str) -> pa.Array | None:
     columns = []
     for path in parts:
         try:
-            columns.append(pq.read_table(path, columns=["path"], filesystem=fs).column("path"))
+            with fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                if part_identity(parquet.schema_arrow.metadata) is None:
+                    raise OutputRefused(
+                        f"{posixpath.dirname(path)} holds Parquet files named like twinfer's but without its "
+                        f"metadata ({posixpath.basename(path)}): not written by this twinfer version. "
+                        "Nothing was changed: choose another output"
+                    )
+                columns.append(parquet.read(columns=["path"]).column("path"))
         except pa.ArrowInvalid as exc:
             if not isinstance(fs, pafs.LocalFileSystem):
                 raise  # an S3 object is whole: any other failure must not delete results
