@@ -58,6 +58,9 @@ class BackfillConfig(StrictModel):
     shards_per_dataset: int = Field(
         64, ge=1, description="shards run by one Ray Dataset; each group starts a fresh one (bounded driver memory)"
     )
+    max_shards: int | None = Field(
+        None, ge=1, description="run at most this many unfinished shards, then stop (a re-run goes on); None = all"
+    )
     block_rows: int = Field(256, ge=1, description="rows per block a shard's read task yields")
     fetch_threads: int = Field(16, ge=1, le=256, description="concurrent GETs per read task")
     list_tasks: int = Field(64, ge=1, description="sub-prefixes (Ray tasks) a listed input is split into, at least")

@@ -5,6 +5,8 @@ it plans or writes anything, rewrites it every ``timeout / 4`` seconds, and dele
 ends. A second run into the same output finds the lease and is refused (``LeaseHeld``) while the
 heartbeat is younger than ``timeout`` seconds (``lease_timeout_s``, default 120). An older
 heartbeat means its run died (kill -9, a lost machine): the lease is taken over, with a warning.
+So is a lease whose holder ran on this same host (same host name) under a process id that no
+longer exists: a run killed on this machine is resumed at once, without waiting out the timeout.
 
 After writing its lease a run reads it back and goes on only if it still holds its owner id:
 two runs starting within the same instant both read each other's write and one of them loses.
@@ -47,14 +49,14 @@ class Lease:
         current = self.read()
         if current is not None:
             age = time.time() - float(current.get("heartbeat", 0))
-            if age < self.timeout_s:
+            if age < self.timeout_s and not _dead_here(current):
                 raise LeaseHeld(
                     f"output {self.shown} is being written by another backfill (pid {current.get('pid')} on "
                     f"{current.get('host')}, heartbeat {age:.0f} s ago): one run writes an output at a time. "
                     f"Wait for it to end, or, if it is dead, rerun after {self.timeout_s:.0f} s without a heartbeat"
                 )
             logger.warning(
-                "output %s: taking over the lease of pid %s on %s (no heartbeat for %.0f s)",
+                "output %s: taking over the lease of pid %s on %s (no heartbeat for %.0f s, or that process is gone)",
                 self.shown,
                 current.get("pid"),
                 current.get("host"),
@@ -101,3 +103,16 @@ class Lease:
                 self._write()
             except OSError as exc:  # a passing storage error: the next beat tries again
                 logger.warning("lease heartbeat failed: %s", exc)
+
+
+def _dead_here(lease: dict) -> bool:
+    """The holder ran on this host and its process is gone."""
+    if lease.get("host") != socket.gethostname() or not isinstance(lease.get("pid"), int):
+        return False
+    try:
+        os.kill(lease["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (owned by someone else)
+    return False

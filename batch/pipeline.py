@@ -126,7 +126,7 @@ def run_backfill(config: BackfillConfig) -> dict:
     with Lease(fs, output, config.lease_timeout_s, shown):
         plan = settle_plan(config, target, shown, lambda: _ensure_ray(config.address))
         done = done_shards(fs, output)
-        pending = [s for s in range(plan.shards) if s not in done]
+        pending = [s for s in range(plan.shards) if s not in done][: config.max_shards]
         inputs_done = sum(plan.shard_size(s) for s in done if s < plan.shards)
         logger.info(
             "%d inputs in %d shards, %d shards already done in %s, %d to run",
@@ -140,7 +140,7 @@ def run_backfill(config: BackfillConfig) -> dict:
         written = {"rows": 0, "errors": 0, "files": 0}
         missing = 0
         stats = ""
-        pending_rows = plan.rows - inputs_done
+        pending_rows = sum(plan.shard_size(s) for s in pending)
         config = config.resolved(pending_rows, None)  # what runs: no model build may see an auto value
         if pending:
             _ensure_ray(config.address)
@@ -171,6 +171,7 @@ def run_backfill(config: BackfillConfig) -> dict:
         progress.finish()
     seconds = time.perf_counter() - started
     rows = written["rows"]
+    unplanned = plan.rows - inputs_done - pending_rows  # in shards max_shards left for a later run
     if missing:
         logger.warning(
             "%d inputs could not be read this time (see the warnings above): run again to retry them", missing
@@ -181,8 +182,8 @@ def run_backfill(config: BackfillConfig) -> dict:
         "inputs": plan.rows,
         "shards": plan.shards,
         "shards_skipped": len(done),
-        "skipped": plan.rows - rows - missing,
-        "unfinished": missing,
+        "skipped": plan.rows - rows - missing - unplanned,
+        "unfinished": missing + unplanned,
         "rows": rows,
         "errors": written["errors"],
         "files": written["files"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import time
 from pathlib import Path
 
@@ -250,7 +251,7 @@ def test_a_live_lease_refuses_a_second_writer_and_a_stale_one_is_taken_over(tmp_
         first.release()
     assert not Path(layout.state(out, "lease.json")).exists()  # released: removed
 
-    dead = {"owner": "f" * 32, "host": "gone", "pid": 1, "heartbeat": time.time() - 61}
+    dead = {"owner": "f" * 32, "host": "gone", "pid": 1, "heartbeat": time.time() - 61}  # another host
     Path(layout.state(out, "lease.json")).write_text(json.dumps(dead))
     with caplog.at_level("WARNING"):
         second = Lease(LOCAL, out, timeout_s=60, shown=out).acquire()
@@ -259,6 +260,23 @@ def test_a_live_lease_refuses_a_second_writer_and_a_stale_one_is_taken_over(tmp_
         assert json.loads(Path(layout.state(out, "lease.json")).read_text())["owner"] == second.owner
     finally:
         second.release()
+
+
+def test_a_lease_of_a_gone_process_on_this_host_is_taken_over_at_once(tmp_path):
+    import socket
+    import subprocess
+
+    out = str(tmp_path / "out")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid no longer runs
+    fresh = {"owner": "e" * 32, "host": socket.gethostname(), "pid": gone.pid, "heartbeat": time.time()}
+    Path(layout.state(out, "lease.json")).parent.mkdir(parents=True)
+    Path(layout.state(out, "lease.json")).write_text(json.dumps(fresh))
+    Lease(LOCAL, out, timeout_s=600, shown=out).acquire().release()
+    alive = {**fresh, "pid": os.getpid()}  # a live process on this host: refused
+    Path(layout.state(out, "lease.json")).write_text(json.dumps(alive))
+    with pytest.raises(LeaseHeld):
+        Lease(LOCAL, out, timeout_s=600, shown=out).acquire()
 
 
 def test_the_heartbeat_keeps_a_lease_fresh(tmp_path):
