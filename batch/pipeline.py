@@ -59,6 +59,7 @@ def build_dataset(config: BackfillConfig, job: ShardJob, shards: list[int], dim:
     read_args = {"num_cpus": config.decode_cpus, "max_calls": DECODE_MAX_CALLS}
     ds = ray.data.read_datasource(
         ShardDatasource(job, shards),
+        override_num_blocks=len(shards),  # one read task per shard (else Ray splits them into 200 blocks)
         concurrency=config.decode_parallelism,  # the same cap as decode, or the two would not fuse
         **read_args,
     )

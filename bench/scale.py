@@ -26,6 +26,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -166,6 +167,7 @@ def run_one(args) -> dict:
     import ray
 
     from batch.config import BackfillConfig
+    from batch.ownership import JobIdentity, claim_output, inspect_output
     from batch.pipeline import run_backfill
     from batch.planning import settle_plan
     from batch.uris import resolve
@@ -179,9 +181,14 @@ def run_one(args) -> dict:
         **overrides,
     )
     result: dict = {}
+    target = resolve(config.output, config.s3)
+    identity = JobIdentity(config.model.name, config.model.resolved_task)
+    claim_output(
+        target.filesystem, target.path, identity, inspect_output(target.filesystem, target.path, identity, args.output)
+    )
     with Peak() as planning:
         began = time.perf_counter()
-        plan = settle_plan(config, resolve(config.output, config.s3), config.output, None)
+        plan = settle_plan(config, target, config.output, None)
         result["plan_s"] = round(time.perf_counter() - began, 2)
     result.update(plan_rows=plan.rows, plan_rss_growth_mib=round((planning.peak - planning.start) / MIB, 1))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -308,10 +315,10 @@ def main(argv=None) -> int:
         began = time.perf_counter()
         manifest = upload_s3(endpoint, args.s3_keys, work / "src")
         figures["s3_upload_s"] = round(time.perf_counter() - began, 1)
-        marked = log.read_text(errors="replace").count("\n")
+        marked = len(log.read_text(errors="replace").splitlines())
         s3_run = backfill(manifest, work / "out-s3", s3=s3_options(endpoint), **common)
         time.sleep(1)
-        lines = log.read_text(errors="replace").splitlines()[marked:]
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace")).splitlines()[marked:]
         gets = sum('"GET /scale/' in line for line in lines)
         heads = sum('"HEAD /scale/' in line for line in lines)
         figures["s3"] = {
