@@ -157,17 +157,20 @@ def run_backfill(config: BackfillConfig) -> dict:
                     group = pending[first : first + config.shards_per_dataset]
                     ds = build_dataset(config, job, group, dim)
                     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                        rows, errors = batch.column("rows").to_pylist(), batch.column("errors").to_pylist()
-                        written["rows"] += sum(rows)
-                        written["errors"] += sum(errors)
-                        written["files"] += batch.num_rows
-                        progress.wrote(sum(rows), sum(errors))
+                        for shard, rows, errors in zip(
+                            *(batch.column(c).to_pylist() for c in ("shard", "rows", "errors"))
+                        ):
+                            written["rows"] += rows
+                            written["errors"] += errors
+                            written["files"] += 1
+                            progress.wrote(shard, rows, errors)
                     stats = ds.stats()
                     for result in ray.get([finalize_shard.remote(job, s) for s in group]):
                         if result["complete"]:
-                            progress.shard_done()
+                            progress.shard_done(result["shard"], plan.shard_size(result["shard"]))
                         else:
                             missing += result["missing"]
+                            progress.shard_left(result["shard"])
                     del ds
         progress.finish()
     seconds = time.perf_counter() - started

@@ -2,8 +2,10 @@
 
 ``Progress.line()`` is one terminal line; ``update`` prints it at most every ``interval_s``
 seconds (and ``finish`` once more at the end), and writes the same figures as
-``_twinfer/progress.json`` under the output. Rates count this run's images only; the ETA is the
-images left over the rate so far.
+``_twinfer/progress.json`` under the output. Images done are those of shards marked done plus
+the rows this run wrote in shards still open (inputs an unfinished shard had already written
+count when it is marked). Rates count this run's images only; the ETA is the images left over
+the rate so far.
 """
 
 from __future__ import annotations
@@ -31,22 +33,32 @@ class Progress:
     rows: int = 0  # written by this run
     errors: int = 0  # error rows written by this run
     shards_finished: int = 0  # marked by this run
+    finished_inputs: int = 0  # the planned inputs of the shards marked by this run
+    open_rows: dict = field(default_factory=dict)  # shard -> rows this run wrote in it, until it is marked
     started: float = field(default_factory=time.monotonic)
     _last: float = 0.0
 
-    def wrote(self, rows: int, errors: int) -> None:
+    def wrote(self, shard: int, rows: int, errors: int) -> None:
         self.rows += rows
         self.errors += errors
+        self.open_rows[shard] = self.open_rows.get(shard, 0) + rows
         self._maybe_report()
 
-    def shard_done(self) -> None:
+    def shard_done(self, shard: int, size: int) -> None:
+        """``shard`` (``size`` planned inputs) is marked done: all its inputs count, written earlier or now."""
         self.shards_finished += 1
+        self.finished_inputs += size
+        self.open_rows.pop(shard, None)
         self._maybe_report()
+
+    def shard_left(self, shard: int) -> None:
+        """``shard`` ended its group unfinished (a re-run completes it)."""
+        self.open_rows.pop(shard, None)
 
     def figures(self) -> dict:
         seconds = time.monotonic() - self.started
         rate = self.rows / seconds if seconds > 0 else 0.0
-        done = min(self.inputs_done + self.rows, self.inputs)
+        done = min(self.inputs_done + self.finished_inputs + sum(self.open_rows.values()), self.inputs)
         left = self.inputs - done
         return {
             "shards": self.shards,

@@ -30,7 +30,7 @@ from tests.test_batch_pipeline import ROOT, kill_session
 from twinfer.samples import SAMPLE_NAMES
 
 pytestmark = pytest.mark.ray
-CAP = 4096  # every test JPEG is smaller
+CAP = 32768  # every test JPEG is smaller
 
 
 def settings(**overrides) -> BackfillConfig:
@@ -182,7 +182,8 @@ def test_a_killed_multi_shard_backfill_reruns_to_exactly_one_row_per_input(ray_s
     config = settings(input_manifest=str(manifest), output=str(output), shard_rows=8, shards_per_dataset=2)
     summary = run_backfill(config)
     paths = pq.read_table(output).column("path").to_pylist()
-    assert len(paths) == len(set(paths)) == len(files) and set(paths) == set(files)
+    listing = sorted(p.relative_to(output).as_posix() for p in output.rglob("*"))
+    assert len(paths) == len(set(paths)) == len(files) and set(paths) == set(files), (summary, listing)
     assert summary["rows"] == len(files) - done_before and summary["skipped"] == done_before
     assert len(list((output / "_twinfer" / "done").iterdir())) == 6
     assert not list(output.rglob(".tmp-*")) and not (output / "_twinfer" / "lease.json").exists()
