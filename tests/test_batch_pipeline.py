@@ -371,6 +371,8 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
         "2",
         "--rows-per-file",
         "2",
+        "--block-rows",  # the one shard is read in blocks this small, so files appear one by one
+        "2",
         "--no-progress",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
