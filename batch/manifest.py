@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from batch.uris import Resolved
 
 ROWS_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("label", pa.string())])
-BATCH_ROWS = 65_536
+BATCH_ROWS = 8_192
 MAX_MANIFEST_JSON_BYTES = 64 * 1024 * 1024
 INVENTORY_FORMATS = ("CSV", "ORC", "Parquet")
 PLAIN_SUFFIXES = (".parquet", ".csv", ".csv.gz")

@@ -50,7 +50,10 @@ logger = logging.getLogger(__name__)
 # read+decode fuse with each other but never with the predictor. It also recycles decode workers
 # now and then, which bounds any slow leak in the image libraries.
 DECODE_MAX_CALLS = 10_000
-WRITE_CPUS = 0.25  # a write task mostly waits on storage
+# A write task mostly waits on storage, and it must never wait for a CPU: a shard's read task holds
+# its CPU until the whole shard is read, so on a small machine a write task asking for CPU would
+# run only after the shard (no file, no progress, until then). The pool size bounds them instead.
+WRITE_CPUS = 0
 
 
 def build_dataset(config: BackfillConfig, job: ShardJob, shards: list[int], dim: int | None = None) -> Dataset:

@@ -213,6 +213,10 @@ def run_one(args) -> dict:
         run_s=summary["seconds"],
         rows=summary["rows"],
         img_per_s=summary["img_per_s"],
+        # past start-up: the rows after the first file over the time after it
+        steady_img_per_s=round((summary["rows"] - config.min_rows_per_file) / (summary["seconds"] - first[0]), 2)
+        if first[0] is not None and summary["seconds"] > first[0]
+        else None,
         shards_skipped=summary["shards_skipped"],
         skipped=summary["skipped"],
         rss_start_mib=round(running.start / MIB, 1),
