@@ -13,7 +13,8 @@ not fit), and prints as a table and writes as JSON:
 * planning the 1 M-row manifest: seconds and driver RSS growth (goal <= 60 s, <= +64 MiB);
 * time to the first output file, 1 M inputs vs 10 k (goal <= 1.2x);
 * driver peak RSS after the same images, 1 M-input job vs 10 k-input job (goal <= +64 MiB);
-* img/s, 1 M vs 10 k (goal within 10 %);
+* img/s, 1 M vs 10 k (goal within 10 %), past start-up (rows after the first file over the time
+  after it) and over the whole run;
 * S3 requests per image on moto, from its request log (goal 1 GET, 0 HEAD);
 * a re-run of a finished 100 k-input job (goal <= 30 s, 0 image reads). The job is finished
   cheaply: a byte cap of 1 makes every input an ``image_too_large`` row, written without a read;
@@ -372,10 +373,16 @@ def main(argv=None) -> int:
             "only missing; 0 duplicates",
         ),
         (
-            "img/s, 1 M vs 10 k",
+            "img/s past start-up, 1 M vs 10 k",
+            f"{large['steady_img_per_s']} vs {small['steady_img_per_s']} "
+            f"({100 * (large['steady_img_per_s'] / small['steady_img_per_s'] - 1):+.1f} %)",
+            "within 10 %",
+        ),
+        (
+            "img/s whole run, 1 M vs 10 k",
             f"{large['img_per_s']} vs {small['img_per_s']} "
             f"({100 * (large['img_per_s'] / small['img_per_s'] - 1):+.1f} %)",
-            "within 10 %",
+            "start-up included",
         ),
     ]
     figures["table"] = [{"figure": a, "measured": b, "goal": c} for a, b, c in table]
