@@ -93,3 +93,17 @@ def read_small(fs: pafs.FileSystem, path: str, limit: int = 1 << 20) -> bytes | 
         if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
             return None
         raise
+
+
+def remove_state_temps(fs: pafs.FileSystem, output: str) -> None:
+    """Delete the temporaries a killed run left under ``_twinfer/`` (twinfer's own names only)."""
+    from batch.sink import TEMP_NAME
+
+    for directory in (state(output), state(output, "done"), state(output, "plan"), state(output, "plan", "shards")):
+        try:
+            entries = fs.get_file_info(pafs.FileSelector(directory, recursive=False, allow_not_found=True))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.type == pafs.FileType.File and TEMP_NAME.fullmatch(entry.path.rsplit("/", 1)[-1]):
+                fs.delete_file(entry.path)

@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset, TaskPoolStrategy
 
+from batch import layout
 from batch.config import BackfillConfig
 from batch.evaluate import check_report_targets, default_report_uri, run_evaluate
 from batch.fetch import Fetcher
@@ -128,6 +129,7 @@ def run_backfill(config: BackfillConfig) -> dict:
     dim = planned_output_dim(config.model)
     schema = output_schema(config.model, dim).with_metadata(identity.parquet_metadata())
     with Lease(fs, output, config.lease_timeout_s, shown):
+        layout.remove_state_temps(fs, output)  # a killed run's half-written state files
         plan = settle_plan(config, target, shown, lambda: _ensure_ray(config.address))
         done = done_shards(fs, output)
         pending = [s for s in range(plan.shards) if s not in done][: config.max_shards]

@@ -371,7 +371,11 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
         "2",
         "--rows-per-file",
         "2",
-        "--block-rows",  # the one shard is read in blocks this small, so files appear one by one
+        "--block-rows",
+        "2",
+        "--shard-rows",  # ten shards, two per Dataset: the kill lands with some written, some not
+        "4",
+        "--shards-per-dataset",
         "2",
         "--no-progress",
     ]
@@ -395,7 +399,9 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
     assert 0 < done_before < len(files), "the kill should land mid-job"
 
     summary = run_backfill(
-        backfill_config(str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2)
+        backfill_config(
+            str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2, shard_rows=4, block_rows=2
+        )
     )
     paths = pq.read_table(output).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == len(files)
