@@ -23,7 +23,7 @@ BACKFILL_RENAMES = {
     "s3.endpoint_override": "s3-endpoint",
 }
 S3_RENAMES = {"endpoint_override": "s3-endpoint"}
-REQUIRED = ("input", "output")
+REQUIRED = ("output",)  # and input or input_manifest (BackfillConfig checks)
 _BACKFILL_FLAGS: dict[str, tuple[str, ...]] = {}
 _EVALUATE_FLAGS: dict[str, tuple[str, ...]] = {}
 
@@ -133,8 +133,11 @@ def describe(exc: Exception) -> str:
 
 
 def _backfill(args) -> int:
+    from batch.lease import LeaseHeld
+    from batch.manifest import ManifestError
     from batch.ownership import OutputRefused
     from batch.pipeline import DecodeWouldStarve, run_backfill
+    from batch.plan import PlanChanged
 
     try:
         config = config_from_args(args)
@@ -143,7 +146,15 @@ def _backfill(args) -> int:
         return 2
     try:
         run_backfill(config)
-    except (DecodeWouldStarve, OutputRefused, FileNotFoundError, ValidationError) as exc:
+    except (
+        DecodeWouldStarve,
+        OutputRefused,
+        FileNotFoundError,
+        ValidationError,
+        LeaseHeld,
+        PlanChanged,
+        ManifestError,
+    ) as exc:
         print(f"twinfer backfill: {describe(exc)}", file=sys.stderr)
         return 2
     return 0

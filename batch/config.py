@@ -21,7 +21,16 @@ class BackfillConfig(StrictModel):
     model_config = ConfigDict(hide_input_in_errors=True)  # the input holds the S3 secret key
 
     model: ModelConfig = ModelConfig()
-    input: str = Field(description="s3://bucket/prefix, s3://anonymous@bucket/prefix, file:// or a local directory")
+    input: str | None = Field(
+        None,
+        description="s3://bucket/prefix, s3://anonymous@bucket/prefix, file:// or a local directory, "
+        "listed by Ray tasks (one per sub-prefix); or give input_manifest",
+    )
+    input_manifest: str | None = Field(
+        None,
+        description="the inputs as a manifest instead of a listing: an S3 Inventory manifest.json, or a Parquet/CSV "
+        "file or folder with a uri column and optional size and label columns (batch/manifest.py)",
+    )
     output: str = Field(description="directory URI for the Parquet files")
     top_k: int = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="classification: predictions kept per image")
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
@@ -45,12 +54,28 @@ class BackfillConfig(StrictModel):
     decode_parallelism: int | None = Field(
         None, ge=1, description="most decode tasks at once; None = as resources allow"
     )
-    read_blocks: int | None = Field(None, ge=1, description="override the number of read blocks (tests, tuning)")
+    shard_rows: int = Field(10_000, ge=1, description="inputs per shard of the plan (one read task each)")
+    shards_per_dataset: int = Field(
+        64, ge=1, description="shards run by one Ray Dataset; each group starts a fresh one (bounded driver memory)"
+    )
+    max_shards: int | None = Field(
+        None, ge=1, description="run at most this many unfinished shards, then stop (a re-run goes on); None = all"
+    )
+    block_rows: int = Field(256, ge=1, description="rows per block a shard's read task yields")
+    fetch_threads: int = Field(16, ge=1, le=256, description="concurrent GETs per read task")
+    list_tasks: int = Field(64, ge=1, description="sub-prefixes (Ray tasks) a listed input is split into, at least")
+    replan: bool = Field(
+        False, description="plan a changed manifest anew; the output's results of the old plan are deleted"
+    )
+    lease_timeout_s: float = Field(
+        120.0, gt=0, description="a lease without a heartbeat for this long belongs to a dead run and is taken over"
+    )
+    progress_interval_s: float = Field(10.0, ge=0, description="seconds between progress lines")
     min_rows_per_file: int | None = Field(1024, ge=1, description="rows gathered before a Parquet file is written")
     extensions: tuple[str, ...] | None = Field(None, description="only read these file extensions; None = every file")
     s3: S3Options = S3Options()
     address: str | None = Field(None, description="join this Ray cluster; None = the current or a new local one")
-    progress: bool = Field(True, description="Ray Data progress bars")
+    progress: bool = Field(True, description="Ray Data progress bars (the CLI shows them with --verbose)")
     evaluate: bool = Field(False, description="compute accuracy against the label column after the run")
     evaluation_output: str | None = Field(
         None, description="where evaluate writes its JSON report; None = <output>.evaluation.json"
@@ -94,7 +119,12 @@ class BackfillConfig(StrictModel):
             "actors": self.actor_pool_size,
         }
 
-    @field_validator("input", "output", "evaluation_output")
+    @property
+    def source_uri(self) -> str:
+        """The input or the manifest, whichever was given."""
+        return self.input if self.input is not None else self.input_manifest
+
+    @field_validator("input", "input_manifest", "output", "evaluation_output")
     @classmethod
     def _parsable(cls, uri: str | None) -> str | None:
         if uri is not None:
@@ -108,7 +138,9 @@ class BackfillConfig(StrictModel):
             raise ValueError("resources_per_actor is for custom resources: use the CPU / GPU per-actor settings")
         if self.num_gpus_per_actor > 1 and not float(self.num_gpus_per_actor).is_integer():
             raise ValueError("num_gpus_per_actor above 1 must be a whole number")
-        source, sink = parse_uri(self.input), parse_uri(self.output)
+        if (self.input is None) == (self.input_manifest is None):
+            raise ValueError("give input (a folder or prefix to list) or input_manifest, not both or neither")
+        source, sink = parse_uri(self.source_uri), parse_uri(self.output)
         if is_within(sink, source):
             raise ValueError("output must not be inside the input: the next run would read its own Parquet files")
         if is_within(source, sink):

@@ -67,10 +67,11 @@ def label_for(path: str, root: str) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
-def _walk_local(root: str) -> Iterator[InputFile]:
-    """Regular files under ``root`` by the symlink rules of the module docstring. (pyarrow's
-    recursive selector follows directory links, loops included.)"""
-    real_root = os.path.realpath(root)
+def _walk_local(root: str, real_root: str | None = None) -> Iterator[InputFile]:
+    """Regular files under ``root`` by the symlink rules of the module docstring (links must stay
+    inside ``real_root``, by default ``root`` resolved). (pyarrow's recursive selector follows
+    directory links, loops included.)"""
+    real_root = real_root or os.path.realpath(root)
     pending = [root]
     while pending:
         directory = pending.pop()

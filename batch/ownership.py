@@ -3,11 +3,14 @@
 A folder is twinfer's when it holds the job marker ``_twinfer.json`` (written before the first
 result; format, version, model and task) and nothing else but twinfer's own names:
 ``part-<32 hex>.parquet`` results, each with twinfer's key in its Parquet schema metadata, and
-``.tmp-<32 hex>`` temporaries a killed local write left behind. The underscore keeps the marker
-out of pyarrow's, Spark's and Hive's reads of the folder.
+``.tmp-<32 hex>`` temporaries a killed local write left behind, the shard folders
+``shard-<6+ digits>/`` that hold them, and the ``_twinfer/`` folder of the plan, markers, lease
+and progress (``batch.layout``). The underscore keeps the marker and ``_twinfer/`` out of
+pyarrow's, Spark's and Hive's reads of the folder. A folder of format version 1 (part files at
+its top level, no plan) is refused: it is not resumed by this layout.
 
 A missing or empty folder is claimed (the marker is written when the job starts). Any other
-folder - no marker, a name outside those patterns, a subfolder, a part file without the
+folder - no marker, a name outside those patterns, another subfolder, a part file without the
 metadata, or another model's or task's marker - is refused with ``OutputRefused`` before anything
 runs, and nothing in it is deleted or replaced. Deleting is left to ``batch.resume``, and only
 for twinfer's own names in a folder that passed these checks.
@@ -21,12 +24,13 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from batch.layout import SHARD_DIR, STATE_DIR
 from batch.sink import PART_NAME, TEMP_NAME
 from batch.uris import join
 
 MARKER_NAME = "_twinfer.json"
 FORMAT = "twinfer-backfill"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: results in shard folders, the plan under _twinfer/
 METADATA_KEY = b"twinfer"  # Parquet key-value metadata of every part file
 MAX_MARKER_BYTES = 64 * 1024  # ours are ~100 bytes: anything larger is not ours
 SHOWN_NAMES = 5  # foreign names quoted in a refusal
@@ -57,6 +61,7 @@ class OutputFolder:
     marked: bool
     parts: tuple[str, ...] = ()
     temps: tuple[str, ...] = ()
+    shard_dirs: tuple[str, ...] = ()
 
 
 def inspect_output(fs: pafs.FileSystem, directory: str, identity: JobIdentity, shown: str) -> OutputFolder:
@@ -66,10 +71,12 @@ def inspect_output(fs: pafs.FileSystem, directory: str, identity: JobIdentity, s
         return OutputFolder(marked=False)
     if info.type != pafs.FileType.Directory:
         raise OutputRefused(f"output {shown} exists and is not a folder; choose a new output location")
-    marker, parts, temps, foreign = None, [], [], []
+    marker, parts, temps, foreign, ours = None, [], [], [], []
     for entry in fs.get_file_info(pafs.FileSelector(directory, recursive=False)):
         name = posixpath.basename(entry.path)
-        if entry.type != pafs.FileType.File:
+        if entry.type == pafs.FileType.Directory and (name == STATE_DIR or SHARD_DIR.fullmatch(name)):
+            ours.append(entry.path)
+        elif entry.type != pafs.FileType.File:
             foreign.append(name + "/")
         elif name == MARKER_NAME:
             marker = entry
@@ -85,18 +92,26 @@ def inspect_output(fs: pafs.FileSystem, directory: str, identity: JobIdentity, s
             "empty folder, or into one of its own. Nothing was changed: choose another output, or move those files"
         )
     if marker is None:
-        if parts or temps:
+        if parts or temps or ours:
             raise OutputRefused(
-                f"output {shown} holds {_names([posixpath.basename(p) for p in parts + temps])} but no {MARKER_NAME}: "
+                f"output {shown} holds {_names([posixpath.basename(p) for p in parts + temps + ours])} "
+                f"but no {MARKER_NAME}: "
                 "not a folder this twinfer version wrote (outputs of earlier versions are not resumed). "
                 "Nothing was changed: choose another output"
             )
         return OutputFolder(marked=False)
-    check_marker(fs, marker, identity, shown)
-    return OutputFolder(marked=True, parts=tuple(sorted(parts)), temps=tuple(sorted(temps)))
+    version = check_marker(fs, marker, identity, shown)
+    if version < FORMAT_VERSION and parts:
+        raise OutputRefused(
+            f"output {shown} was written by an earlier twinfer (format version {version}, results at the top of the "
+            "folder) and is not resumed by this one. Nothing was changed: choose a new output"
+        )
+    shard_dirs = tuple(sorted(p for p in ours if posixpath.basename(p) != STATE_DIR))
+    return OutputFolder(marked=True, parts=tuple(sorted(parts)), temps=tuple(sorted(temps)), shard_dirs=shard_dirs)
 
 
-def check_marker(fs: pafs.FileSystem, info: pafs.FileInfo, identity: JobIdentity, shown: str) -> None:
+def check_marker(fs: pafs.FileSystem, info: pafs.FileInfo, identity: JobIdentity, shown: str) -> int:
+    """Raises ``OutputRefused`` unless the marker is this job's; returns its format version."""
     content = None
     if info.size is not None and info.size <= MAX_MARKER_BYTES:
         with fs.open_input_stream(info.path) as stream:
@@ -114,6 +129,7 @@ def check_marker(fs: pafs.FileSystem, info: pafs.FileInfo, identity: JobIdentity
     problem = mismatch(content, identity)
     if problem:
         raise OutputRefused(f"output {shown} holds {problem}. Nothing was changed: choose another output")
+    return content["version"]
 
 
 def mismatch(recorded: dict, identity: JobIdentity) -> str | None:

@@ -1,12 +1,15 @@
-"""The backfill: list -> skip what is done -> read -> decode (CPU tasks) -> predict (actors) -> Parquet.
+"""The backfill: plan -> per-shard read (skip what is done, fetch) -> decode (CPU tasks) ->
+predict (actors) -> Parquet per shard -> completion markers.
 
 ``run_backfill(config)`` is the one entry point (CLI, demo and benchmark call it); it returns a
 summary dict and prints one summary line.
 
-Before Ray starts, the output folder is checked (``batch.ownership``: a folder twinfer cannot
+Before anything runs, the output folder is checked (``batch.ownership``: a folder twinfer cannot
 prove is its own is refused, untouched) and, with ``evaluate``, so is the report's location.
-A file the listing already shows to be over ``model.decode.max_bytes`` is never read: the driver
-writes its ``image_too_large`` error row into the output itself, so a resume counts it as done.
+Then the run takes the output's lease (``batch.lease``), finds or makes the plan
+(``batch.planning``), skips the shards with completion markers and runs the others in groups of
+``shards_per_dataset``, a fresh Ray Dataset per group (Ray keeps per-block records per Dataset
+in the driver until it ends). The driver holds shard ids and per-file counts, never input keys.
 """
 
 from __future__ import annotations
@@ -15,20 +18,29 @@ import logging
 import time
 from contextlib import contextmanager
 
-import pyarrow as pa
+import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset, TaskPoolStrategy
 
+from batch import layout
 from batch.config import BackfillConfig
-from batch.decode_stage import decode_batch
 from batch.evaluate import check_report_targets, default_report_uri, run_evaluate
-from batch.listing import InputFile, label_for, list_input_files
-from batch.ownership import JobIdentity, claim_output
-from batch.predict_actor import Predictor, output_schema
-from batch.resume import read_output
-from batch.sink import IdempotentParquetSink
-from batch.uris import Resolved, redact_uri, resolve
-from shared.errors import ImageTooLarge
+from batch.fetch import Fetcher
+from batch.lease import Lease
+from batch.ownership import JobIdentity, OutputRefused, claim_output, inspect_output
+from batch.planning import settle_plan
+from batch.predict_actor import output_schema
+from batch.progress import Progress
+from batch.shards import (
+    ShardDatasource,
+    ShardJob,
+    ShardPredictor,
+    decode_fetched,
+    done_shards,
+    finalize_shard,
+    write_results,
+)
+from batch.uris import redact_uri, resolve
 from shared.wrapper import planned_output_dim
 from twinfer import console
 
@@ -40,30 +52,32 @@ logger = logging.getLogger(__name__)
 # read+decode fuse with each other but never with the predictor. It also recycles decode workers
 # now and then, which bounds any slow leak in the image libraries.
 DECODE_MAX_CALLS = 10_000
+# A write task mostly waits on storage, and it must never wait for a CPU: a shard's read task holds
+# its CPU until the whole shard is read, so on a small machine a write task asking for CPU would
+# run only after the shard (no file, no progress, until then). The pool size bounds them instead.
+WRITE_CPUS = 0
 
 
-def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str], dim: int | None = None) -> Dataset:
-    """The lazy Dataset for ``paths`` (filesystem paths under ``source``), ending before the write.
+def build_dataset(config: BackfillConfig, job: ShardJob, shards: list[int], dim: int | None = None) -> Dataset:
+    """The lazy Dataset for ``shards`` of the plan: one row per file it writes (``WRITTEN_SCHEMA``).
     ``dim``: the width of vector answers (embeddings) the output schema was planned with."""
     read_args = {"num_cpus": config.decode_cpus, "max_calls": DECODE_MAX_CALLS}
-    ds = ray.data.read_binary_files(
-        paths,
-        filesystem=source.filesystem,
-        include_paths=True,
-        override_num_blocks=config.read_blocks,
+    ds = ray.data.read_datasource(
+        ShardDatasource(job, shards),
+        override_num_blocks=len(shards),  # one read task per shard (else Ray splits them into 200 blocks)
         concurrency=config.decode_parallelism,  # the same cap as decode, or the two would not fuse
         **read_args,
     )
     ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={"model": config.model, "input_location": source.location},
+        decode_fetched,
+        fn_kwargs={"model": config.model},
         batch_size=None,  # one read block at a time: a batch size would stop read+decode fusing
         batch_format="pyarrow",
         compute=TaskPoolStrategy(size=config.decode_parallelism),
         **read_args,
     )
-    return ds.map_batches(
-        Predictor,
+    ds = ds.map_batches(
+        ShardPredictor,
         fn_constructor_kwargs={
             "model": config.model,
             "top_k": config.top_k,
@@ -77,73 +91,113 @@ def build_dataset(config: BackfillConfig, source: Resolved, paths: list[str], di
         num_gpus=config.num_gpus_per_actor,
         resources=config.resources_per_actor or None,
     )
+    write_args: dict = {}
+    if isinstance(job.fs, pafs.LocalFileSystem):  # a local output is this machine's disk: write here
+        write_args["label_selector"] = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
+    return ds.map_batches(
+        write_results,
+        fn_kwargs={"job": job},
+        batch_size=config.min_rows_per_file,
+        batch_format="pyarrow",
+        compute=TaskPoolStrategy(size=max(2, config.actor_pool_size)),
+        num_cpus=WRITE_CPUS,
+        **write_args,
+    )
 
 
 def run_backfill(config: BackfillConfig) -> dict:
     """Run (or resume) a backfill; returns the summary (rows, errors, img_per_s, output, ...).
 
     ``rows`` / ``errors`` / ``files`` count what this call wrote; ``skipped`` the inputs an earlier
-    run already wrote; ``img_per_s`` is rows over the whole call (listing and start-up included).
+    run already wrote; ``unfinished`` those still missing (a read that kept failing: run again);
+    ``img_per_s`` is rows over the whole call (planning and start-up included).
     """
     started = time.perf_counter()
     shown = redact_uri(config.output)
-    source = resolve(config.input, config.s3)
     target = resolve(config.output, config.s3)
+    fs, output = target.filesystem, target.path
     identity = JobIdentity(config.model.name, config.model.resolved_task)
     if config.evaluate:
         report_uri = config.evaluation_output or default_report_uri(config.output)
         check_report_targets(report_uri, config.s3)
-    done, folder = read_output(target.filesystem, target.path, identity, shown)
-    inputs = list_input_files(source.filesystem, source.path, config.extensions)
-    pending = [f for f in inputs if source.uri_for(f.path) not in done]
-    cap = config.model.decode.max_bytes
-    too_large = [f for f in pending if f.size is not None and f.size > cap]
-    readable = [f.path for f in pending if f.size is None or f.size <= cap]
-    logger.info(
-        "%d input files, %d already in %s, %d to do (%d over the byte cap)",
-        len(inputs),
-        len(inputs) - len(pending),
-        shown,
-        len(pending),
-        len(too_large),
-    )
-
+    folder = inspect_output(fs, output, identity, shown)
+    if folder.parts:
+        raise OutputRefused(
+            f"output {shown} holds results at the top of the folder, outside shard folders: not this layout. "
+            "Nothing was changed: choose a new output"
+        )
+    claim_output(fs, output, identity, folder)
     dim = planned_output_dim(config.model)
     schema = output_schema(config.model, dim).with_metadata(identity.parquet_metadata())
-    sink = IdempotentParquetSink(target.filesystem, target.path, schema, config.min_rows_per_file)
-    written: list[dict] = []
-    stats = ""
-    if pending:
-        claim_output(target.filesystem, target.path, identity, folder)
-    if too_large:
-        chunk = config.min_rows_per_file or len(too_large)
-        for start in range(0, len(too_large), chunk):
-            rows = too_large_rows(config, source, too_large[start : start + chunk], schema)
-            written.append(sink.write_tables([rows]))
-    cluster_cpus = None  # with an address (a remote cluster) the reservation decides
-    if readable:
-        _ensure_ray(config.address)
-        if not config.address:
-            cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
-            check_cpus_leave_room_for_decode(config, cluster_cpus)
-            warn_if_cpus_are_held(config, ray.available_resources().get("CPU", 0.0), cluster_cpus)
-    config = config.resolved(len(readable), cluster_cpus)  # what runs: no model build may see an auto value
-    if readable:
-        with _progress_bars(config.progress):
-            ds = build_dataset(config, source, readable, dim)
-            ds.write_datasink(sink)
-            stats = ds.stats()
-        written += sink.written
+    with Lease(fs, output, config.lease_timeout_s, shown):
+        layout.remove_state_temps(fs, output)  # a killed run's half-written state files
+        plan = settle_plan(config, target, shown, lambda: _ensure_ray(config.address))
+        done = done_shards(fs, output)
+        pending = [s for s in range(plan.shards) if s not in done][: config.max_shards]
+        inputs_done = sum(plan.shard_size(s) for s in done if s < plan.shards)
+        logger.info(
+            "%d inputs in %d shards, %d shards already done in %s, %d to run",
+            plan.rows,
+            plan.shards,
+            len(done),
+            shown,
+            len(pending),
+        )
+        progress = Progress(fs, output, plan.shards, plan.rows, len(done), inputs_done, config.progress_interval_s)
+        written = {"rows": 0, "errors": 0, "files": 0}
+        missing = 0
+        stats = ""
+        pending_rows = sum(plan.shard_size(s) for s in pending)
+        cluster_cpus = None  # with an address (a remote cluster) the reservation decides
+        if pending:
+            _ensure_ray(config.address)
+            if not config.address:
+                cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
+                check_cpus_leave_room_for_decode(config, cluster_cpus)
+                warn_if_cpus_are_held(config, ray.available_resources().get("CPU", 0.0), cluster_cpus)
+        config = config.resolved(pending_rows, cluster_cpus)  # what runs: no model build may see an auto value
+        if pending:
+            fetcher = Fetcher(config.s3, config.model.decode.max_bytes, config.fetch_threads, config.source_uri)
+            job = ShardJob(fs, output, plan, fetcher, config.block_rows, schema)
+            with _progress_bars(config.progress and not console.is_quiet()):
+                for first in range(0, len(pending), config.shards_per_dataset):
+                    group = pending[first : first + config.shards_per_dataset]
+                    ds = build_dataset(config, job, group, dim)
+                    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                        for shard, rows, errors in zip(
+                            *(batch.column(c).to_pylist() for c in ("shard", "rows", "errors"))
+                        ):
+                            written["rows"] += rows
+                            written["errors"] += errors
+                            written["files"] += 1
+                            progress.wrote(shard, rows, errors)
+                    stats = ds.stats()
+                    for result in ray.get([finalize_shard.remote(job, s) for s in group]):
+                        if result["complete"]:
+                            progress.shard_done(result["shard"], plan.shard_size(result["shard"]))
+                        else:
+                            missing += result["missing"]
+                            progress.shard_left(result["shard"])
+                    del ds
+        progress.finish()
     seconds = time.perf_counter() - started
-    rows = sum(w["rows"] for w in written)
+    rows = written["rows"]
+    unplanned = plan.rows - inputs_done - pending_rows  # in shards max_shards left for a later run
+    if missing:
+        logger.warning(
+            "%d inputs could not be read this time (see the warnings above): run again to retry them", missing
+        )
     summary = {
         "output": shown,
         "model": config.model.name,
-        "inputs": len(inputs),
-        "skipped": len(inputs) - len(pending),
+        "inputs": plan.rows,
+        "shards": plan.shards,
+        "shards_skipped": len(done),
+        "skipped": plan.rows - rows - missing - unplanned,
+        "unfinished": missing + unplanned,
         "rows": rows,
-        "errors": sum(w["errors"] for w in written),
-        "files": sorted(w["file"] for w in written),
+        "errors": written["errors"],
+        "files": written["files"],
         "seconds": round(seconds, 3),
         "img_per_s": round(rows / seconds, 2) if seconds > 0 else 0.0,
         "settings": config.settings(),
@@ -153,22 +207,6 @@ def run_backfill(config: BackfillConfig) -> dict:
     if config.evaluate:
         summary["evaluation"] = run_evaluate(config.output, config.evaluation_output, config.s3)
     return summary
-
-
-def too_large_rows(config: BackfillConfig, source: Resolved, files: list[InputFile], schema: pa.Schema) -> pa.Table:
-    """Output rows (``image_too_large``, no predictions) for files listed over the byte cap."""
-    cap = config.model.decode.max_bytes
-    columns = {
-        "path": [source.uri_for(f.path) for f in files],
-        "label": [label_for(f.path, source.path) for f in files],
-        "model": [config.model.name] * len(files),
-        "error": [ImageTooLarge.code] * len(files),
-        "error_message": [
-            str(ImageTooLarge(f"file is {f.size} bytes, over the {cap}-byte cap (model.decode.max_bytes); not read"))
-            for f in files
-        ],
-    }
-    return pa.table({name: columns.get(name, [None] * len(files)) for name in schema.names}, schema=schema)
 
 
 class DecodeWouldStarve(ValueError):

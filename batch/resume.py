@@ -18,19 +18,23 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from batch.layout import SHARD_DIR
 from batch.ownership import JobIdentity, OutputFolder, OutputRefused, inspect_output, mismatch, part_identity
 
 logger = logging.getLogger(__name__)
 
 
 def output_files(fs: pafs.FileSystem, directory: str) -> list[str]:
-    """Completed Parquet files directly in ``directory`` (none if it does not exist)."""
+    """Completed Parquet files of an output: directly in ``directory`` and in its shard folders
+    (``batch.layout``; nothing under ``_twinfer/``). None if it does not exist."""
     if fs.get_file_info(directory).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(directory, recursive=False))
-    return sorted(
-        i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not _hidden(i.path)
-    )
+    files = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+    for shard in (i.path for i in infos if i.type == pafs.FileType.Directory and SHARD_DIR.fullmatch(_name(i.path))):
+        inner = fs.get_file_info(pafs.FileSelector(shard, recursive=False))
+        files += [i.path for i in inner if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+    return sorted(f for f in files if not _hidden(f))
 
 
 def done_paths(fs: pafs.FileSystem, directory: str, identity: JobIdentity, shown: str | None = None) -> set[str]:
@@ -81,4 +85,8 @@ def read_output(
 
 
 def _hidden(path: str) -> bool:
-    return posixpath.basename(path).startswith((".", "_"))
+    return _name(path).startswith((".", "_"))
+
+
+def _name(path: str) -> str:
+    return posixpath.basename(path)

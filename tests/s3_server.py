@@ -7,6 +7,7 @@ with the endpoint and a ready pyarrow filesystem, and stops the server at the en
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ REGION = "us-east-1"
 @dataclass(frozen=True)
 class S3Server:
     endpoint: str  # host:port
+    log: Path | None = None  # moto_server's request log: one line per request ("GET /bucket/key ...")
 
     @property
     def options(self) -> dict:
@@ -49,6 +51,12 @@ class S3Server:
         with self.filesystem().open_output_stream(path) as stream:
             stream.write(data)
 
+    def requests(self, method: str, prefix: str) -> list[str]:
+        """The request lines so far whose method is ``method`` and whose path starts ``/prefix``."""
+        wanted = f'"{method} /{prefix}'
+        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))  # moto colours non-2xx lines
+        return [line for line in text.splitlines() if wanted in line]
+
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> S3Server:
@@ -60,7 +68,7 @@ def s3_server(tmp_path_factory) -> S3Server:
     )
     try:
         _wait_until_up(f"http://127.0.0.1:{port}/", process)
-        yield S3Server(f"127.0.0.1:{port}")
+        yield S3Server(f"127.0.0.1:{port}", Path(log.name))
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)

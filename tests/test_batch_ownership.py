@@ -1,8 +1,9 @@
 """The backfill deletes or replaces only what it provably wrote; a folder holding anything else is
 refused before anything runs (no Ray), and left byte-for-byte as it was. Local and S3 (moto).
 
-A twinfer output folder is made without Ray here: inputs over ``model.decode.max_bytes`` are
-never read, and their error rows are written by the driver.
+The refusals come before Ray starts (``no_ray``). Where a test needs a real twinfer folder, a
+backfill makes one on the test session's Ray; its inputs are over ``model.decode.max_bytes``, so
+they are never read and their error rows cost no model work.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def write_inputs(root: Path, count: int = 3) -> dict[str, bytes]:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def users_parquet() -> bytes:
@@ -79,17 +80,26 @@ def test_a_users_files_in_the_output_are_kept_and_the_job_refused(tmp_path, no_r
     assert snapshot(out) == before
 
 
-def test_a_twinfer_named_part_file_without_twinfer_metadata_is_refused(tmp_path, no_ray):
+def test_a_twinfer_named_part_file_without_twinfer_metadata_is_refused(tmp_path, ray_session):
     write_inputs(tmp_path / "in")
     out = tmp_path / "out"
     summary = backfill(str(tmp_path / "in"), str(out))  # a real twinfer folder: marker + parts
     assert summary["rows"] == 3 and (out / "_twinfer.json").is_file()
     impostor = "part-" + "ab" * 16 + ".parquet"
-    (out / impostor).write_bytes(users_parquet())
+    (out / impostor).write_bytes(users_parquet())  # at the top, outside any shard folder
     before = snapshot(out)
-    with pytest.raises(ValueError, match=f"without its metadata \\({impostor}\\)"):
+    with pytest.raises(ValueError, match="outside shard folders"):
         backfill(str(tmp_path / "in"), str(out))
     assert snapshot(out) == before
+    (out / impostor).unlink()
+    (out / "_twinfer" / "done" / "000000.json").unlink()  # the shard is resumed: its folder is read
+    (out / "shard-000000" / impostor).write_bytes(users_parquet())
+    before = snapshot(out)
+    with pytest.raises(Exception, match=f"without its metadata \\({impostor}\\)"):
+        backfill(str(tmp_path / "in"), str(out))
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith("_twinfer/")} == {
+        k: v for k, v in before.items() if not k.startswith("_twinfer/")
+    }
 
 
 def test_twinfer_named_files_without_the_marker_are_refused_and_kept(tmp_path, no_ray):
@@ -119,7 +129,7 @@ def test_a_subfolder_or_a_forged_marker_is_refused(tmp_path, no_ray):
     assert (forged / "_twinfer.json").read_text() == '{"anything": 1}' and list((nested / "2024").iterdir()) == []
 
 
-def test_resume_into_another_models_folder_is_refused(tmp_path, no_ray):
+def test_resume_into_another_models_folder_is_refused(tmp_path, ray_session):
     write_inputs(tmp_path / "in")
     out = tmp_path / "out"
     backfill(str(tmp_path / "in"), str(out))
@@ -128,33 +138,37 @@ def test_resume_into_another_models_folder_is_refused(tmp_path, no_ray):
         backfill(str(tmp_path / "in"), str(out), model={**TINY_CAP, "name": "resnet152", "weights": "random"})
     assert snapshot(out) == before
     marker = json.loads((out / "_twinfer.json").read_text())
-    assert marker == {"format": "twinfer-backfill", "version": 1, "model": "efficientnet_lite0", "task": "classify"}
+    assert marker == {"format": "twinfer-backfill", "version": 2, "model": "efficientnet_lite0", "task": "classify"}
 
 
-def test_a_resume_in_a_marked_folder_removes_only_twinfers_leftovers(tmp_path, no_ray):
+def test_a_resume_in_a_marked_folder_removes_only_twinfers_leftovers(tmp_path, ray_session):
     files = write_inputs(tmp_path / "in", 4)
     out = tmp_path / "out"
     first = backfill(str(tmp_path / "in"), str(out))  # 4 rows, 2 per file
-    assert first["rows"] == 4 and len(first["files"]) == 2
-    dropped = out / first["files"][0]
+    assert first["rows"] == 4 and first["files"] == 2
+    shard = out / "shard-000000"
+    written = sorted(p.name for p in shard.iterdir())
+    dropped = shard / written[0]
     dropped.write_bytes(b"PAR1 cut short")  # as a crash on a filesystem without atomic renames leaves it
-    (out / (".tmp-" + "f" * 32)).write_bytes(b"half a file")
+    (shard / (".tmp-" + "f" * 32)).write_bytes(b"half a file")
+    (out / "_twinfer" / "done" / "000000.json").unlink()  # killed before the shard was marked done
     again = backfill(str(tmp_path / "in"), str(out))
-    assert again["rows"] == 2 and again["skipped"] == 2 and again["files"] == [dropped.name]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["_twinfer.json", *first["files"]])
+    assert again["rows"] == 2 and again["skipped"] == 2 and again["files"] == 1
+    assert sorted(p.name for p in shard.iterdir()) == written  # the same rows, the same file name
+    assert sorted(p.name for p in out.iterdir()) == ["_twinfer", "_twinfer.json", "shard-000000"]
     paths = pq.read_table(out).column("path").to_pylist()
     assert sorted(paths) == sorted(str(tmp_path / "in" / rel) for rel in files)
 
 
-def test_an_empty_existing_folder_is_claimed(tmp_path, no_ray):
+def test_an_empty_existing_folder_is_claimed(tmp_path, ray_session):
     write_inputs(tmp_path / "in", 1)
     (tmp_path / "out").mkdir()
     assert backfill(str(tmp_path / "in"), str(tmp_path / "out"))["rows"] == 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir())[0] == "_twinfer.json"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_twinfer", "_twinfer.json", "shard-000000"]
 
 
 # ---- evaluation report -----------------------------------------------------------------------
-def test_the_evaluation_report_never_replaces_a_users_file(tmp_path, no_ray, capsys):
+def test_the_evaluation_report_never_replaces_a_users_file(tmp_path, ray_session, capsys):
     write_inputs(tmp_path / "in")
     out = tmp_path / "out"
     report = tmp_path / "out.evaluation.json"  # the default location, beside the output
@@ -196,8 +210,8 @@ def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_pa
     )
 
 
-def test_s3_files_over_the_byte_cap_become_error_rows_and_count_as_done(s3_server, no_ray):  # noqa: F811
-    """Never read (no Ray, no read at all): the listing's sizes decide; a resume writes nothing."""
+def test_s3_files_over_the_byte_cap_become_error_rows_and_count_as_done(s3_server, ray_session):  # noqa: F811
+    """Never read: the listing's sizes decide; a resume writes nothing."""
     s3_server.create_bucket("capped")
     sizes = {}
     for i in range(3):

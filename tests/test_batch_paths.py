@@ -61,11 +61,9 @@ def test_a_linked_root_lists_like_the_real_one(tmp_path):
     assert found == ["n01/a.jpg", "n01/same.jpg", "n02/c.jpg", "top.jpg"]
 
 
-def test_a_backfill_over_links_writes_one_row_per_real_input(tmp_path, monkeypatch):
-    """End to end without Ray (every file is over the tiny byte cap, so the driver writes its row)."""
-    import batch.pipeline
-
-    monkeypatch.setattr(batch.pipeline, "_ensure_ray", lambda address: pytest.fail("Ray was started"))
+@pytest.mark.ray
+def test_a_backfill_over_links_writes_one_row_per_real_input(tmp_path, ray_session):
+    """End to end through the listing fan-out (every file is over the tiny byte cap: none is read)."""
     root = tree(tmp_path)
     config = BackfillConfig(
         input=str(root), output=str(tmp_path / "out"), model={"decode": {"max_bytes": 100}}, progress=False

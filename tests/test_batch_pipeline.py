@@ -113,11 +113,13 @@ def test_local_backfill_writes_one_row_per_input_with_the_schema(local_run, plan
     assert set(table.column("model").to_pylist()) == {"efficientnet_lite0"}
     labels = {Path(row["path"]).relative_to(planted.root).as_posix(): row["label"] for row in table.to_pylist()}
     assert all(label == (rel.split("/")[0] if "/" in rel else None) for rel, label in labels.items())
-    written = sorted(p.name for p in output.glob("*.parquet"))
+    written = sorted(p.relative_to(output).as_posix() for p in output.glob("shard-*/*.parquet"))
     assert summary["rows"] == len(planted.files) and summary["errors"] == len(BROKEN) and summary["skipped"] == 0
-    assert summary["files"] == written and len(written) > 1
-    assert sorted(p.name for p in output.iterdir()) == ["_twinfer.json", *written]  # the job marker and its files only
+    assert summary["files"] == len(written) > 1
+    # the job marker, twinfer's state folder and the shard folders of its files, nothing else
+    assert sorted(p.name for p in output.iterdir()) == ["_twinfer", "_twinfer.json", "shard-000000"]
     assert all(pq.read_schema(output / name).metadata[b"twinfer"] for name in written)
+    assert json.loads((output / "_twinfer" / "done" / "000000.json").read_text())["rows"] == len(planted.files)
     assert summary["img_per_s"] > 0 and summary["output"] == str(output)
     # what auto chose (compile is off for tests: TWINFER_AUTO_COMPILE=0); the test session's Ray has 4 CPUs
     assert summary["settings"] == {"device": "cpu", "batch_size": 4, "compile": False, "cpu_threads": 4, "actors": 1}
@@ -148,7 +150,7 @@ def test_offline_top_k_equals_the_direct_wrapper(local_run, planted, embedded_wr
 def test_decode_runs_in_tasks_apart_from_the_predictor_actors(local_run):
     summary, _, _ = local_run
     operators = [line.split(":")[0] for line in summary["stats"].splitlines() if line.startswith("Operator ")]
-    decode = [op for op in operators if "decode_batch" in op]
+    decode = [op for op in operators if "decode_fetched" in op]
     predict = [op for op in operators if "Predictor" in op]
     assert len(decode) == 1 and len(predict) == 1 and decode != predict, operators
 
@@ -189,31 +191,27 @@ class _Holder:
 
 def test_rerun_writes_zero_rows(local_run, planted):
     _, output, table = local_run
-    before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
+    results = [*output.glob("shard-*/*"), *output.glob("_twinfer/done/*"), *output.glob("_twinfer/plan/**/*")]
+    before = {p: p.stat().st_mtime_ns for p in results}
     summary = run_backfill(backfill_config(str(planted.root), str(output)))
-    assert summary["rows"] == 0 and summary["skipped"] == len(planted.files) and summary["files"] == []
-    assert {p.name: p.stat().st_mtime_ns for p in output.iterdir()} == before
+    assert summary["rows"] == 0 and summary["skipped"] == len(planted.files) and summary["files"] == 0
+    assert summary["shards_skipped"] == summary["shards"] == 1
+    assert {p: p.stat().st_mtime_ns for p in results} == before
+    assert sorted([*output.glob("shard-*/*"), *output.glob("_twinfer/done/*"), *output.glob("_twinfer/plan/**/*")]) == (
+        sorted(results)
+    )
     assert pq.read_table(output).num_rows == table.num_rows
 
 
-def test_files_over_the_byte_cap_are_never_read_and_land_in_the_same_output(ray_session, tmp_path, monkeypatch):
-    import batch.pipeline
-
+def test_files_over_the_byte_cap_are_never_read_and_land_in_the_same_output(ray_session, tmp_path):
+    """The listed size decides: the row's message names the listed size, which a read would not give."""
     small = {f"n01/small{i}.jpg": images.small_jpeg(SAMPLE_NAMES[i], 40) for i in range(3)}
     cap = max(len(data) for data in small.values())  # at the cap is still read
     large = {"n01/large.jpg": images.small_jpeg("astronaut", 200), "large-top.jpg": images.small_jpeg("rocket", 160)}
     assert min(len(data) for data in large.values()) > cap
     write_tree(tmp_path / "in", {**small, **large})
-    handed: list[str] = []  # what reaches Ray Data's reader
-    real_build = batch.pipeline.build_dataset
-    monkeypatch.setattr(
-        batch.pipeline,
-        "build_dataset",
-        lambda c, s, paths, *rest: handed.extend(paths) or real_build(c, s, paths, *rest),
-    )
     config = backfill_config(str(tmp_path / "in"), str(tmp_path / "out"), model=ModelConfig(decode={"max_bytes": cap}))
     summary = run_backfill(config)
-    assert sorted(handed) == sorted(str(tmp_path / "in" / rel) for rel in small)
     assert summary["rows"] == 5 and summary["errors"] == 2
     rows = {
         Path(row["path"]).relative_to(tmp_path / "in").as_posix(): row
@@ -224,11 +222,11 @@ def test_files_over_the_byte_cap_are_never_read_and_land_in_the_same_output(ray_
         row = rows[rel]
         assert row["error"] == "image_too_large" and row["top_labels"] is None and row["model"] == "efficientnet_lite0"
         assert f"{len(data)} bytes" in row["error_message"] and f"{cap}-byte cap" in row["error_message"]
+        assert row["error_message"].endswith("not read")
     assert rows["n01/large.jpg"]["label"] == "n01" and rows["large-top.jpg"]["label"] is None
     assert all(rows[rel]["error"] is None and rows[rel]["top_labels"] for rel in small)
-    handed.clear()
     again = run_backfill(config)
-    assert again["rows"] == 0 and again["skipped"] == 5 and handed == []
+    assert again["rows"] == 0 and again["skipped"] == 5
 
 
 # ---- evaluate --------------------------------------------------------------------------------
@@ -373,6 +371,12 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
         "2",
         "--rows-per-file",
         "2",
+        "--block-rows",
+        "2",
+        "--shard-rows",  # ten shards, two per Dataset: the kill lands with some written, some not
+        "4",
+        "--shards-per-dataset",
+        "2",
         "--no-progress",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -383,7 +387,7 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
         )
     try:
         deadline = time.monotonic() + 180
-        while not list(output.glob("*.parquet")):
+        while not list(output.glob("shard-*/*.parquet")):
             assert driver.poll() is None, (
                 f"the backfill exited ({driver.returncode}) before writing a file:\n{log.read_text()[-3000:]}"
             )
@@ -395,13 +399,15 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
     assert 0 < done_before < len(files), "the kill should land mid-job"
 
     summary = run_backfill(
-        backfill_config(str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2)
+        backfill_config(
+            str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2, shard_rows=4, block_rows=2
+        )
     )
     paths = pq.read_table(output).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == len(files)
     assert set(paths) == {str(source / rel) for rel in files}
     assert summary["skipped"] == done_before and summary["rows"] == len(files) - done_before
-    assert not [p for p in output.iterdir() if p.name.startswith(".")], "no temporary files are left"
+    assert not [p for p in output.rglob(".*")], "no temporary files are left"
 
 
 def kill_session(process: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -95,8 +95,10 @@ def test_a_setting_that_can_be_auto_takes_auto_on_and_off(flag, expected):
 def test_a_bad_value_is_refused_by_the_parser():
     with pytest.raises(SystemExit):
         build_parser().parse_args([*BASE, "--batch-size", "many"])
-    with pytest.raises(SystemExit):  # --input is required
-        build_parser().parse_args(["backfill", "--output", "/out"])
+    with pytest.raises(SystemExit):  # --output is required
+        cli.config_from_args(build_parser().parse_args(["backfill", "--input", "/in"]))
+    with pytest.raises(ValueError, match="give input .* or input_manifest"):  # one of the two is
+        cli.config_from_args(build_parser().parse_args(["backfill", "--output", "/out"]))
 
 
 def test_model_flags_override_the_model_config_file_key_by_key(tmp_path):

@@ -5,6 +5,7 @@ warnings off the terminal while Ray's log files get what they always get:
 
 - Ray's Python loggers (``ray``, ``ray.data``, ``ray.serve``) print errors only; Ray Data's own
   file handler (``ray-data.log`` in the session's logs) keeps every level;
+- Ray Data's progress bars stay off (``is_quiet()``): the backfill prints its own progress line;
 - ``ray_init_options()``: workers' output stays in their log files (``log_to_driver``), and the
   driver's Ray logging starts at ERROR;
 - what Ray's native code writes to the process's stderr (the core worker's lines) goes to a file,
@@ -45,6 +46,10 @@ def quiet() -> None:
                 handler.setLevel(logging.ERROR)
     logging.getLogger("ray").setLevel(logging.ERROR)
     native_log = _native_stderr_to_file()
+
+
+def is_quiet() -> bool:
+    return _quiet
 
 
 def ray_init_options() -> dict:
