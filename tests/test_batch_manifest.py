@@ -262,6 +262,7 @@ def test_a_live_lease_refuses_a_second_writer_and_a_stale_one_is_taken_over(tmp_
         second.release()
 
 
+@pytest.mark.process  # a finished child's pid
 def test_a_lease_of_a_gone_process_on_this_host_is_taken_over_at_once(tmp_path):
     import socket
     import subprocess

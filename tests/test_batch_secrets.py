@@ -79,6 +79,7 @@ def test_uris_carrying_secrets_are_refused_redacted(data, capsys, caplog):
         assert code == 2 and shown in err, (uri, err)
 
 
+@pytest.mark.ray  # the backfill's listing runs on Ray
 def test_evaluate_and_run_time_errors_never_print_the_secret(data, capsys, caplog, monkeypatch):
     code, err = run_cli(["evaluate", "--predictions", str(data / "out"), "--s3-secret-key", SECRET], capsys, caplog)
     assert code == 2 and "give both" in err

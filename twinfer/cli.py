@@ -36,11 +36,13 @@ def _demo(args) -> int:
     return run_demo(args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, quiet: bool = False) -> int:
+    """Run one command. ``quiet``: keep Ray's own output off the terminal unless ``--verbose``
+    (``twinfer.console``); the ``twinfer`` command sets it, callers in Python get Ray's defaults."""
     from twinfer import console
 
     args = build_parser().parse_args(argv)
-    if not args.verbose:
+    if quiet and not args.verbose:
         console.quiet()
     code = 1
     try:
@@ -50,5 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def cli() -> int:
+    """The ``twinfer`` command."""
+    return main(quiet=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -28,6 +28,7 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune")
 
 _quiet = False
 native_log: str | None = None
+_restore: tuple[int, object] | None = None  # the terminal's descriptor and the sys.stderr it replaced
 
 
 def quiet() -> None:
@@ -61,6 +62,7 @@ def ray_init_options() -> dict:
 
 def _native_stderr_to_file() -> str | None:
     """Point file descriptor 2 at a file and keep ``sys.stderr`` on the terminal."""
+    global _restore
     try:
         terminal = os.dup(2)
         fd, path = tempfile.mkstemp(prefix=f"twinfer-{os.getpid()}-", suffix=".stderr.log")
@@ -69,13 +71,23 @@ def _native_stderr_to_file() -> str | None:
     sys.stderr.flush()
     os.dup2(fd, 2)
     os.close(fd)
-    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    _restore = (terminal, sys.stderr)
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
     return path
 
 
 def done(failed: bool) -> None:
-    """At the command's end: the native log is named when the command failed and it holds
-    something, else removed (Ray's own log files have the same lines)."""
+    """At the command's end: stderr back as it was; the native log is named when the command
+    failed and it holds something, else removed (Ray's own log files have the same lines)."""
+    global _quiet, _restore
+    if _restore is not None:
+        terminal, stderr = _restore
+        sys.stderr.flush()
+        sys.stderr.close()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        sys.stderr, _restore = stderr, None
+    _quiet = False
     if native_log is None:
         return
     try:
