@@ -8,7 +8,7 @@ fails the task.
 Pixels cross to the actors as raw uint8 bytes plus their (3, H, W) shape, so classification
 (fixed size) and detection (sizes vary per image) travel the same way, one byte per channel.
 With ``decode.on_device`` a JPEG crosses still encoded (``encoding`` "jpeg", its header already
-checked here) and the model actor decodes it on the GPU with the rest of its batch.
+checked here) and the model actor decodes it with the rest of its batch (``shared.device_decode``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ it as a ``TwinferError`` from ``error``, which also counts it.
 Each image is decoded and validated in the decode pool, alone, before it can join a batch: a bad
 image is answered with its own 4xx and never reaches (or fails) a model batch. With
 ``decode.on_device`` only a JPEG's header is checked here (``twinfer_decode_seconds`` then times
-that check); a JPEG no decoder can read comes back from the model as its own ``TwinferError``.
+that check); a JPEG no decoder can read comes back from the model as its own ``TwinferError``
+(``shared.device_decode``).
 
 A request's images run a window at a time: a window is what one model replica works on at once
 (``max_batch_size`` x ``max_concurrent_batches``), sent as one model call whose images join the
