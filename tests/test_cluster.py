@@ -365,8 +365,6 @@ def test_backfill_model_actors_run_on_the_worker_node(cluster, photos, embedded_
             4,
             "--rows-per-file",
             2,
-            "--read-blocks",
-            1,
             "--decode-parallelism",
             1,
             "--no-progress",
