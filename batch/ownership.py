@@ -12,8 +12,9 @@ its top level, no plan) is refused: it is not resumed by this layout.
 A missing or empty folder is claimed (the marker is written when the job starts). Any other
 folder - no marker, a name outside those patterns, another subfolder, a part file without the
 metadata, or another model's or task's marker - is refused with ``OutputRefused`` before anything
-runs, and nothing in it is deleted or replaced. Deleting is left to ``batch.resume``, and only
-for twinfer's own names in a folder that passed these checks.
+runs, and nothing in it is deleted or replaced. Deleting is left to ``batch.shards`` (a shard's
+leftovers) and ``batch.layout`` (the state's temporaries), and only for twinfer's own names in a
+folder that passed these checks.
 """
 
 from __future__ import annotations

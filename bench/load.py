@@ -26,6 +26,7 @@ import struct
 import threading
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,6 +56,19 @@ def v2_request(image: bytes) -> tuple[bytes, dict[str, str]]:
     return header + struct.pack("<I", len(image)) + image, headers
 
 
+async def drive(clients: int, step: Callable[[int], Awaitable[None]], running: Callable[[], bool]) -> None:
+    """The closed loop every load here runs (this module's and ``bench.soak_load``'s): ``clients``
+    workers, worker ``c`` awaiting ``step(c)``, ``step(c + clients)``, ... while ``running()``."""
+
+    async def worker(offset: int) -> None:
+        i = offset
+        while running():
+            await step(i)
+            i += clients
+
+    await asyncio.gather(*(worker(c) for c in range(clients)))
+
+
 async def closed_loop(
     url: str,
     bodies: list[bytes],
@@ -77,19 +91,17 @@ async def closed_loop(
         start = time.perf_counter()  # after the client library's import and set-up
         measure_from, stop_at = start + warmup, start + warmup + duration
 
-        async def worker(offset: int) -> None:
-            i = offset
-            while (now := time.perf_counter()) < stop_at:
-                status = await post(url, *requests[i % len(requests)])
-                done = time.perf_counter()
-                if len(first) < FIRST:
-                    first.append(done - now)
-                if now >= measure_from:
-                    latencies.append((done - now, status))
-                    statuses[status] = statuses.get(status, 0) + 1
-                i += clients
+        async def step(i: int) -> None:
+            now = time.perf_counter()
+            status = await post(url, *requests[i % len(requests)])
+            done = time.perf_counter()
+            if len(first) < FIRST:
+                first.append(done - now)
+            if now >= measure_from:
+                latencies.append((done - now, status))
+                statuses[status] = statuses.get(status, 0) + 1
 
-        await asyncio.gather(*(worker(c) for c in range(clients)))
+        await drive(clients, step, lambda: time.perf_counter() < stop_at)
     return {
         **_summary(latencies, statuses, 200, clients, duration),
         "first50_p99_ms": round(float(np.percentile(np.array(first) * 1000, 99)), 1) if first else None,
@@ -188,21 +200,19 @@ async def grpc_closed_loop(
     async with grpc.aio.insecure_channel(address) as channel:
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
 
-        async def worker(offset: int) -> None:
-            i = offset
-            while (now := time.perf_counter()) < stop_at:
-                try:
-                    await infer(requests[i % len(requests)], timeout=60, metadata=metadata)
-                    status = "OK"
-                except grpc.aio.AioRpcError as exc:
-                    status = exc.code().name
-                done = time.perf_counter()
-                if now >= measure_from:
-                    latencies.append((done - now, status))
-                    statuses[status] = statuses.get(status, 0) + 1
-                i += clients
+        async def step(i: int) -> None:
+            now = time.perf_counter()
+            try:
+                await infer(requests[i % len(requests)], timeout=60, metadata=metadata)
+                status = "OK"
+            except grpc.aio.AioRpcError as exc:
+                status = exc.code().name
+            done = time.perf_counter()
+            if now >= measure_from:
+                latencies.append((done - now, status))
+                statuses[status] = statuses.get(status, 0) + 1
 
-        await asyncio.gather(*(worker(c) for c in range(clients)))
+        await drive(clients, step, lambda: time.perf_counter() < stop_at)
     return _summary(latencies, statuses, "OK", clients, duration)
 
 

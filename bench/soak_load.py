@@ -1,4 +1,5 @@
-"""Clients for the soak harness: single requests, closed and open loops, stalled half-sent requests.
+"""Clients for the soak harness: single requests, closed loops (``bench.load.drive``, the one loop
+every load runs) and open loops, stalled half-sent requests.
 
 Every answer becomes a ``Record`` whose ``Verdict`` (``bench.soak_classify``) says whether it is
 documented; timestamps are ``time.monotonic()``.
@@ -17,6 +18,7 @@ import aiohttp
 import numpy as np
 from yarl import URL
 
+from bench.load import drive
 from bench.soak_classify import CATEGORIES, CONN, OK, VIOLATIONS, Verdict, classify
 
 
@@ -81,15 +83,12 @@ def session(connections: int = 0) -> aiohttp.ClientSession:
 async def closed_loop(
     client: Client, url: str, bodies: list[bytes], clients: int, stop: asyncio.Event, records: list[Record]
 ) -> None:
-    """``clients`` workers, each sending its next request when the last one is answered, until ``stop`` is set."""
+    """``bench.load.drive`` with ``clients`` workers until ``stop`` is set, each answer a ``Record``."""
 
-    async def worker(offset: int) -> None:
-        i = offset
-        while not stop.is_set():
-            records.append(await client.send(url, bodies[i % len(bodies)]))
-            i += clients
+    async def step(i: int) -> None:
+        records.append(await client.send(url, bodies[i % len(bodies)]))
 
-    await asyncio.gather(*(worker(c) for c in range(clients)))
+    await drive(clients, step, lambda: not stop.is_set())
 
 
 async def open_loop(client: Client, url: str, bodies: list[bytes], rate: float, stop_at: float, records: list[Record],

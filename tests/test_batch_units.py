@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
@@ -16,8 +15,7 @@ from batch.decode_stage import DECODED_SCHEMA, decode_batch, item_from_row
 from batch.evaluate import evaluate_table, format_report
 from batch.listing import label_for, list_inputs
 from batch.predict_actor import Predictor, output_schema
-from batch.resume import done_paths, output_files
-from batch.sink import TEMP_PREFIX, file_name_for
+from batch.sink import file_name_for
 from batch.uris import S3Options, parse_uri, resolve, s3_filesystem_kwargs
 from shared import DecodeConfig, ImageLoader, ModelConfig
 from shared.labels import class_index_lookup, imagenet_wnids
@@ -252,33 +250,6 @@ def test_file_names_depend_only_on_the_set_of_paths():
     assert file_name_for(["b", "a"]) == file_name_for(["a", "b"]) != file_name_for(["a", "c"])
 
 
-IDENTITY_ARGS = ("efficientnet_lite0", "classify")
-
-
-def _twinfer_part(out: str, table: pa.Table) -> str:
-    """A part file as the sink writes it: twinfer's name and schema metadata."""
-    from batch.ownership import JobIdentity
-
-    name = file_name_for(table.column("path").to_pylist())
-    pq.write_table(table.replace_schema_metadata(JobIdentity(*IDENTITY_ARGS).parquet_metadata()), f"{out}/{name}")
-    return name
-
-
-def test_resume_reads_done_paths_and_cleans_up_what_a_kill_left(tmp_path):
-    from batch.ownership import JobIdentity, OutputFolder, claim_output
-
-    identity = JobIdentity(*IDENTITY_ARGS)
-    fs, out = pafs.LocalFileSystem(), str(tmp_path / "out")
-    assert done_paths(fs, out, identity) == set()  # no output yet
-    claim_output(fs, out, identity, OutputFolder(marked=False))
-    good = _twinfer_part(out, pa.table({"path": ["s3://b/1.jpg", "s3://b/2.jpg"], "error": [None, "invalid_image"]}))
-    (tmp_path / "out" / file_name_for(["s3://b/3.jpg"])).write_bytes(b"PAR1 cut short")
-    (tmp_path / "out" / f"{TEMP_PREFIX}{'0' * 32}").write_bytes(b"half a file")
-    assert done_paths(fs, out, identity) == {"s3://b/1.jpg", "s3://b/2.jpg"}  # error rows count as done
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_twinfer.json", good]
-    assert output_files(fs, out) == [f"{out}/{good}"]
-
-
 def test_model_actors_that_would_starve_decoding_are_refused(tmp_path):
     from batch.pipeline import check_cpus_leave_room_for_decode
 
@@ -385,17 +356,6 @@ def test_default_report_uri_keeps_the_query_string():
         default_report_uri("s3://results/run?endpoint_override=127.0.0.1:9000&scheme=http")
         == "s3://results/run.evaluation.json?endpoint_override=127.0.0.1:9000&scheme=http"
     )
-
-
-def test_resume_deletes_nothing_in_a_folder_without_the_marker(tmp_path):
-    from batch.ownership import JobIdentity, OutputRefused
-
-    good = _twinfer_part(str(tmp_path), pa.table({"path": ["/a.jpg"]}))
-    cut = file_name_for(["/b.jpg"])
-    (tmp_path / cut).write_bytes(b"PAR1 cut short")
-    with pytest.raises(OutputRefused, match="_twinfer.json"):
-        done_paths(pafs.LocalFileSystem(), str(tmp_path), JobIdentity(*IDENTITY_ARGS))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good, cut])
 
 
 def test_output_rows_read_back_as_the_answers_the_wrapper_gave(embedded_wrapper):
