@@ -9,8 +9,8 @@ warnings off the terminal while Ray's log files get what they always get:
 - ``ray_init_options()``: workers' output stays in their log files (``log_to_driver``), and the
   driver's Ray logging starts at ERROR;
 - what Ray's native code writes to the process's stderr (the core worker's lines) goes to a file,
-  ``native_log``, named on the terminal when the command fails (else removed); Python's ``sys.stderr`` (our
-  own errors) still goes to the terminal.
+  ``native_log``, named on the terminal when the command fails (else removed); Python's
+  ``sys.stderr`` (twinfer's own progress and errors) still goes to the terminal.
 
 Library callers (``run_backfill`` from Python) get Ray's defaults: nothing here runs unless a
 command calls ``quiet()``.
@@ -37,7 +37,6 @@ def quiet() -> None:
         return
     _quiet = True
     warnings.filterwarnings("ignore", module=r"ray(\.|$)")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Ray Data configures its loggers when imported: import it first, then turn its console down
     import ray.data  # noqa: F401
 
