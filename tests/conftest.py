@@ -20,7 +20,7 @@ HEAVY_MARKERS = ("ray", "process", "slow")
 RAY_FIXTURES = {"ray_session", "serve_ports", "serve_url", "serve_grpc_address"}
 # ... and one that uses these starts another process (moto_server)
 PROCESS_FIXTURES = {"s3_server"}
-# short-lived helpers libraries run for themselves, allowed in the fast tier
+# short-lived helpers that libraries run for themselves, allowed in the fast tier
 ALLOWED_COMMANDS = {"fc-list"}  # matplotlib's font cache, built once per process
 
 
