@@ -11,6 +11,7 @@ the input, and local symbolic links follow its rules.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import posixpath
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import ray
 
 from batch import layout
-from batch.listing import InputFile, _linked_file, _walk_local, label_for
+from batch.listing import InputFile, _linked_file, label_for, walk_inputs
 from batch.manifest import ROWS_SCHEMA
 from batch.uris import Resolved
 
@@ -110,25 +111,17 @@ def _one_level(source: Resolved, directory: str) -> tuple[list[InputFile], list[
 
 @ray.remote(num_cpus=0.5, max_retries=3)
 def _list_subtree(source: Resolved, directory: str, out_fs: pafs.FileSystem, target: str) -> str:
-    if isinstance(source.filesystem, pafs.LocalFileSystem):
-        found: Iterable[InputFile] = _walk_local(directory, os.path.realpath(source.path))
-    else:
-        found = (
-            InputFile(f.path, f.size)
-            for f in source.filesystem.get_file_info(pafs.FileSelector(directory, recursive=True))
-            if f.type == pafs.FileType.File
-            and not any(p.startswith(".") for p in posixpath.relpath(f.path, source.path).split("/"))
-        )
-    return _write(out_fs, target, found, source, source.path)
+    return _write(out_fs, target, walk_inputs(source.filesystem, directory, source.path), source, source.path)
 
 
 def _write(out_fs: pafs.FileSystem, target: str, files: Iterable[InputFile], source: Resolved, root: str) -> str:
-    """Sorted rows of ``files`` as one Parquet file at ``target`` (written in pieces)."""
-    rows = sorted(files, key=lambda f: f.path)
+    """``files``, in the order they are listed, as one Parquet file at ``target``, written
+    ``WRITE_ROWS`` at a time."""
     out_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    files = iter(files)
     with out_fs.open_output_stream(target) as stream, pq.ParquetWriter(stream, ROWS_SCHEMA) as writer:
-        for start in range(0, max(len(rows), 1), WRITE_ROWS):
-            chunk = rows[start : start + WRITE_ROWS]
+        while True:
+            chunk = list(itertools.islice(files, WRITE_ROWS))
             writer.write_table(
                 pa.table(
                     {
@@ -139,4 +132,5 @@ def _write(out_fs: pafs.FileSystem, target: str, files: Iterable[InputFile], sou
                     schema=ROWS_SCHEMA,
                 )
             )
-    return target
+            if len(chunk) < WRITE_ROWS:
+                return target

@@ -46,18 +46,21 @@ def list_input_files(fs: pafs.FileSystem, root: str, extensions: Iterable[str] |
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {root!r} does not exist")
     wanted = _normalise_extensions(extensions)
-    if isinstance(fs, pafs.LocalFileSystem):
-        found: Iterable[InputFile] = _walk_local(root)
-    else:
-        found = (
-            InputFile(f.path, f.size)
-            for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-            if f.type == pafs.FileType.File
-        )
     return sorted(
-        (f for f in found if not _hidden(f.path, root) and (wanted is None or _extension(f.path) in wanted)),
+        (f for f in walk_inputs(fs, root, root) if wanted is None or _extension(f.path) in wanted),
         key=lambda f: f.path,
     )
+
+
+def walk_inputs(fs: pafs.FileSystem, directory: str, root: str) -> Iterator[InputFile]:
+    """The input files under ``directory`` (inside the input ``root``), as they are listed: hidden
+    names skipped, links by the module docstring's rules (they must stay inside ``root``)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        yield from _walk_local(directory, os.path.realpath(root))
+        return
+    for f in fs.get_file_info(pafs.FileSelector(directory, recursive=True)):
+        if f.type == pafs.FileType.File and not _hidden(f.path, root):
+            yield InputFile(f.path, f.size)
 
 
 def label_for(path: str, root: str) -> str | None:
