@@ -379,22 +379,7 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
         "2",
         "--no-progress",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = tmp_path / "driver.log"
-    with open(log, "wb") as sink:
-        driver = subprocess.Popen(
-            command, cwd=ROOT, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while not list(output.glob("shard-*/*.parquet")):
-            assert driver.poll() is None, (
-                f"the backfill exited ({driver.returncode}) before writing a file:\n{log.read_text()[-3000:]}"
-            )
-            assert time.monotonic() < deadline, "no output file appeared"
-            time.sleep(0.02)
-    finally:
-        kill_session(driver)
+    run_until_then_kill(command, tmp_path / "driver.log", lambda log: list(output.glob("shard-*/*.parquet")))
     done_before = pq.read_table(output).num_rows
     assert 0 < done_before < len(files), "the kill should land mid-job"
 
@@ -408,6 +393,24 @@ def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_p
     assert set(paths) == {str(source / rel) for rel in files}
     assert summary["skipped"] == done_before and summary["rows"] == len(files) - done_before
     assert not [p for p in output.rglob(".*")], "no temporary files are left"
+
+
+def run_until_then_kill(command: list[str], log: Path, ready, timeout: float = 240.0) -> None:
+    """Start ``command`` (a backfill) in its own session, wait until ``ready(log text)``, then
+    ``kill_session`` it; fails if it exits first or ``timeout`` passes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as sink:
+        driver = subprocess.Popen(
+            command, cwd=ROOT, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(log.read_text()):
+            assert driver.poll() is None, f"the backfill exited ({driver.returncode}) early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the backfill never got there"
+            time.sleep(0.02)
+    finally:
+        kill_session(driver)
 
 
 def kill_session(process: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from batch.pipeline import run_backfill
 from batch.uris import resolve
 from tests import images
 from tests.s3_server import s3_server  # noqa: F401  (session fixture)
-from tests.test_batch_pipeline import ROOT, kill_session
+from tests.test_batch_pipeline import run_until_then_kill
 from twinfer.samples import SAMPLE_NAMES
 
 pytestmark = pytest.mark.ray
@@ -161,20 +159,11 @@ def test_a_killed_multi_shard_backfill_reruns_to_exactly_one_row_per_input(ray_s
     command = [sys.executable, "-m", "twinfer.cli", "backfill", "--input-manifest", str(manifest)]
     command += ["--output", str(output), "--batch-size", "2", "--rows-per-call", "2", "--rows-per-file", "2"]
     command += ["--shard-rows", "8", "--shards-per-dataset", "2", "--no-progress", "--progress-interval-s", "0"]
-    log = tmp_path / "driver.log"
-    with open(log, "wb") as sink:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        driver = subprocess.Popen(
-            command, cwd=ROOT, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while len(list(output.glob("shard-*/*.parquet"))) < 3 or "progress:" not in log.read_text():
-            assert driver.poll() is None, f"the backfill exited ({driver.returncode}) early:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "no output file appeared"
-            time.sleep(0.02)
-    finally:
-        kill_session(driver)
+    run_until_then_kill(
+        command,
+        tmp_path / "driver.log",
+        lambda log: len(list(output.glob("shard-*/*.parquet"))) >= 3 and "progress:" in log,
+    )
     done_before = pq.read_table(output).num_rows
     assert 0 < done_before < len(files), "the kill should land mid-job"
     assert (output / "_twinfer" / "lease.json").exists()  # a dead run's lease: taken over below (its pid is gone)
