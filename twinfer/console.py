@@ -41,11 +41,19 @@ def quiet() -> None:
     import ray.data  # noqa: F401
 
     for name in RAY_LOGGERS:
-        for handler in logging.getLogger(name).handlers:
+        ray_logger = logging.getLogger(name)
+        for handler in ray_logger.handlers:
             if not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.ERROR)
+        # handlers added later (Serve adds its own when it starts) see no record below ERROR
+        # logged on this logger itself
+        ray_logger.addFilter(_errors_only)
     logging.getLogger("ray").setLevel(logging.ERROR)
     native_log = _native_stderr_to_file()
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def is_quiet() -> bool:
