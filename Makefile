@@ -48,8 +48,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Whole test files run in TEST_WORKERS processes at once (pytest-xdist), each with its own Ray:
+# on 2 cores, Ray's and the servers' start-up waits of one overlap with the other's work. Which
+# worker takes what, in which order: tests/scheduling.py.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser lint
-	TWINFER_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+	TWINFER_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The edit loop: no Ray, no other process (tests/conftest.py keeps the tiers honest); `make test`
 # runs everything, as CI does.

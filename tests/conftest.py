@@ -12,6 +12,7 @@ from contextlib import contextmanager  # noqa: E402
 import pytest  # noqa: E402
 
 from shared import ModelConfig, ModelWrapper  # noqa: E402
+from tests.scheduling import FilesAndGroups, order_for_workers  # noqa: E402
 
 # Test tiers: `make test-fast` runs what is marked none of these (no Ray, no other process);
 # `make test` (CI) runs everything.
@@ -31,6 +32,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.ray)
         if used & PROCESS_FIXTURES:
             item.add_marker(pytest.mark.process)
+    order_for_workers(items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test``'s workers: tests/scheduling.py."""
+    return FilesAndGroups(config, log) if config.getvalue("dist") == "loadgroup" else None
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,11 +8,6 @@ files. Expected accuracies come from the direct wrapper, never hard-coded.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +29,6 @@ from tests.s3_server import s3_server  # noqa: F401  (session fixture)
 from twinfer import cli
 from twinfer.samples import SAMPLE_NAMES, encode, sample_array
 
-ROOT = Path(__file__).resolve().parent.parent
 BROKEN = {
     "broken/corrupt.jpg": (images.corrupt_jpeg(), "invalid_image"),
     "broken/truncated.jpg": (images.truncated_jpeg(), "invalid_image"),
@@ -346,89 +340,3 @@ def test_embedding_backfill_writes_a_vector_column_equal_to_the_direct_wrappers(
         assert np.allclose(rows[name]["embedding"], want, atol=1e-5, rtol=0)
     vectors = table.to_pandas()["embedding"]  # pandas reads each row as one float32 array
     assert vectors.iloc[0] is None or vectors.dropna().map(len).eq(1280).all()
-
-
-# ---- kill and resume -------------------------------------------------------------------------
-@pytest.mark.timeout(300)
-def test_killed_backfill_resumes_to_exactly_one_row_per_input(ray_session, tmp_path):
-    files = {
-        f"n0{i % 4}/img{i:02d}.jpg": images.small_jpeg(SAMPLE_NAMES[i % len(SAMPLE_NAMES)], 48 + i) for i in range(40)
-    }
-    write_tree(tmp_path / "in", files)
-    source, output = tmp_path / "in", tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "twinfer.cli",
-        "backfill",
-        "--input",
-        str(source),
-        "--output",
-        str(output),
-        "--batch-size",
-        "2",
-        "--rows-per-call",
-        "2",
-        "--rows-per-file",
-        "2",
-        "--block-rows",
-        "2",
-        "--shard-rows",  # ten shards, two per Dataset: the kill lands with some written, some not
-        "4",
-        "--shards-per-dataset",
-        "2",
-        "--no-progress",
-    ]
-    run_until_then_kill(command, tmp_path / "driver.log", lambda log: list(output.glob("shard-*/*.parquet")))
-    done_before = pq.read_table(output).num_rows
-    assert 0 < done_before < len(files), "the kill should land mid-job"
-
-    summary = run_backfill(
-        backfill_config(
-            str(source), str(output), batch_size=2, rows_per_call=2, min_rows_per_file=2, shard_rows=4, block_rows=2
-        )
-    )
-    paths = pq.read_table(output).column("path").to_pylist()
-    assert len(paths) == len(set(paths)) == len(files)
-    assert set(paths) == {str(source / rel) for rel in files}
-    assert summary["skipped"] == done_before and summary["rows"] == len(files) - done_before
-    assert not [p for p in output.rglob(".*")], "no temporary files are left"
-
-
-def run_until_then_kill(command: list[str], log: Path, ready, timeout: float = 240.0) -> None:
-    """Start ``command`` (a backfill) in its own session, wait until ``ready(log text)``, then
-    ``kill_session`` it; fails if it exits first or ``timeout`` passes."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log, "wb") as sink:
-        driver = subprocess.Popen(
-            command, cwd=ROOT, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready(log.read_text()):
-            assert driver.poll() is None, f"the backfill exited ({driver.returncode}) early:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "the backfill never got there"
-            time.sleep(0.02)
-    finally:
-        kill_session(driver)
-
-
-def kill_session(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGKILL the driver's process group (its local Ray too) and wait until none of it is left."""
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    deadline = time.monotonic() + timeout
-    while _session_members(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def _session_members(session: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == session:
-                    members.append(int(entry))
-            except OSError:
-                pass
-    return members

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,10 +27,10 @@ from batch.pipeline import run_backfill
 from batch.uris import resolve
 from tests import images
 from tests.s3_server import s3_server  # noqa: F401  (session fixture)
-from tests.test_batch_pipeline import run_until_then_kill
 from twinfer.samples import SAMPLE_NAMES
 
 pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
 CAP = 32768  # every test JPEG is smaller
 
 
@@ -146,18 +149,20 @@ def test_the_listing_fans_out_over_ray_tasks_and_matches_the_driver_listing(ray_
 
 
 @pytest.mark.process
+@pytest.mark.timeout(300)
 def test_a_killed_multi_shard_backfill_reruns_to_exactly_one_row_per_input(ray_session, tmp_path):
-    files = {}
+    """``kill -9`` of a CLI backfill (its session, its local Ray with it) with some shards written
+    and some not, then a re-run: one row per input, only the missing ones predicted, the dead
+    run's lease taken over, nothing temporary left."""
+    source, output = tmp_path / "in", tmp_path / "out"
+    files = set()
     for i in range(48):
-        path = tmp_path / "in" / f"n0{i % 4}" / f"img{i:02d}.jpg"
+        path = source / f"n0{i % 4}" / f"img{i:02d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(images.small_jpeg(SAMPLE_NAMES[i % len(SAMPLE_NAMES)], 40 + i))
-        files[str(path)] = path.stat().st_size
-    manifest = tmp_path / "manifest.parquet"
-    pq.write_table(pa.table({"uri": list(files), "size": list(files.values())}), manifest)
-    output = tmp_path / "out"
-    command = [sys.executable, "-m", "twinfer.cli", "backfill", "--input-manifest", str(manifest)]
-    command += ["--output", str(output), "--batch-size", "2", "--rows-per-call", "2", "--rows-per-file", "2"]
+        files.add(str(path))
+    command = [sys.executable, "-m", "twinfer.cli", "backfill", "--input", str(source), "--output", str(output)]
+    command += ["--batch-size", "2", "--rows-per-call", "2", "--rows-per-file", "2", "--block-rows", "2"]
     command += ["--shard-rows", "8", "--shards-per-dataset", "2", "--no-progress", "--progress-interval-s", "0"]
     run_until_then_kill(
         command,
@@ -168,13 +173,52 @@ def test_a_killed_multi_shard_backfill_reruns_to_exactly_one_row_per_input(ray_s
     assert 0 < done_before < len(files), "the kill should land mid-job"
     assert (output / "_twinfer" / "lease.json").exists()  # a dead run's lease: taken over below (its pid is gone)
 
-    config = settings(input_manifest=str(manifest), output=str(output), shard_rows=8, shards_per_dataset=2)
+    config = settings(input=str(source), output=str(output), shard_rows=8, shards_per_dataset=2, block_rows=2)
     summary = run_backfill(config)
     paths = pq.read_table(output).column("path").to_pylist()
     listing = sorted(p.relative_to(output).as_posix() for p in output.rglob("*"))
-    assert len(paths) == len(set(paths)) == len(files) and set(paths) == set(files), (summary, listing)
+    assert len(paths) == len(set(paths)) == len(files) and set(paths) == files, (summary, listing)
     assert summary["rows"] == len(files) - done_before and summary["skipped"] == done_before
     assert len(list((output / "_twinfer" / "done").iterdir())) == 6
-    assert not list(output.rglob(".tmp-*")) and not (output / "_twinfer" / "lease.json").exists()
+    assert not list(output.rglob(".*")) and not (output / "_twinfer" / "lease.json").exists()
     progress = json.loads((output / "_twinfer" / "progress.json").read_text())
     assert progress["inputs_done"] == len(files) and progress["shards_done"] == 6
+
+
+def run_until_then_kill(command: list[str], log: Path, ready, timeout: float = 240.0) -> None:
+    """Start ``command`` (a backfill) in its own session, wait until ``ready(log text)``, then
+    ``kill_session`` it; fails if it exits first or ``timeout`` passes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as sink:
+        driver = subprocess.Popen(
+            command, cwd=ROOT, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(log.read_text()):
+            assert driver.poll() is None, f"the backfill exited ({driver.returncode}) early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the backfill never got there"
+            time.sleep(0.02)
+    finally:
+        kill_session(driver)
+
+
+def kill_session(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGKILL the driver's process group (its local Ray too) and wait until none of it is left."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + timeout
+    while _session_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _session_members(session: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == session:
+                    members.append(int(entry))
+            except OSError:
+                pass
+    return members

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 
@@ -22,11 +23,20 @@ RAY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING)\b|core_worker|\(pid=|\(\w+ pid=|S
 
 
 def twinfer(*args: str) -> subprocess.CompletedProcess:
+    """The CLI's run; ``.pid`` is its process id."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "twinfer.cli", *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT
-    )
+    command = [sys.executable, "-m", "twinfer.cli", *args]
+    with subprocess.Popen(command, stdout=PIPE, stderr=PIPE, text=True, env=env, cwd=ROOT) as process:
+        stdout, stderr = process.communicate(timeout=300)
+    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    done.pid = process.pid
+    return done
+
+
+def native_logs(pid: int) -> list[Path]:
+    """What twinfer/console.py names its native-stderr file for process ``pid``."""
+    return list(Path(tempfile.gettempdir()).glob(f"twinfer-{pid}-*.stderr.log"))
 
 
 def test_backfill_prints_its_summary_and_no_ray_line_unless_verbose(tmp_path):
@@ -36,13 +46,12 @@ def test_backfill_prints_its_summary_and_no_ray_line_unless_verbose(tmp_path):
         (images / f"cat{size}.jpg").write_bytes(small_jpeg(size=size))
     (images / "broken.jpg").write_bytes(corrupt_jpeg())
 
-    native_logs = set(Path(tempfile.gettempdir()).glob("twinfer-*.stderr.log"))
     quiet = twinfer("backfill", "--input", str(tmp_path / "images"), "--output", str(tmp_path / "out"))
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     printed = (quiet.stdout + quiet.stderr).splitlines()
     assert [line for line in printed if RAY_LINE.search(line)] == []
     assert any(line.startswith("backfill: 4 rows written (1 errors") for line in printed), printed
-    assert set(Path(tempfile.gettempdir()).glob("twinfer-*.stderr.log")) <= native_logs, "Ray's native log left behind"
+    assert native_logs(quiet.pid) == [], "Ray's native log left behind"
 
     verbose = twinfer("backfill", "--input", str(tmp_path / "images"), "--output", str(tmp_path / "again"), "--verbose")
     assert verbose.returncode == 0, verbose.stderr[-3000:]
