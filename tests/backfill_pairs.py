@@ -1,7 +1,7 @@
 """Real backfills for the comparison and report tests: pairs of outputs over the same inputs.
 
 Import the fixtures into a test module to use them (session scope: each pair is backfilled once
-per test session, whichever modules ask), and mark the module ``xdist_group("backfill_pairs")``
+per test session, whichever modules ask), and name the module in tests/scheduling.py's ``GROUPS``
 so that ``make test`` runs it on the worker that has them.
 
 - ``planted_inputs``: sample-photo crops filed under the class the embedded model gives the whole

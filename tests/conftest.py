@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
     order_for_workers(items)
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """``make test``'s workers: tests/scheduling.py."""
     return FilesAndGroups(config, log) if config.getvalue("dist") == "loadgroup" else None

@@ -1,16 +1,24 @@
 """How ``make test`` spreads the suite over its workers (pytest-xdist, ``--dist loadgroup``).
 
 A worker takes a whole file at a time, as ``--dist loadfile`` does, so module fixtures (a Serve
-app, a backfill) are built once; the files of one ``xdist_group`` go to one worker together, as
-they share session fixtures (tests/backfill_pairs.py) that each worker would otherwise build
-again. Files are handed out in ``order_for_workers`` order: those that start processes first,
-then Ray's, the fast tier last, so that the run ends on short tests spread over every worker
-rather than on one long test alone.
+app, a backfill) are built once; the files of one group in ``GROUPS`` go to one worker together,
+as they share session fixtures that each worker would otherwise build again. (The groups are
+named here by file, not with xdist's ``xdist_group`` mark: xdist 3.8 appends a mark's group to
+``item._nodeid``, which pytest 9 no longer reads, so the mark groups nothing.) Files are handed
+out in ``order_for_workers`` order: those that start processes first, then Ray's, the fast tier
+last, so that the run ends on short tests spread over every worker rather than on one long test
+alone.
 """
 
 from __future__ import annotations
 
 from xdist.scheduler import LoadScopeScheduling
+
+# files that use tests/backfill_pairs.py's session fixtures
+GROUPS = {
+    "tests/test_compare_backfills.py": "backfill_pairs",
+    "tests/test_reports_browser.py": "backfill_pairs",
+}
 
 
 class FilesAndGroups(LoadScopeScheduling):
@@ -19,22 +27,19 @@ class FilesAndGroups(LoadScopeScheduling):
 
 
 def work_unit(nodeid: str) -> str:
-    """A test's group (xdist appends ``@group`` to the ids of a marked test), or else its file."""
-    return nodeid.rsplit("@", 1)[1] if "@" in nodeid else nodeid.split("::", 1)[0]
+    """What a worker takes with this test: its file's group, or else its file."""
+    path = nodeid.split("::", 1)[0]
+    return GROUPS.get(path, path)
 
 
 def order_for_workers(items: list) -> None:
-    """Sorts collected items in place by their file's (or group's) heaviest tier; a stable sort,
-    so each file keeps its tests together and in order."""
+    """Sorts collected items in place by their work unit's heaviest tier; a stable sort, so each
+    file keeps its tests together and in order."""
     weight: dict[str, int] = {}
     for item in items:
-        weight[_unit(item)] = min(weight.get(_unit(item), 2), _weight(item))
-    items.sort(key=lambda item: weight[_unit(item)])
-
-
-def _unit(item) -> str:
-    mark = item.get_closest_marker("xdist_group")
-    return str(mark.args[0]) if mark else str(item.path)
+        unit = work_unit(item.nodeid)
+        weight[unit] = min(weight.get(unit, 2), _weight(item))
+    items.sort(key=lambda item: weight[work_unit(item.nodeid)])
 
 
 def _weight(item) -> int:

@@ -25,9 +25,6 @@ from tests.backfill_pairs import (  # noqa: F401  (session fixtures)
 from tests.s3_server import s3_server  # noqa: F401  (session fixture)
 from twinfer import cli
 
-# one worker of `make test` runs both files that use these backfills (tests/scheduling.py)
-pytestmark = pytest.mark.xdist_group("backfill_pairs")
-
 
 def rows_by_path(output) -> dict[str, dict]:
     return {row["path"]: row for row in read_predictions(str(output)).to_pylist()}

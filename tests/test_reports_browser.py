@@ -20,9 +20,6 @@ from tests.backfill_pairs import classify_pair, detect_pair, embed_pair, planted
 from tests.test_ui_browser import browser, chromium  # noqa: F401  (Chromium, or a skip that says why)
 from twinfer import cli
 
-# one worker of `make test` runs both files that use these backfills (tests/scheduling.py)
-pytestmark = pytest.mark.xdist_group("backfill_pairs")
-
 SCREENSHOTS = {"evaluation": "report-evaluation", "classify": "report-comparison", "detect": "report-detection"}
 
 

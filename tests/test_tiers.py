@@ -3,33 +3,25 @@ none of ray/process/slow, and lets a marked one start it. ``make test``'s worker
 files or groups, heaviest tier first (tests/scheduling.py)."""
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests import scheduling
 from tests.conftest import _no_process_unless_marked
 from tests.scheduling import order_for_workers, work_unit
 
 TESTS = Path(__file__).resolve().parent
 
 
-class Mark:
-    def __init__(self, name: str, *args):
-        self.name, self.args = name, args
-
-
 class Item:
-    nodeid = "tests/test_x.py::test_y"
-
-    def __init__(self, *markers: str, path: str = "tests/test_x.py", group: str | None = None):
+    def __init__(self, *markers: str, path: str = "tests/test_x.py"):
         self.markers = markers
-        self.path = Path(path)
-        self.group = group
+        self.nodeid = f"{path}::test_y"
 
     def get_closest_marker(self, name: str):
-        if name == "xdist_group":
-            return Mark(name, self.group) if self.group else None
         return name if name in self.markers else None
 
 
@@ -46,24 +38,26 @@ def test_an_unmarked_test_may_not_start_a_process_and_a_marked_one_may():
     assert subprocess.run(["true"]).returncode == 0  # the patch is gone after the block
 
 
-def test_a_worker_takes_a_whole_file_or_a_whole_group():
+def test_a_worker_takes_a_whole_file_or_a_whole_group(monkeypatch):
+    monkeypatch.setattr(scheduling, "GROUPS", {"tests/test_b.py": "pairs", "tests/test_c.py": "pairs"})
     assert work_unit("tests/test_a.py::test_x[1-2]") == work_unit("tests/test_a.py::test_y") == "tests/test_a.py"
     assert work_unit("tests/test_a.py::Case::test_x") == "tests/test_a.py"
-    assert work_unit("tests/test_a.py::test_x@pairs") == work_unit("tests/test_b.py::test_y[p]@pairs") == "pairs"
+    assert work_unit("tests/test_b.py::test_x") == work_unit("tests/test_c.py::Case::test_y[p]") == "pairs"
 
 
-def test_files_are_handed_out_heaviest_tier_first_each_kept_together_and_in_order():
-    fast_1, fast_2 = Item(path="tests/test_fast.py"), Item(path="tests/test_fast.py")
+def test_files_are_handed_out_heaviest_tier_first_each_kept_together_and_in_order(monkeypatch):
+    monkeypatch.setattr(scheduling, "GROUPS", {"tests/test_g1.py": "g", "tests/test_g2.py": "g"})
+    fast = [Item(path="tests/test_fast.py"), Item(path="tests/test_fast.py")]
     ray_then_fast = [Item("ray", path="tests/test_r.py"), Item(path="tests/test_r.py")]
-    grouped = [Item(path="tests/test_g1.py", group="g"), Item("process", path="tests/test_g2.py", group="g")]
+    grouped = [Item(path="tests/test_g1.py"), Item("process", path="tests/test_g2.py")]
     process = Item("process", path="tests/test_p.py")
-    items = [fast_1, *ray_then_fast, grouped[0], fast_2, process, grouped[1]]
+    items = [*fast, *ray_then_fast, grouped[0], process, grouped[1]]
     order_for_workers(items)
-    assert items == [grouped[0], process, grouped[1], *ray_then_fast, fast_1, fast_2]
+    assert items == [grouped[0], process, grouped[1], *ray_then_fast, *fast]
 
 
 def test_every_file_using_the_shared_backfills_is_in_their_group():
-    users = [path.name for path in TESTS.glob("test_*.py") if "from tests.backfill_pairs import" in path.read_text()]
+    imports = re.compile(r"^from tests\.backfill_pairs import", re.MULTILINE)
+    users = [path for path in TESTS.glob("test_*.py") if imports.search(path.read_text())]
     assert len(users) >= 2
-    for name in users:
-        assert 'pytestmark = pytest.mark.xdist_group("backfill_pairs")' in (TESTS / name).read_text(), name
+    assert {f"tests/{path.name}": "backfill_pairs" for path in users} == scheduling.GROUPS
