@@ -28,7 +28,11 @@ def twinfer(*args: str) -> subprocess.CompletedProcess:
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "twinfer.cli", *args]
     with subprocess.Popen(command, stdout=PIPE, stderr=PIPE, text=True, env=env, cwd=ROOT) as process:
-        stdout, stderr = process.communicate(timeout=300)
+        try:
+            stdout, stderr = process.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
     done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     done.pid = process.pid
     return done

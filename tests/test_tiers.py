@@ -5,6 +5,7 @@ files or groups, heaviest tier first (tests/scheduling.py)."""
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,40 @@ def test_every_file_using_the_shared_backfills_is_in_their_group():
     users = [path for path in TESTS.glob("test_*.py") if imports.search(path.read_text())]
     assert len(users) >= 2
     assert {f"tests/{path.name}": "backfill_pairs" for path in users} == scheduling.GROUPS
+
+
+@pytest.mark.process
+def test_pytest_xdist_gives_a_groups_files_to_one_worker(tmp_path):
+    """Two workers over four small files, two of them one group: each file, and the group's two
+    files, run on one worker."""
+    (tmp_path / "conftest.py").write_text(
+        "from tests import scheduling\n"
+        'scheduling.GROUPS = {"test_a.py": "g", "test_d.py": "g"}\n'
+        "def pytest_xdist_make_scheduler(config, log):\n"
+        "    return scheduling.FilesAndGroups(config, log)\n"
+    )
+    for name in "abcd":
+        (tmp_path / f"test_{name}.py").write_text(
+            "import os\n"
+            + "".join(
+                f"def test_{i}():\n"
+                f"    with open('ran.txt', 'a') as out:\n"
+                f"        out.write('{name} ' + os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n"
+                for i in range(3)
+            )
+        )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(TESTS.parent)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    workers: dict[str, set[str]] = {}
+    for line in (tmp_path / "ran.txt").read_text().splitlines():
+        name, worker = line.split()
+        workers.setdefault(name, set()).add(worker)
+    assert sorted(workers) == list("abcd") and all(len(ran_on) == 1 for ran_on in workers.values()), workers
+    assert workers["a"] == workers["d"], workers
