@@ -90,7 +90,8 @@ def embedded_wrapper() -> ModelWrapper:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One Ray instance for the whole test session (online and offline tests share it)."""
+    """One Ray instance per test process, each `make test` worker its own (online and offline tests
+    share it)."""
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
