@@ -2,16 +2,20 @@
 
 Runs on CPU workers (Ray Data tasks, the online decode pool); the result stays uint8 so what
 crosses a process boundary is 1 byte per channel. Normalisation happens later, on the device.
+The resize and centre crop are torchvision's tensor kernels (``torchvision.transforms.v2.functional``
+``resize`` with antialias, ``center_crop``) written on torch alone, pixel for pixel the same
+(tests/test_prepare_kernels.py): a process that only prepares pixels, as an ingress replica or a
+decode task does, does not import torchvision, which costs seconds of CPU and its memory.
 """
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,13 +101,13 @@ def prepare_tensor(chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     mode = INTERPOLATION[spec.interpolation]
     if spec.mode == "resize_crop":
         chw = _bound_aspect(chw, MAX_ASPECT)
-        return F.center_crop(_resize(chw, _shorter_side(chw, spec.resize or spec.size), mode), spec.size)
+        return center_crop(_resize(chw, _shorter_side(chw, spec.resize or spec.size), mode), (spec.size, spec.size))
     if spec.mode == "resize_exact":
         # squash, then crop: how Hugging Face processors with a height/width size and a crop_size
         # (DeiT) and timm's crop_mode "squash" with crop_pct < 1 prepare images
         side = spec.resize or spec.size
         chw = _resize(chw, (side, side), mode)
-        return chw if side == spec.size else F.center_crop(chw, spec.size)
+        return chw if side == spec.size else center_crop(chw, (spec.size, spec.size))
     if spec.mode == "max_side":
         scale = spec.size / max(height, width)
         if scale < 1:
@@ -113,7 +117,7 @@ def prepare_tensor(chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
 
 
 def _resize(chw: torch.Tensor, size: tuple[int, int], mode) -> torch.Tensor:
-    """``F.resize`` to ``size`` (height, width), shrinking before it grows. The resize is separable:
+    """``resize`` to ``size`` (height, width), shrinking before it grows. The resize is separable:
     one pass along the width, then one along the height, with the whole intermediate held between
     them. When the height shrinks while the width grows (a tall strip squashed to a square) that
     intermediate is the input's height times the output's width: 1 000 000 x 224 for a 1 x 1 000 000
@@ -122,19 +126,19 @@ def _resize(chw: torch.Tensor, size: tuple[int, int], mode) -> torch.Tensor:
     height, width = chw.shape[1:]
     out_height, out_width = size
     if out_height < height and out_width > width:
-        chw = F.resize(chw, [out_height, width], interpolation=mode, antialias=True)
-    return F.resize(chw, [out_height, out_width], interpolation=mode, antialias=True)
+        chw = resize(chw, (out_height, width), mode)
+    return resize(chw, (out_height, out_width), mode)
 
 
 def _shorter_side(chw: torch.Tensor, side: int) -> tuple[int, int]:
-    """(height, width) with the shorter side at ``side``, as ``F.resize(chw, side)`` computes it."""
+    """(height, width) with the shorter side at ``side``, as torchvision's ``resize(chw, side)`` computes it."""
     height, width = chw.shape[1:]
     if height <= width:
         return side, int(side * width / height)
     return int(side * height / width), side
 
 
-INTERPOLATION = {"bilinear": F.InterpolationMode.BILINEAR, "bicubic": F.InterpolationMode.BICUBIC}
+INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic"}  # torch.nn.functional.interpolate's modes
 MAX_ASPECT = 4  # the centre crop never reaches beyond this; bounds resize's intermediate
 # An antialiased resize weighs every input pixel of a row (or column) for each output pixel it
 # covers: its filter weights take ~16 bytes per input pixel along the axis it shrinks. Negligible
@@ -152,7 +156,64 @@ def _bound_aspect(chw: torch.Tensor, max_aspect: int) -> torch.Tensor:
     short = min(height, width)
     if max(height, width) <= short * max_aspect:
         return chw
-    return F.center_crop(chw, [min(height, short * max_aspect), min(width, short * max_aspect)])
+    return center_crop(chw, (min(height, short * max_aspect), min(width, short * max_aspect)))
+
+
+def resize(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Antialiased ``bilinear`` or ``bicubic`` resize of a (..., C, H, W) tensor to ``size``, as
+    torchvision's ``resize_image`` does it: uint8 stays uint8 where torch has a uint8 kernel (on the
+    CPU: bicubic always, bilinear with AVX2/AVX512 or on ARM); elsewhere through float32, rounded
+    (and clamped, for bicubic) back. A 1CHW view of channels-last memory is restrided so that the
+    output stays channels-last (torch otherwise allocates it contiguous and repacks it)."""
+    shape = image.shape
+    channels, height, width = shape[-3:]
+    if (height, width) == tuple(size):
+        return image
+    if image.numel() == 0:
+        return image.reshape(shape[:-3] + (channels, *size))
+    dtype = image.dtype
+    native = dtype in (torch.float32, torch.float64) or (
+        dtype == torch.uint8 and image.device.type == "cpu" and _native_uint8_on_cpu(mode)
+    )
+    image = image.reshape(-1, channels, height, width)
+    strides = image.stride()
+    if image.is_contiguous(memory_format=torch.channels_last) and image.shape[0] == 1 and image.numel() != strides[0]:
+        image = image.as_strided((1, channels, height, width), (image.numel(), *strides[1:]))
+    if not native:
+        image = image.to(dtype=torch.float32)
+    image = torch.nn.functional.interpolate(image, size=list(size), mode=mode, align_corners=False, antialias=True)
+    if not native:
+        if mode == "bicubic" and dtype == torch.uint8:
+            image = image.clamp_(min=0, max=255)
+        if not dtype.is_floating_point:
+            image = image.round_()
+        image = image.to(dtype=dtype)
+    return image.reshape(shape[:-3] + (channels, *size))
+
+
+def _native_uint8_on_cpu(mode: str) -> bool:
+    if mode == "bilinear":
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in (
+            "aarch64",
+            "arm64",
+        )
+    return True  # bicubic
+
+
+def center_crop(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre ``size`` (height, width) of a (..., H, W) tensor, zero-padded where the image is
+    smaller, as torchvision's ``center_crop_image``."""
+    crop_height, crop_width = size
+    height, width = image.shape[-2:]
+    if crop_height > height or crop_width > width:
+        pad_w, pad_h = max(crop_width - width, 0), max(crop_height - height, 0)
+        padding = [pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2]  # left, right, top, bottom
+        image = torch.nn.functional.pad(image, padding, value=0.0)
+        height, width = image.shape[-2:]
+        if (crop_height, crop_width) == (height, width):
+            return image
+    top, left = int(round((height - crop_height) / 2.0)), int(round((width - crop_width) / 2.0))
+    return image[..., top : top + crop_height, left : left + crop_width]
 
 
 def stack(pixels: list[np.ndarray]) -> np.ndarray:
