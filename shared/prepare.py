@@ -98,7 +98,7 @@ def prepare_tensor(chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     the CPU half runs it on decoded arrays, the device half on JPEGs decoded on the GPU. Whatever
     the aspect, the work and memory stay within a small multiple of the image's own (``_resize``)."""
     height, width = chw.shape[1:]
-    mode = INTERPOLATION[spec.interpolation]
+    mode = spec.interpolation  # also torch.nn.functional.interpolate's name for it
     if spec.mode == "resize_crop":
         chw = _bound_aspect(chw, MAX_ASPECT)
         return center_crop(_resize(chw, _shorter_side(chw, spec.resize or spec.size), mode), (spec.size, spec.size))
@@ -116,7 +116,7 @@ def prepare_tensor(chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     raise ValueError(spec.mode)  # pragma: no cover - the Literal keeps this out
 
 
-def _resize(chw: torch.Tensor, size: tuple[int, int], mode) -> torch.Tensor:
+def _resize(chw: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """``resize`` to ``size`` (height, width), shrinking before it grows. The resize is separable:
     one pass along the width, then one along the height, with the whole intermediate held between
     them. When the height shrinks while the width grows (a tall strip squashed to a square) that
@@ -138,7 +138,6 @@ def _shorter_side(chw: torch.Tensor, side: int) -> tuple[int, int]:
     return int(side * height / width), side
 
 
-INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic"}  # torch.nn.functional.interpolate's modes
 MAX_ASPECT = 4  # the centre crop never reaches beyond this; bounds resize's intermediate
 # An antialiased resize weighs every input pixel of a row (or column) for each output pixel it
 # covers: its filter weights take ~16 bytes per input pixel along the axis it shrinks. Negligible
