@@ -87,7 +87,8 @@ def test_pytest_xdist_gives_a_groups_files_to_one_worker(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup"],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(TESTS.parent)},
+        # the outer run's options (PYTEST_ADDOPTS: plugins, markers) are not this run's
+        env={**{k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}, "PYTHONPATH": str(TESTS.parent)},
         capture_output=True,
         text=True,
         timeout=120,
