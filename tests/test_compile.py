@@ -31,11 +31,20 @@ def test_compile_is_refused_for_detection():
 
 
 @pytest.fixture(scope="module")
-def compiled() -> ModelWrapper:
-    wrapper = ModelWrapper(ModelConfig(compile=True), batch_sizes=(4,))
-    assert wrapper.warmed_batch_sizes == (4,)
-    wrapper.warmup((1, 4))  # adds 1 only
-    return wrapper
+def tiny():
+    """The test-only tiny classifier, compiled by inductor (the real backend) at 4, then at 1 as well,
+    and the same model eager."""
+    with pytest.MonkeyPatch.context() as patch:
+        name = register_tiny(patch)
+        wrapper = ModelWrapper(ModelConfig(name=name, weights="random", compile=True), batch_sizes=(4,))
+        assert wrapper.warmed_batch_sizes == (4,)
+        wrapper.warmup((1, 4))  # adds 1 only
+        yield wrapper, ModelWrapper(ModelConfig(name=name, weights="random", compile=False))
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny) -> ModelWrapper:
+    return tiny[0]
 
 
 def test_compiled_warmup_records_its_sizes(compiled):
@@ -49,14 +58,28 @@ def test_a_compiled_model_with_no_warmed_size_refuses_to_compile_on_a_request():
         wrapper.predict([item])
 
 
-def test_compiled_answers_equal_eager_at_any_batch_size_without_recompiling(compiled, embedded_wrapper):
-    items = [embedded_wrapper.load(encode(sample_array(name))) for name in PHOTOS]
+def test_compiled_answers_equal_eager_at_any_batch_size_without_recompiling(tiny):
+    compiled, eager = tiny
+    items = [eager.load(encode(sample_array(name))) for name in PHOTOS]
     for n in (1, 2, 3, 4, 5, 9):  # padded to 1 or 4; 5 and 9 split at 4
         batch = (items * 2)[:n]
         with torch._dynamo.config.patch(error_on_recompile=True):
             got = compiled.predict(batch)
-        want = embedded_wrapper.predict(batch)
+        want = eager.predict(batch)
         assert got.shape == want.shape == (n, 1000)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+        assert got.argmax(1).tolist() == want.argmax(1).tolist()
+
+
+def test_the_embedded_model_compiled_as_a_cpu_server_runs_it_answers_as_eager(embedded_wrapper):
+    """What ``compile: auto`` gives a CPU server: the embedded model through inductor, warmed at 2;
+    a batch of 1 is padded to it."""
+    compiled = ModelWrapper(ModelConfig(compile=True), batch_sizes=(2,))
+    items = [embedded_wrapper.load(encode(sample_array(name))) for name in PHOTOS[:2]]
+    for batch in (items[:1], items):
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            got = compiled.predict(batch)
+        want = embedded_wrapper.predict(batch)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
         assert got.argmax(1).tolist() == want.argmax(1).tolist()
 
