@@ -18,7 +18,7 @@ from tests.scheduling import FilesAndGroups, order_for_workers  # noqa: E402
 # `make test` (CI) runs everything.
 HEAVY_MARKERS = ("ray", "process", "slow")
 # a test that uses one of these fixtures starts Ray (directly or through Serve)
-RAY_FIXTURES = {"ray_session", "serve_ports", "serve_url", "serve_grpc_address"}
+RAY_FIXTURES = {"ray_session", "serve_ports", "serve_url", "serve_grpc_address", "standard_app"}
 # ... and one that uses these starts another process (moto_server)
 PROCESS_FIXTURES = {"s3_server"}
 # short-lived helpers that libraries run for themselves, allowed in the fast tier
@@ -120,3 +120,12 @@ def serve_url(serve_ports):
 @pytest.fixture(scope="session")
 def serve_grpc_address(serve_ports):
     return f"127.0.0.1:{serve_ports[1]}"
+
+
+@pytest.fixture(scope="session")
+def standard_app(serve_url) -> str:
+    """tests/serving.py's shared app, at the root of ``serve_url`` (which this returns)."""
+    from tests.serving import deploy_standard_app
+
+    deploy_standard_app()
+    return serve_url

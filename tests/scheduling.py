@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from xdist.scheduler import LoadScopeScheduling
 
-# files that use tests/backfill_pairs.py's session fixtures
+# files that share session fixtures: tests/backfill_pairs.py's backfills, tests/serving.py's app
 GROUPS = {
     "tests/test_compare_backfills.py": "backfill_pairs",
     "tests/test_reports_browser.py": "backfill_pairs",
+    "tests/test_serve.py": "standard_app",
+    "tests/test_v2_serve.py": "standard_app",
+    "tests/test_ui_browser.py": "standard_app",
 }
 
 

@@ -12,54 +12,16 @@ from ray import serve
 from deployments.app import build, model_deployment_name
 from deployments.config import AppArgs
 from tests import images
-from tests.serving import ANSWERS_NOT_ADMISSION
+from tests.serving import BODY_CAP, SLIVER, STANDARD_APP
 from twinfer.samples import encode, sample_array
 
-APP = "twinfer-test"
-SMALL_DETECTOR = {"min_size": 128, "max_size": 160}
 CATS = set(range(281, 286))
-BODY_CAP = 200_000
-
-
-def app_args(max_batch_size: int = 8, wait: float = 0.2) -> AppArgs:
-    return AppArgs.model_validate(
-        {
-            "ingress": {"max_body_bytes": BODY_CAP, "decode_threads": 2, "num_cpus": 0.5, **ANSWERS_NOT_ADMISSION},
-            "models": [
-                {
-                    "model": {"name": "efficientnet_lite0", "decode": {"max_pixels": 1_000_000}},
-                    "num_cpus": 0.5,
-                    "max_ongoing_requests": 16,
-                    "batching": {
-                        "max_batch_size": max_batch_size,
-                        "batch_wait_timeout_s": wait,
-                        "max_concurrent_batches": 1,
-                    },
-                },
-                {
-                    "name": "lite0-embed",  # the same model served a second time, as an embedder
-                    "model": {"name": "efficientnet_lite0", "task": "embed"},
-                    "num_cpus": 0.25,
-                    "max_ongoing_requests": 8,
-                    "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1},
-                },
-                {
-                    "model": {"name": "fasterrcnn_v2", "weights": "random", "options": SMALL_DETECTOR},
-                    "num_cpus": 0.5,
-                    "max_ongoing_requests": 4,
-                    "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1},
-                },
-            ],
-        }
-    )
 
 
 @pytest.fixture(scope="module")
-def client(serve_url):
-    serve.run(build(app_args()), name=APP, route_prefix="/")
-    with httpx.Client(base_url=serve_url, timeout=60) as http:
+def client(standard_app):
+    with httpx.Client(base_url=standard_app, timeout=60) as http:
         yield http
-    serve.delete(APP)
 
 
 def classify(client, data: bytes, top_k=None, content_type="image/jpeg"):
@@ -142,7 +104,7 @@ def test_embed_answers_the_direct_wrappers_normalised_vector(client, embedder):
 
 
 def test_concurrent_requests_are_batched(client):
-    handle = serve.get_deployment_handle(model_deployment_name("efficientnet_lite0"), APP)
+    handle = serve.get_deployment_handle(model_deployment_name("efficientnet_lite0"), STANDARD_APP)
     before = handle.batch_stats.remote().result()
     data = images.small_jpeg("coffee")
     with cf.ThreadPoolExecutor(16) as pool:
@@ -348,11 +310,46 @@ def test_list_models_and_health(client):
     assert health.status_code == 200 and set(health.json()["deployments"].values()) == {"HEALTHY"}
 
 
-def test_batching_follows_user_config(client):
-    def describe():
-        return {m["name"]: m for m in client.get("/v1/models").json()["models"]}["efficientnet_lite0"]
+def batching_app(max_batch_size: int, wait: float):
+    """A classifier alone (random weights, slivers of CPU), for a test that redeploys it: a redeploy
+    through ``serve.run`` starts every replica of the app again."""
+    return build(
+        AppArgs.model_validate(
+            {
+                "ingress": {"num_cpus": SLIVER, "decode_threads": 1},
+                "models": [
+                    {
+                        "model": {"name": "efficientnet_lite0", "weights": "random"},
+                        "num_cpus": SLIVER,
+                        "max_ongoing_requests": 8,
+                        "batching": {
+                            "max_batch_size": max_batch_size,
+                            "batch_wait_timeout_s": wait,
+                            "max_concurrent_batches": 1,
+                        },
+                    }
+                ],
+            }
+        )
+    )
 
-    assert describe()["batching"]["max_batch_size"] == 8
-    serve.run(build(app_args(max_batch_size=4, wait=0.05)), name=APP, route_prefix="/")
-    assert describe()["batching"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.05, "max_concurrent_batches": 1}
-    assert classify(client, images.small_jpeg("coffee")).status_code == 200
+
+def test_batching_follows_user_config(serve_url):
+    app = "twinfer-batching"
+
+    def describe(http):
+        return {m["name"]: m for m in http.get("/v1/models").json()["models"]}["efficientnet_lite0"]
+
+    serve.run(batching_app(8, 0.2), name=app, route_prefix=f"/{app}")
+    try:
+        with httpx.Client(base_url=f"{serve_url}/{app}", timeout=60) as http:
+            assert describe(http)["batching"]["max_batch_size"] == 8
+            serve.run(batching_app(4, 0.05), name=app, route_prefix=f"/{app}")
+            assert describe(http)["batching"] == {
+                "max_batch_size": 4,
+                "batch_wait_timeout_s": 0.05,
+                "max_concurrent_batches": 1,
+            }
+            assert classify(http, images.small_jpeg("coffee")).status_code == 200
+    finally:
+        serve.delete(app)

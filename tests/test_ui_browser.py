@@ -29,13 +29,12 @@ from deployments.app import build
 from deployments.config import AppArgs, IngressConfig
 from deployments.openapi import build_openapi
 from tests import images
+from tests.serving import STANDARD_INGRESS
 from tests.test_openapi import response_pointer, schema_validator
 from twinfer.samples import sample_jpegs
 
-APP, PREFIX = "twinfer-ui", "/ui-test"
 KEYED_APP, KEYED_PREFIX = "twinfer-ui-keys", "/ui-keys"
 KEY = "ui-test-key-0123456789abcdef"
-SMALL_DETECTOR = {"min_size": 128, "max_size": 160}
 CAT_LABELS = {"Egyptian cat", "tabby", "tiger cat"}
 CHROMIUM = os.environ.get("TWINFER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -63,21 +62,6 @@ def model_entry(model: dict, name: str | None = None) -> dict:
     return {**entry, "name": name} if name else entry
 
 
-def app_args() -> AppArgs:
-    return AppArgs.model_validate(
-        {
-            "ingress": INGRESS,
-            "models": [
-                model_entry({"name": "efficientnet_lite0"}),  # the embedded ImageNet weights
-                model_entry({"name": "efficientnet_lite0", "task": "embed"}, name="lite0-embed"),
-                model_entry(
-                    {"name": "fasterrcnn_v2", "weights": "random", "options": SMALL_DETECTOR, "score_threshold": 0.0}
-                ),
-            ],
-        }
-    )
-
-
 def keyed_args() -> AppArgs:
     return AppArgs.model_validate(
         {
@@ -88,10 +72,9 @@ def keyed_args() -> AppArgs:
 
 
 @pytest.fixture(scope="module")
-def site(serve_url):
-    serve.run(build(app_args()), name=APP, route_prefix=PREFIX)
-    yield f"{serve_url}{PREFIX}"
-    serve.delete(APP)
+def site(standard_app):
+    """The page of tests/serving.py's app, at the root (the keyed site is under a prefix)."""
+    return standard_app
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +119,10 @@ def test_the_page_and_its_files_are_served_same_origin_with_strict_headers(http,
         assert again.status_code == 304 and not again.content
 
 
-def test_the_prefix_without_its_slash_redirects_to_the_page(http, site):
-    response = http.get(site)  # /ui-test: relative links would resolve above the prefix
-    assert response.status_code == 308 and response.headers["location"] == f"{PREFIX.strip('/')}/"
-    assert http.get(site, follow_redirects=True).url.path == f"{PREFIX}/"
+def test_the_prefix_without_its_slash_redirects_to_the_page(http, keyed_site):
+    response = http.get(keyed_site)  # /ui-keys: relative links would resolve above the prefix
+    assert response.status_code == 308 and response.headers["location"] == f"{KEYED_PREFIX.strip('/')}/"
+    assert http.get(keyed_site, follow_redirects=True).url.path == f"{KEYED_PREFIX}/"
 
 
 @pytest.mark.parametrize("path", ["", "static/app.js", "openapi.json"])
@@ -156,7 +139,7 @@ def test_other_paths_are_still_the_json_404(http, site, path):
 
 def test_live_answers_match_the_served_openapi_document(http, site):
     document = http.get(f"{site}/openapi.json").json()
-    assert document == json.loads(json.dumps(build_openapi(IngressConfig.model_validate(INGRESS))))
+    assert document == json.loads(json.dumps(build_openapi(IngressConfig.model_validate(STANDARD_INGRESS))))
 
     def check(path: str, method: str, response: httpx.Response) -> None:
         schema_validator(document, response_pointer(path, method, response.status_code)).validate(response.json())

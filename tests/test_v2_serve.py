@@ -16,58 +16,18 @@ import tritonclient.http as httpclient
 from ray import serve
 from tritonclient.utils import InferenceServerException
 
-from deployments.app import build, model_deployment_name
-from deployments.config import AppArgs
+from deployments.app import model_deployment_name
 from tests import images
-from tests.serving import ANSWERS_NOT_ADMISSION
+from tests.serving import BODY_CAP, STANDARD_APP
 from twinfer.samples import SAMPLE_NAMES, encode, sample_array
 
-APP = "twinfer-v2-test"
-BODY_CAP = 400_000
 CLASSIFIER, EMBEDDER, DETECTOR = "efficientnet_lite0", "lite0-embed", "fasterrcnn_v2"
-
-
-def app_args() -> AppArgs:
-    return AppArgs.model_validate(
-        {
-            # a generous model deadline: this machine is shared, and the detector is slow on it
-            "ingress": {
-                "max_body_bytes": BODY_CAP,
-                "decode_threads": 2,
-                "num_cpus": 0.5,
-                "model_call_timeout_s": 120,
-                **ANSWERS_NOT_ADMISSION,
-            },
-            "models": [
-                {
-                    "model": {"name": CLASSIFIER, "decode": {"max_pixels": 1_000_000}},
-                    "num_cpus": 0.5,
-                    "max_ongoing_requests": 16,
-                    "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.1, "max_concurrent_batches": 1},
-                },
-                {
-                    "name": EMBEDDER,
-                    "model": {"name": CLASSIFIER, "task": "embed"},
-                    "num_cpus": 0.25,
-                    "max_ongoing_requests": 8,
-                    "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1},
-                },
-                {
-                    "model": {"name": DETECTOR, "weights": "random", "options": {"min_size": 128, "max_size": 160}},
-                    "num_cpus": 0.25,
-                    "max_ongoing_requests": 4,
-                    "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.01, "max_concurrent_batches": 1},
-                },
-            ],
-        }
-    )
+APP = STANDARD_APP
 
 
 @pytest.fixture(scope="module")
-def app(serve_url, serve_grpc_address):
-    serve.run(build(app_args()), name=APP, route_prefix="/")
-    yield serve_url.removeprefix("http://"), serve_grpc_address
-    serve.delete(APP)
+def app(standard_app, serve_grpc_address):
+    return standard_app.removeprefix("http://"), serve_grpc_address
 
 
 @pytest.fixture(scope="module")
