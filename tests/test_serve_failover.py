@@ -28,23 +28,24 @@ from tests.serving import ANSWERS_NOT_ADMISSION
 
 MODEL = "efficientnet_lite0"
 GATE = "twinfer-failover-gate"
+HELD, BROKEN = "held", "broken"  # served names of FaultyModelServer
 
 
-def app_args(replicas: int, **ingress) -> AppArgs:
+def model_entry(replicas: int = 1, name: str | None = None) -> dict:
+    entry = {
+        "model": {"name": MODEL, "weights": "random"},
+        "num_replicas": replicas,
+        "num_cpus": 0.25,
+        "max_ongoing_requests": 8,
+        "max_queued_requests": 64,
+        "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005, "max_concurrent_batches": 1},
+    }
+    return {**entry, "name": name} if name else entry
+
+
+def app_args(models: list[dict], **ingress) -> AppArgs:
     return AppArgs.model_validate(
-        {
-            "ingress": {"num_cpus": 0.25, "decode_threads": 2, **ANSWERS_NOT_ADMISSION, **ingress},
-            "models": [
-                {
-                    "model": {"name": MODEL, "weights": "random"},
-                    "num_replicas": replicas,
-                    "num_cpus": 0.25,
-                    "max_ongoing_requests": 8,
-                    "max_queued_requests": 64,
-                    "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005, "max_concurrent_batches": 1},
-                }
-            ],
-        }
+        {"ingress": {"num_cpus": 0.25, "decode_threads": 2, **ANSWERS_NOT_ADMISSION, **ingress}, "models": models}
     )
 
 
@@ -148,7 +149,7 @@ def summarize(load: Load) -> str:
 @pytest.mark.timeout(900)
 def test_killing_one_of_two_replicas_under_load_loses_no_request(serve_url):
     app = "failover-two"
-    serve.run(build(app_args(replicas=2)), name=app, route_prefix=f"/{app}")
+    serve.run(build(app_args([model_entry(replicas=2)])), name=app, route_prefix=f"/{app}")
     try:
         outcomes, victim, before, after = run_kill(
             serve_url, app, clients=12, warmup=36, successes_after_kill=6, max_requests=200
@@ -163,24 +164,18 @@ def test_killing_one_of_two_replicas_under_load_loses_no_request(serve_url):
 
 
 @pytest.mark.timeout(900)
-def test_killing_the_only_replica_gives_json_503s_until_it_is_back(serve_url):
-    app = "failover-one"
-    # a short deadline, so that requests waiting for the replacement replica do time out
-    serve.run(build(app_args(replicas=1, model_call_timeout_s=2.0)), name=app, route_prefix=f"/{app}")
-    try:
-        outcomes, victim, before, after = run_kill(
-            serve_url, app, clients=8, warmup=24, successes_after_kill=2, max_requests=400
-        )
-        failures = [o for o in outcomes if o.status != 200]
-        assert len(before) == 1 and victim not in after.values()
-        for o in failures:
-            assert o.status == 503, (o.status, o.body)
-            assert isinstance(o.body, dict) and o.body["error"]["code"] == "unavailable", o.body
-            assert o.retry_after == "5"
-        # every client had answers 200 again after the kill (it stops only then, or at max_requests)
-        assert sum(o.after_kill and o.status == 200 for o in outcomes) == 8 * 2
-    finally:
-        serve.delete(app)
+def test_killing_the_only_replica_gives_json_503s_until_it_is_back(serve_url, faults_app):
+    outcomes, victim, before, after = run_kill(
+        serve_url, faults_app, clients=8, warmup=24, successes_after_kill=2, max_requests=400
+    )
+    failures = [o for o in outcomes if o.status != 200]
+    assert len(before) == 1 and victim not in after.values()
+    for o in failures:
+        assert o.status == 503, (o.status, o.body)
+        assert isinstance(o.body, dict) and o.body["error"]["code"] == "unavailable", o.body
+        assert o.retry_after == "5"
+    # every client had answers 200 again after the kill (it stops only then, or at max_requests)
+    assert sum(o.after_kill and o.status == 200 for o in outcomes) == 8 * 2
 
 
 @ray.remote(num_cpus=0)
@@ -204,28 +199,45 @@ class Gate:
         return self.waiting, self.passed
 
 
-class HeldModelServer(ModelServer):
-    """The real deployment, except each call first waits for the test's gate, then says it passed."""
+class FaultyModelServer(ModelServer):
+    """The real deployment, except for two served names: each call of ``HELD`` first waits for the
+    test's gate, then says it passed; every batch of ``BROKEN`` raises an exception that is no
+    ``TwinferError``."""
 
     async def infer(self, item, params):
-        gate = ray.get_actor(GATE, namespace="twinfer-tests")
-        await gate.wait.remote()
-        await gate.pass_.remote()
+        if self.name == HELD:
+            gate = ray.get_actor(GATE, namespace="twinfer-tests")
+            await gate.wait.remote()
+            await gate.pass_.remote()
         return await super().infer(item, params)
 
+    def run_batch(self, items, params):
+        if self.name == BROKEN:
+            raise RuntimeError("injected model failure")
+        return super().run_batch(items, params)
 
-def test_a_model_call_past_its_deadline_is_a_json_503_and_is_cancelled(serve_url):
-    gate = Gate.options(name=GATE, namespace="twinfer-tests").remote()
-    app = "failover-deadline"
+
+@pytest.fixture(scope="module")
+def faults_app(serve_url):
+    """One replica of ``MODEL`` (killed by a test), ``HELD`` and ``BROKEN``; a short model deadline,
+    so that requests waiting for a replacement replica or at the gate do time out."""
+    app = "failover-faults"
+    models = [model_entry(), model_entry(name=HELD), model_entry(name=BROKEN)]
     serve.run(
-        build(app_args(replicas=1, model_call_timeout_s=1.0), model_server_cls=HeldModelServer),
+        build(app_args(models, model_call_timeout_s=2.0), model_server_cls=FaultyModelServer),
         name=app,
         route_prefix=f"/{app}",
     )
+    yield app
+    serve.delete(app)
+
+
+def test_a_model_call_past_its_deadline_is_a_json_503_and_is_cancelled(serve_url, faults_app):
+    gate = Gate.options(name=GATE, namespace="twinfer-tests").remote()
 
     def post(client):
         return client.post(
-            f"/{app}/v1/models/{MODEL}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"}
+            f"/{faults_app}/v1/models/{HELD}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"}
         )
 
     try:
@@ -241,29 +253,16 @@ def test_a_model_call_past_its_deadline_is_a_json_503_and_is_cancelled(serve_url
             assert ray.get(gate.counts.remote()) == (2, 1)
     finally:
         gate.open.remote()
-        serve.delete(app)
         ray.kill(gate)
 
 
-class BrokenModelServer(ModelServer):
-    """A model whose batches raise an exception that is no ``TwinferError``."""
-
-    def run_batch(self, items, params):
-        raise RuntimeError("injected model failure")
-
-
-def test_an_unexpected_exception_is_a_json_500_internal(serve_url):
-    app = "failover-broken"
-    serve.run(build(app_args(replicas=1), model_server_cls=BrokenModelServer), name=app, route_prefix=f"/{app}")
-    try:
-        with httpx.Client(base_url=serve_url, timeout=120) as client:
-            response = client.post(
-                f"/{app}/v1/models/{MODEL}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"}
-            )
-            assert response.status_code == 500
-            error = response.json()["error"]
-            assert error["code"] == "internal"
-            assert "injected model failure" not in error["message"]  # details go to the log, not to clients
-            assert "retry-after" not in response.headers
-    finally:
-        serve.delete(app)
+def test_an_unexpected_exception_is_a_json_500_internal(serve_url, faults_app):
+    with httpx.Client(base_url=serve_url, timeout=120) as client:
+        response = client.post(
+            f"/{faults_app}/v1/models/{BROKEN}/classify", content=small_jpeg(), headers={"content-type": "image/jpeg"}
+        )
+        assert response.status_code == 500
+        error = response.json()["error"]
+        assert error["code"] == "internal"
+        assert "injected model failure" not in error["message"]  # details go to the log, not to clients
+        assert "retry-after" not in response.headers
