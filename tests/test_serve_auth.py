@@ -137,27 +137,17 @@ def check_routes(client: httpx.Client, prefix: str, good_keys: list[str]) -> Non
         assert client.get(f"{prefix}/no/such/route", headers=auth).status_code == 404
 
 
-def test_routes_need_a_key_from_the_key_file(serve_url, tmp_path):
-    (tmp_path / "keys").write_text(f"# test keys\n{KEY_A}\n{KEY_B}\n")
-    app = "auth-file"
-    serve.run(build(app_args(api_keys_file=str(tmp_path / "keys"))), name=app, route_prefix=f"/{app}")
+def test_routes_need_a_key_from_the_key_file_or_the_env_var_and_are_open_without_keys(serve_url, tmp_path):
+    """One ingress given both sources: the file's key and the variable's key each open the routes."""
+    (tmp_path / "keys").write_text(f"# test keys\n{KEY_A}\n")
+    app = "auth"
+    env = {"env_vars": {"TWINFER_API_KEYS": KEY_B}}
+    settings = {"api_keys_file": str(tmp_path / "keys"), "api_keys_env": "TWINFER_API_KEYS"}
+    serve.run(build(app_args(**settings), ingress_runtime_env=env), name=app, route_prefix=f"/{app}")
     try:
         with httpx.Client(base_url=serve_url, timeout=120) as client:
             check_routes(client, f"/{app}", [KEY_A, KEY_B])
-    finally:
-        serve.delete(app)
-
-
-def test_routes_need_a_key_from_the_env_var_and_are_open_without_keys(serve_url):
-    app = "auth-env"
-    env = {"env_vars": {"TWINFER_API_KEYS": f"{KEY_B},{KEY_A}"}}
-    serve.run(
-        build(app_args(api_keys_env="TWINFER_API_KEYS"), ingress_runtime_env=env), name=app, route_prefix=f"/{app}"
-    )
-    try:
-        with httpx.Client(base_url=serve_url, timeout=120) as client:
-            check_routes(client, f"/{app}", [KEY_A, KEY_B])
-            # the same app without the setting: no key needed (the default)
+            # the same app without the settings: no key needed (the default)
             serve.run(build(app_args()), name=app, route_prefix=f"/{app}")
             assert client.get(f"/{app}/v1/models").status_code == 200
     finally:
