@@ -9,6 +9,7 @@ they are never read and their error rows cost no model work.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,6 +60,23 @@ def backfill(input: str, output: str, **overrides) -> dict:
     return run_backfill(BackfillConfig(**{**settings, **overrides}))
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, ray_session) -> Path:
+    """``in/`` (3 inputs) and ``out/``, the real twinfer folder a finished backfill of them made
+    (marker + parts); tests change copies of it (``finished_copy``)."""
+    root = tmp_path_factory.mktemp("finished")
+    write_inputs(root / "in")
+    summary = backfill(str(root / "in"), str(root / "out"))
+    assert summary["rows"] == 3 and (root / "out" / "_twinfer.json").is_file()
+    return root
+
+
+def finished_copy(finished: Path, output: Path) -> str:
+    """A copy of the finished folder at ``output``; returns the input folder it was made from."""
+    shutil.copytree(finished / "out", output)
+    return str(finished / "in")
+
+
 # ---- local -----------------------------------------------------------------------------------
 def test_a_users_files_in_the_output_are_kept_and_the_job_refused(tmp_path, no_ray, capsys):
     write_inputs(tmp_path / "in")
@@ -80,23 +98,21 @@ def test_a_users_files_in_the_output_are_kept_and_the_job_refused(tmp_path, no_r
     assert snapshot(out) == before
 
 
-def test_a_twinfer_named_part_file_without_twinfer_metadata_is_refused(tmp_path, ray_session):
-    write_inputs(tmp_path / "in")
+def test_a_twinfer_named_part_file_without_twinfer_metadata_is_refused(tmp_path, finished):
     out = tmp_path / "out"
-    summary = backfill(str(tmp_path / "in"), str(out))  # a real twinfer folder: marker + parts
-    assert summary["rows"] == 3 and (out / "_twinfer.json").is_file()
+    source = finished_copy(finished, out)  # a real twinfer folder: marker + parts
     impostor = "part-" + "ab" * 16 + ".parquet"
     (out / impostor).write_bytes(users_parquet())  # at the top, outside any shard folder
     before = snapshot(out)
     with pytest.raises(ValueError, match="outside shard folders"):
-        backfill(str(tmp_path / "in"), str(out))
+        backfill(source, str(out))
     assert snapshot(out) == before
     (out / impostor).unlink()
     (out / "_twinfer" / "done" / "000000.json").unlink()  # the shard is resumed: its folder is read
     (out / "shard-000000" / impostor).write_bytes(users_parquet())
     before = snapshot(out)
     with pytest.raises(Exception, match=f"without its metadata \\({impostor}\\)"):
-        backfill(str(tmp_path / "in"), str(out))
+        backfill(source, str(out))
     assert {k: v for k, v in snapshot(out).items() if not k.startswith("_twinfer/")} == {
         k: v for k, v in before.items() if not k.startswith("_twinfer/")
     }
@@ -129,13 +145,12 @@ def test_a_subfolder_or_a_forged_marker_is_refused(tmp_path, no_ray):
     assert (forged / "_twinfer.json").read_text() == '{"anything": 1}' and list((nested / "2024").iterdir()) == []
 
 
-def test_resume_into_another_models_folder_is_refused(tmp_path, ray_session):
-    write_inputs(tmp_path / "in")
+def test_resume_into_another_models_folder_is_refused(tmp_path, finished):
     out = tmp_path / "out"
-    backfill(str(tmp_path / "in"), str(out))
+    source = finished_copy(finished, out)
     before = snapshot(out)
     with pytest.raises(ValueError, match="model 'efficientnet_lite0' .*this job runs 'resnet152'"):
-        backfill(str(tmp_path / "in"), str(out), model={**TINY_CAP, "name": "resnet152", "weights": "random"})
+        backfill(source, str(out), model={**TINY_CAP, "name": "resnet152", "weights": "random"})
     assert snapshot(out) == before
     marker = json.loads((out / "_twinfer.json").read_text())
     assert marker == {"format": "twinfer-backfill", "version": 2, "model": "efficientnet_lite0", "task": "classify"}
@@ -168,16 +183,15 @@ def test_an_empty_existing_folder_is_claimed(tmp_path, ray_session):
 
 
 # ---- evaluation report -----------------------------------------------------------------------
-def test_the_evaluation_report_never_replaces_a_users_file(tmp_path, ray_session, capsys):
-    write_inputs(tmp_path / "in")
+def test_the_evaluation_report_never_replaces_a_users_file(tmp_path, finished, capsys):
     out = tmp_path / "out"
     report = tmp_path / "out.evaluation.json"  # the default location, beside the output
     report.write_text('{"quarter": "Q3"}')
     with pytest.raises(ValueError, match="not a twinfer evaluation report"):
-        backfill(str(tmp_path / "in"), str(out), evaluate=True)
+        backfill(str(finished / "in"), str(out), evaluate=True)
     assert report.read_text() == '{"quarter": "Q3"}' and not out.exists()  # refused before the job
 
-    backfill(str(tmp_path / "in"), str(out))
+    finished_copy(finished, out)
     assert cli.main(["evaluate", "--predictions", str(out)]) == 2
     assert "not a twinfer evaluation report" in capsys.readouterr().err and report.read_text() == '{"quarter": "Q3"}'
     assert cli.main(["evaluate", "--predictions", str(out), "--output", str(out / "eval.json")]) == 2
