@@ -57,11 +57,18 @@ def test_files_are_handed_out_heaviest_tier_first_each_kept_together_and_in_orde
     assert items == [grouped[0], process, grouped[1], *ray_then_fast, *fast]
 
 
-def test_every_file_using_the_shared_backfills_is_in_their_group():
-    imports = re.compile(r"^from tests\.backfill_pairs import", re.MULTILINE)
-    users = [path for path in TESTS.glob("test_*.py") if imports.search(path.read_text())]
+@pytest.mark.parametrize(
+    "group, use",
+    [
+        ("backfill_pairs", r"^from tests\.backfill_pairs import"),  # tests/backfill_pairs.py's fixtures
+        ("standard_app", r"^def \w+\([^)]*\bstandard_app\b"),  # tests/serving.py's app
+    ],
+)
+def test_every_file_using_shared_session_fixtures_is_in_their_group(group, use):
+    uses = re.compile(use, re.MULTILINE)
+    users = {f"tests/{path.name}" for path in TESTS.glob("test_*.py") if uses.search(path.read_text())}
     assert len(users) >= 2
-    assert {f"tests/{path.name}": "backfill_pairs" for path in users} == scheduling.GROUPS
+    assert users == {path for path, name in scheduling.GROUPS.items() if name == group}
 
 
 @pytest.mark.process
