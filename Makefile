@@ -6,23 +6,17 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install browser demo lint test test-fast bench bench-gpu clean v2-stubs
 
-# pip 26 resolves the ~100 packages below far faster than the pip a new venv has. pip compiles
-# each file it installs to bytecode, one at a time; here compileall does it on every core instead,
-# torch's files while the second pip waits on the network, the rest at the end (a file that does
-# not compile is skipped, as pip skips it). Compiled files matter where PYTHONDONTWRITEBYTECODE is
-# set: each process would otherwise compile every module it imports.
-$(STAMP): pyproject.toml constraints.txt
+# uv resolves the ~100 packages below and downloads and unpacks them in parallel (pip unpacks one
+# wheel at a time: torch's CUDA libraries alone are 4 GB). It reads its own settings (UV_INDEX_URL,
+# UV_EXTRA_INDEX_URL; https://docs.astral.sh/uv/), not pip's. constraints.txt pins torch;
+# overrides.txt says which protobuf and grpcio-reflection go in, whatever a package declares.
+# compileall then compiles the bytecode on every core (a file that does not compile is skipped, as
+# pip skips it). Compiled files matter where PYTHONDONTWRITEBYTECODE is set: each process would
+# otherwise compile every module it imports.
+$(STAMP): pyproject.toml constraints.txt overrides.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade 'pip>=26'
-	$(BIN)/pip install -q --no-compile -c constraints.txt torch torchvision
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib/python*/site-packages/torch* > /dev/null 2>&1 & compiling=$$!; \
-	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[demo,test]'; installed=$$?; \
-	wait $$compiling; exit $$installed
-	# tritonclient[grpc] (test extra) declares protobuf<7, so the resolver above settles on protobuf 6
-	# and an older grpcio-reflection. What is tested is protobuf 7 with grpcio-reflection >= 1.85 (which
-	# Serve imports; it needs protobuf >= 7.35.1); both tritonclient clients work on it. pip may warn
-	# that tritonclient's grpc extra asked for protobuf<7.
-	$(BIN)/pip install -q --no-compile -c constraints.txt 'protobuf>=7.35.1,<8' 'grpcio-reflection>=1.85'
+	$(BIN)/pip install -q 'uv>=0.13,<0.14'
+	$(BIN)/uv pip install --python $(BIN)/python -q -c constraints.txt --override overrides.txt -e '.[demo,test]'
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true
 	touch $(STAMP)
 
