@@ -21,6 +21,7 @@ GROUPS = {
     "tests/test_serve.py": "standard_app",
     "tests/test_v2_serve.py": "standard_app",
     "tests/test_ui_browser.py": "standard_app",
+    "tests/test_dashboard.py": "standard_app",
 }
 
 

@@ -20,11 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from ray import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "twinfer.json"
-APP = "dashboard-metrics"
 METRIC = re.compile(r"\bray_[a-z0-9_]+")
 KINDS = ("Counter", "Histogram", "Gauge")
 FUNCTIONS = re.compile(r"\b(rate|irate|increase|sum|avg|max|min|histogram_quantile|label_values|by)\b")
@@ -133,30 +131,15 @@ def scrape(url: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def traffic(serve_url, serve_grpc_address):
-    """An app on the shared Serve, asked good and bad requests over HTTP and gRPC."""
+def traffic(standard_app, serve_grpc_address):
+    """tests/serving.py's app on the shared Serve, asked good and bad requests over HTTP and gRPC."""
     import tritonclient.grpc as grpcclient
 
-    from deployments.app import build
-    from deployments.config import AppArgs
     from tests.images import corrupt_jpeg, small_jpeg
+    from tests.serving import STANDARD_APP
 
-    args = AppArgs.model_validate(
-        {
-            "ingress": {"num_cpus": 0.25, "decode_threads": 1},
-            "models": [
-                {
-                    "model": {"name": "efficientnet_lite0", "weights": "random"},
-                    "num_cpus": 0.25,
-                    "max_ongoing_requests": 4,
-                    "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.0, "max_concurrent_batches": 1},
-                }
-            ],
-        }
-    )
-    serve.run(build(args), name=APP, route_prefix=f"/{APP}")
     jpeg = {"headers": {"content-type": "image/jpeg"}}
-    with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=120) as client:
+    with httpx.Client(base_url=standard_app, timeout=120) as client:
         for _ in range(3):
             assert (
                 client.post("/v1/models/efficientnet_lite0/classify", content=small_jpeg(), **jpeg).status_code == 200
@@ -165,9 +148,8 @@ def traffic(serve_url, serve_grpc_address):
         assert bad.json()["error"]["code"] == "invalid_image"
         assert client.get("/v1/models/nothing-here").status_code == 404
     with grpcclient.InferenceServerClient(serve_grpc_address) as grpc:
-        assert grpc.is_server_live(headers={"application": APP})
-    yield f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
-    serve.delete(APP)
+        assert grpc.is_server_live(headers={"application": STANDARD_APP})
+    return f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
 
 
 def test_rays_metrics_endpoint_serves_every_name_the_dashboard_asks_for(traffic):
