@@ -233,17 +233,28 @@ def test_http_detections_are_ragged_safe_tensors(triton_http, http):
         headers={"content-type": "image/jpeg"},
     )
     detections = v1.json()["detections"]
+    labels = result.as_numpy("label_indices")
     for index in (0, 1):
-        mine = where == index
-        assert mine.sum() == len(detections)
-        assert result.as_numpy("label_indices")[mine].tolist() == [d["index"] for d in detections]
-        assert np.allclose(
-            boxes[mine].reshape(-1, 4), np.array([d["box"] for d in detections]).reshape(-1, 4), atol=0.02
-        )
+        mine = np.flatnonzero(where == index)
+        assert len(mine) == len(detections)
         # float32 convolutions over a batch of 2 and of 1 may round differently (oneDNN picks its
-        # kernels by shape), and random weights leave many near-equal scores: at times more than 1e-5 apart
-        gap = np.abs(scores[mine] - np.array([d["score"] for d in detections])).max()
-        assert gap <= 1e-4, gap
+        # kernels by shape), and random weights leave many near-equal scores: at times more than
+        # 1e-5 apart, so two near-equal detections may come in either order. Each /v1 detection
+        # must be one of this image's tensor rows: its label, its box to 0.02 px + 0.1 %, its score to 1e-4.
+        unmatched = list(mine)
+        for d in detections:
+            row = next(
+                (
+                    r
+                    for r in unmatched
+                    if labels[r] == d["index"]
+                    and np.allclose(boxes[r], d["box"], atol=0.02, rtol=1e-3)
+                    and abs(scores[r] - d["score"]) <= 1e-4
+                ),
+                None,
+            )
+            assert row is not None, (d, boxes[mine], scores[mine])
+            unmatched.remove(row)
 
 
 def test_http_one_bad_image_fails_the_request_naming_its_index(triton_http, photos):
