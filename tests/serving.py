@@ -8,13 +8,14 @@ from __future__ import annotations
 # tested in tests/test_admission.py and tests/test_serve_reliability.py.
 ANSWERS_NOT_ADMISSION = {"max_queue_wait_s": None}
 
-# The app that tests/test_serve.py (/v1), tests/test_v2_serve.py (/v2, gRPC) and
-# tests/test_ui_browser.py (the page) all ask: one classifier with the embedded weights, the same
-# model as an embedder, and a random-weight detector made small. Built once per test process, at
-# the root, by the session fixture ``standard_app`` (tests/conftest.py); tests/scheduling.py hands
-# the three files to one worker. Each replica reserves a sliver of a CPU, so that the app holds no
-# CPU that the process's later tests (backfills) reserve.
+# The app that tests/test_serve.py (/v1), tests/test_v2_serve.py (/v2, gRPC), tests/test_ui_browser.py
+# (the page) and tests/test_dashboard.py (live metrics) all ask: one classifier with the embedded
+# weights, the same model as an embedder, and a random-weight detector made small. Built once per
+# test process, at the root, by the session fixture ``standard_app`` (tests/conftest.py);
+# tests/scheduling.py hands those files to one worker. Each replica reserves a sliver of a CPU, so
+# that the app holds no CPU that the process's later tests (backfills) reserve.
 STANDARD_APP = "twinfer-test"
+SLIVER = 0.05
 BODY_CAP = 400_000  # 413 beyond
 MAX_PIXELS = 1_000_000  # the classifier's decode cap: 413 beyond
 SMALL_DETECTOR = {"min_size": 128, "max_size": 160}
@@ -22,11 +23,10 @@ SMALL_DETECTOR = {"min_size": 128, "max_size": 160}
 STANDARD_INGRESS = {
     "max_body_bytes": BODY_CAP,
     "decode_threads": 2,
-    "num_cpus": 0.05,
+    "num_cpus": SLIVER,
     "model_call_timeout_s": 180,
     **ANSWERS_NOT_ADMISSION,
 }
-SLIVER = 0.05
 
 
 def standard_app_args(max_batch_size: int = 8, wait: float = 0.1):
