@@ -1,8 +1,8 @@
 """Real backfills for the comparison and report tests: pairs of outputs over the same inputs.
 
-Import the fixtures into a test module to use them (session scope: each pair is backfilled once
-per test session, whichever modules ask), and name the module in tests/scheduling.py's ``GROUPS``
-so that ``make test`` runs it on the worker that has them.
+tests/conftest.py registers this module as a plugin, so a test or fixture asks for these by name
+(session scope: each pair is backfilled once per test process, whichever modules ask); name its
+module in tests/scheduling.py's ``GROUPS`` so that ``make test`` runs it on the worker that has them.
 
 - ``planted_inputs``: sample-photo crops filed under the class the embedded model gives the whole
   photo (so the labels are right for most crops, not all), an unlabelled file and a broken one.

@@ -14,6 +14,10 @@ import pytest  # noqa: E402
 from shared import ModelConfig, ModelWrapper  # noqa: E402
 from tests.scheduling import FilesAndGroups, order_for_workers  # noqa: E402
 
+# Modules of fixtures shared across test files, registered once here: a session fixture imported
+# into a test module instead becomes that module's own fixture, built again for it.
+pytest_plugins = ("tests.backfill_pairs", "tests.s3_server")
+
 # Test tiers: `make test-fast` runs what is marked none of these (no Ray, no other process);
 # `make test` (CI) runs everything.
 HEAVY_MARKERS = ("ray", "process", "slow")

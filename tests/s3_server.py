@@ -1,7 +1,8 @@
 """A real S3 endpoint for tests: ``moto_server`` on a free loopback port (no mocked calls).
 
-Import ``s3_server`` into a test module to use the session fixture; it yields an ``S3Server``
-with the endpoint and a ready pyarrow filesystem, and stops the server at the end.
+tests/conftest.py registers this module as a plugin: a test asks for the session fixture
+``s3_server`` by name (one server per test process; each test uses buckets of its own). It yields
+an ``S3Server`` with the endpoint and a ready pyarrow filesystem, and stops the server at the end.
 """
 
 from __future__ import annotations

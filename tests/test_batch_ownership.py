@@ -20,7 +20,6 @@ import pytest
 from batch.config import BackfillConfig
 from batch.pipeline import run_backfill
 from tests import images
-from tests.s3_server import s3_server  # noqa: F401  (session fixture)
 from twinfer import cli
 
 TINY_CAP = {"decode": {"max_bytes": 100}}  # every test JPEG is larger: nothing is read, no Ray
@@ -205,7 +204,7 @@ def test_the_evaluation_report_never_replaces_a_users_file(tmp_path, finished, c
 
 
 # ---- S3 --------------------------------------------------------------------------------------
-def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_path, no_ray):  # noqa: F811
+def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_path, no_ray):
     write_inputs(tmp_path / "in")
     s3_server.create_bucket("owned")
     fs = s3_server.filesystem()
@@ -224,7 +223,7 @@ def test_s3_output_holding_a_users_objects_is_refused_and_kept(s3_server, tmp_pa
     )
 
 
-def test_s3_files_over_the_byte_cap_become_error_rows_and_count_as_done(s3_server, ray_session):  # noqa: F811
+def test_s3_files_over_the_byte_cap_become_error_rows_and_count_as_done(s3_server, ray_session):
     """Never read: the listing's sizes decide; a resume writes nothing."""
     s3_server.create_bucket("capped")
     sizes = {}

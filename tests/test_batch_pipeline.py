@@ -25,7 +25,6 @@ from batch.uris import S3Options
 from shared import ModelConfig
 from shared.labels import class_index_lookup, coco_categories, imagenet_categories, imagenet_wnids
 from tests import images
-from tests.s3_server import s3_server  # noqa: F401  (session fixture)
 from twinfer import cli
 from twinfer.samples import SAMPLE_NAMES, encode, sample_array
 
@@ -264,7 +263,7 @@ def test_evaluate_gives_the_exact_expected_accuracy(local_run, planted, embedded
 
 
 # ---- S3 -> S3 --------------------------------------------------------------------------------
-def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_server, planted, embedded_wrapper):  # noqa: F811
+def test_s3_backfill_to_s3_with_evaluation_and_idempotent_rerun(ray_session, s3_server, planted, embedded_wrapper):
     s3_server.create_bucket("images")
     s3_server.create_bucket("results")
     for rel, data in planted.files.items():

@@ -26,7 +26,6 @@ from batch.listing import label_for, list_input_files
 from batch.pipeline import run_backfill
 from batch.uris import resolve
 from tests import images
-from tests.s3_server import s3_server  # noqa: F401  (session fixture)
 from twinfer.samples import SAMPLE_NAMES
 
 pytestmark = pytest.mark.ray
@@ -58,7 +57,7 @@ def requested(lines: list[str]) -> list[str]:
     return ["s3://" + unquote(re.search(r'"GET /([^ ?]+)', line).group(1)) for line in lines]
 
 
-def test_s3_inventory_costs_one_get_per_image_and_a_resume_reads_only_missing_keys(ray_session, s3_server, tmp_path):  # noqa: F811
+def test_s3_inventory_costs_one_get_per_image_and_a_resume_reads_only_missing_keys(ray_session, s3_server, tmp_path):
     s3_server.create_bucket("counted")
     s3_server.create_bucket("inventory")
     keys = [f"in/n0{i % 2}/img {i:02d}+.jpg" for i in range(14)]  # spaces and pluses: URL-encoded in the CSV

@@ -14,15 +14,7 @@ from batch.thumbnails import thumbnails
 from batch.uris import S3Options
 from shared.labels import class_index_lookup
 from tests import images
-from tests.backfill_pairs import (  # noqa: F401  (session fixtures)
-    ADDED_BEFORE_B,
-    REMOVED_BEFORE_B,
-    classify_pair,
-    detect_pair,
-    embed_pair,
-    planted_inputs,
-)
-from tests.s3_server import s3_server  # noqa: F401  (session fixture)
+from tests.backfill_pairs import ADDED_BEFORE_B, REMOVED_BEFORE_B
 from twinfer import cli
 
 
@@ -35,7 +27,7 @@ def compare(a, b, report, *extra) -> dict:
     return json.loads(report.read_text())
 
 
-def test_classification_of_two_models_compares_every_shared_input_and_counts_the_rest(classify_pair, tmp_path):  # noqa: F811
+def test_classification_of_two_models_compares_every_shared_input_and_counts_the_rest(classify_pair, tmp_path):
     report = compare(classify_pair.a, classify_pair.b, tmp_path / "cmp.json")
     a, b = rows_by_path(classify_pair.a), rows_by_path(classify_pair.b)
     both = set(a) & set(b)
@@ -66,7 +58,7 @@ def test_classification_of_two_models_compares_every_shared_input_and_counts_the
     assert (tmp_path / "cmp.html").stat().st_size > 0 and (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_embeddings_at_two_precisions_are_nearly_the_same_vectors(embed_pair, tmp_path):  # noqa: F811
+def test_embeddings_at_two_precisions_are_nearly_the_same_vectors(embed_pair, tmp_path):
     report = compare(embed_pair.a, embed_pair.b, tmp_path / "embed.json")
     a, b = rows_by_path(embed_pair.a), rows_by_path(embed_pair.b)
     clean = [p for p in a if a[p]["error"] is None]
@@ -79,7 +71,7 @@ def test_embeddings_at_two_precisions_are_nearly_the_same_vectors(embed_pair, tm
     assert report["examples"][0]["cosine"] == pytest.approx(min(cosines), abs=1e-5)
 
 
-def test_detections_at_two_input_sizes_match_boxes_and_count_the_rest(detect_pair, tmp_path):  # noqa: F811
+def test_detections_at_two_input_sizes_match_boxes_and_count_the_rest(detect_pair, tmp_path):
     report = compare(detect_pair.a, detect_pair.b, tmp_path / "det.json")
     a, b = rows_by_path(detect_pair.a), rows_by_path(detect_pair.b)
     t = report["detect"]
@@ -96,7 +88,7 @@ def test_detections_at_two_input_sizes_match_boxes_and_count_the_rest(detect_pai
         ]
 
 
-def test_outputs_on_s3_compare_as_they_do_locally_and_the_reports_land_there(classify_pair, s3_server, tmp_path):  # noqa: F811
+def test_outputs_on_s3_compare_as_they_do_locally_and_the_reports_land_there(classify_pair, s3_server, tmp_path):
     fs = s3_server.filesystem()
     s3_server.create_bucket("compared")
     for name, folder in (("a", classify_pair.a), ("b", classify_pair.b)):
@@ -130,7 +122,7 @@ def test_outputs_on_s3_compare_as_they_do_locally_and_the_reports_land_there(cla
     assert page.count('<img src="data:image/jpeg;base64,') == len(local["examples"]) > 0
 
 
-def test_thumbnails_read_s3_inputs_within_the_decoders_limits(s3_server):  # noqa: F811
+def test_thumbnails_read_s3_inputs_within_the_decoders_limits(s3_server):
     s3_server.create_bucket("pictures")
     s3_server.put("pictures/cat.jpg", images.small_jpeg("chelsea", 400))
     s3_server.put("pictures/broken.jpg", images.corrupt_jpeg())

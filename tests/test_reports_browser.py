@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.backfill_pairs import classify_pair, detect_pair, embed_pair, planted_inputs  # noqa: F401
 from tests.test_ui_browser import browser, chromium  # noqa: F401  (Chromium, or a skip that says why)
 from twinfer import cli
 
@@ -24,7 +23,7 @@ SCREENSHOTS = {"evaluation": "report-evaluation", "classify": "report-comparison
 
 
 @pytest.fixture(scope="module")
-def reports(classify_pair, embed_pair, detect_pair, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+def reports(classify_pair, embed_pair, detect_pair, tmp_path_factory) -> dict[str, Path]:
     """kind -> the JSON report (its page and plot beside it)."""
     out = tmp_path_factory.mktemp("reports")
     written = {"evaluation": out / "evaluation.json"}

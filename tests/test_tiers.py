@@ -2,6 +2,7 @@
 none of ray/process/slow, and lets a marked one start it. ``make test``'s workers take whole
 files or groups, heaviest tier first (tests/scheduling.py)."""
 
+import ast
 import os
 import re
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import scheduling
+from tests import conftest, scheduling
 from tests.conftest import _no_process_unless_marked
 from tests.scheduling import order_for_workers, work_unit
 
@@ -57,11 +58,27 @@ def test_files_are_handed_out_heaviest_tier_first_each_kept_together_and_in_orde
     assert items == [grouped[0], process, grouped[1], *ray_then_fast, *fast]
 
 
+def fixtures_of(module: str) -> set[str]:
+    """The names of the fixtures a module of tests/ defines."""
+    tree = ast.parse((TESTS / f"{module}.py").read_text())
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and any(ast.unparse(d).startswith("pytest.fixture") for d in node.decorator_list)
+    }
+
+
+def asked_for(*fixtures: str) -> str:
+    """A test or fixture that takes one of these by name."""
+    return rf"^def \w+\([^)]*\b(?:{'|'.join(sorted(fixtures))})\b"
+
+
 @pytest.mark.parametrize(
     "group, use",
     [
-        ("backfill_pairs", r"^from tests\.backfill_pairs import"),  # tests/backfill_pairs.py's fixtures
-        ("standard_app", r"^def \w+\([^)]*\bstandard_app\b"),  # tests/serving.py's app
+        ("backfill_pairs", asked_for(*fixtures_of("backfill_pairs"))),  # tests/backfill_pairs.py's backfills
+        ("standard_app", asked_for("standard_app")),  # tests/serving.py's app
     ],
 )
 def test_every_file_using_shared_session_fixtures_is_in_their_group(group, use):
@@ -69,6 +86,19 @@ def test_every_file_using_shared_session_fixtures_is_in_their_group(group, use):
     users = {f"tests/{path.name}" for path in TESTS.glob("test_*.py") if uses.search(path.read_text())}
     assert len(users) >= 2
     assert users == {path for path, name in scheduling.GROUPS.items() if name == group}
+
+
+@pytest.mark.parametrize("plugin", conftest.pytest_plugins)
+def test_no_test_file_imports_a_shared_fixture_which_would_build_it_again(plugin):
+    """A fixture imported into a test module is that module's own: a session fixture would be
+    built once more for each module importing it. tests/conftest.py registers their modules."""
+    module = plugin.removeprefix("tests.")
+    assert fixtures_of(module)
+    for path in TESTS.glob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == plugin:
+                imported = {alias.name for alias in node.names} & fixtures_of(module)
+                assert not imported, f"{path.name} imports {imported} from {plugin}: ask for them by name"
 
 
 @pytest.mark.process
