@@ -92,12 +92,12 @@ def test_every_file_using_shared_session_fixtures_is_in_their_group(group, use):
 def test_no_test_file_imports_a_shared_fixture_which_would_build_it_again(plugin):
     """A fixture imported into a test module is that module's own: a session fixture would be
     built once more for each module importing it. tests/conftest.py registers their modules."""
-    module = plugin.removeprefix("tests.")
-    assert fixtures_of(module)
+    fixtures = fixtures_of(plugin.removeprefix("tests."))
+    assert fixtures
     for path in TESTS.glob("test_*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == plugin:
-                imported = {alias.name for alias in node.names} & fixtures_of(module)
+                imported = {alias.name for alias in node.names} & fixtures
                 assert not imported, f"{path.name} imports {imported} from {plugin}: ask for them by name"
 
 
